@@ -1,0 +1,218 @@
+"""Reads a run's gradient-health series out of a TensorBoard data provider.
+
+Shared by the plugin (which gets its provider from TensorBoard) and the CLI
+(which builds one over TensorBoard's own event loading with
+:func:`provider_for_logdir`). Imports no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Iterable
+
+import numpy as np
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.data import provider as tb_provider
+
+from tb_gradplugin import metadata
+
+logger = logging.getLogger(__name__)
+
+ALL_POINTS = 1 << 30
+"""A ``downsample`` large enough to read every stored point of a series."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """One time series.
+
+    Attributes:
+        steps: int64 steps, increasing.
+        values: float64 values, shape ``[n]`` for scalars or ``[n, k]`` for
+            per-variable tensors (NaN where a step lacks an entry).
+        wall_times: float64 seconds since the epoch, one per step.
+        content: The JSON content of the tag's summary metadata.
+    """
+
+    steps: np.ndarray
+    values: np.ndarray
+    wall_times: np.ndarray
+    content: dict
+
+    @property
+    def names(self) -> list[str]:
+        """The variable names of a per-variable tensor series (may be empty)."""
+        return list(self.content.get("variables", []))
+
+    def __len__(self) -> int:
+        return int(self.steps.shape[0])
+
+
+@dataclasses.dataclass
+class RunData:
+    """All gradient-health series of one run, keyed by tag without the prefix.
+
+    Attributes:
+        run: The run name.
+        scalars: e.g. ``"step/loss"``, ``"window/noise_scale"``,
+            ``"slice/emb_lo/grad_variance"``, ``"loss_component/kl_loss"``.
+        tensors: e.g. ``"layer/grad_norm"``, ``"window_layer/grad_variance"``,
+            ``"hessian_layer/min_ratio"``, ``"trajectory/projection"``.
+    """
+
+    run: str
+    scalars: dict[str, Series] = dataclasses.field(default_factory=dict)
+    tensors: dict[str, Series] = dataclasses.field(default_factory=dict)
+
+    @property
+    def last_step(self) -> int | None:
+        """The largest step of any series, or ``None`` for an empty run."""
+        ends = [int(s.steps[-1]) for s in self.series() if len(s)]
+        return max(ends) if ends else None
+
+    def series(self) -> Iterable[Series]:
+        """Yields every series of the run."""
+        yield from self.scalars.values()
+        yield from self.tensors.values()
+
+    def scalar(self, key: str) -> Series | None:
+        """Returns a scalar series by key (e.g. ``"step/loss"``) or ``None``."""
+        return self.scalars.get(key)
+
+    def tensor(self, key: str) -> Series | None:
+        """Returns a tensor series by key (e.g. ``"layer/grad_norm"``) or ``None``."""
+        return self.tensors.get(key)
+
+
+def _key(tag: str) -> str | None:
+    if not tag.startswith(metadata.TAG_PREFIX):
+        return None
+    return tag[len(metadata.TAG_PREFIX) :]
+
+
+def _content(ts) -> dict:
+    try:
+        return metadata.parse_plugin_content(ts.plugin_content)
+    except ValueError as err:
+        logger.warning("ignoring the content of a series: %s", err)
+        return {}
+
+
+def _stack(rows: list[np.ndarray]) -> np.ndarray:
+    width = max((r.size for r in rows), default=0)
+    out = np.full((len(rows), width), np.nan, dtype=np.float64)
+    for i, r in enumerate(rows):
+        flat = np.asarray(r, dtype=np.float64).reshape(-1)
+        out[i, : flat.size] = flat
+    return out
+
+
+def list_runs(
+    provider: tb_provider.DataProvider, ctx=None, *, experiment_id: str = ""
+) -> list[str]:
+    """Lists the runs that hold gradient-health data, sorted by name.
+
+    Args:
+        provider: A TensorBoard data provider.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""`` (the only one).
+
+    Returns:
+        The run names.
+    """
+    runs = set()
+    for listing in (provider.list_scalars, provider.list_tensors):
+        found = listing(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
+        runs.update(run for run, tags in found.items() if tags)
+    return sorted(runs)
+
+
+def read_run(
+    provider: tb_provider.DataProvider,
+    run: str,
+    ctx=None,
+    *,
+    experiment_id: str = "",
+    downsample: int = ALL_POINTS,
+    keys: Iterable[str] | None = None,
+) -> RunData:
+    """Reads a run's gradient-health series.
+
+    Args:
+        provider: A TensorBoard data provider.
+        run: The run name.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""``.
+        downsample: Most points per series. Defaults to :data:`ALL_POINTS`.
+        keys: Only these keys (tags without the prefix). Defaults to ``None``:
+            all of them.
+
+    Returns:
+        The run's series; empty when the run has none.
+    """
+    wanted = None if keys is None else {metadata.TAG_PREFIX + k for k in keys}
+    filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
+    data = RunData(run=run)
+    kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
+    scalar_meta = provider.list_scalars(ctx, run_tag_filter=filt, **kw).get(run, {})
+    if scalar_meta:
+        points = provider.read_scalars(
+            ctx, downsample=downsample, run_tag_filter=filt, **kw
+        ).get(run, {})
+        for tag, datums in points.items():
+            key = _key(tag)
+            if key is None or tag not in scalar_meta:
+                continue
+            data.scalars[key] = Series(
+                steps=np.array([d.step for d in datums], dtype=np.int64),
+                values=np.array([d.value for d in datums], dtype=np.float64),
+                wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
+                content=_content(scalar_meta[tag]),
+            )
+    tensor_meta = provider.list_tensors(ctx, run_tag_filter=filt, **kw).get(run, {})
+    if tensor_meta:
+        points = provider.read_tensors(
+            ctx, downsample=downsample, run_tag_filter=filt, **kw
+        ).get(run, {})
+        for tag, datums in points.items():
+            key = _key(tag)
+            if key is None or tag not in tensor_meta:
+                continue
+            data.tensors[key] = Series(
+                steps=np.array([d.step for d in datums], dtype=np.int64),
+                values=_stack([d.numpy for d in datums]),
+                wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
+                content=_content(tensor_meta[tag]),
+            )
+    return data
+
+
+def provider_for_logdir(logdir: str | os.PathLike) -> tb_provider.DataProvider:
+    """Loads every run under a log directory with TensorBoard's event loading.
+
+    Keeps every point of the gradient-health series (no reservoir sampling),
+    and survives a corrupt or half-written event file: TensorBoard's loader
+    logs it and keeps what it could read.
+
+    Args:
+        logdir: The log directory.
+
+    Returns:
+        A data provider over the loaded runs.
+
+    Raises:
+        FileNotFoundError: When ``logdir`` is not a directory.
+    """
+    path = os.fspath(logdir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"log directory not found: {path}")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0},
+        max_reload_threads=1,
+    )
+    multiplexer.AddRunsFromDirectory(path)
+    multiplexer.Reload()
+    return tb_data_provider.MultiplexerDataProvider(multiplexer, path)
