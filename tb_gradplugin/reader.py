@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 
 import numpy as np
+from tensorboard import context as tb_context
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.data import provider as tb_provider
@@ -123,9 +124,12 @@ def list_runs(
     Returns:
         The run names.
     """
+    ctx = ctx or tb_context.RequestContext()
     runs = set()
     for listing in (provider.list_scalars, provider.list_tensors):
-        found = listing(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
+        found = listing(
+            ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME
+        )
         runs.update(run for run, tags in found.items() if tags)
     return sorted(runs)
 
@@ -153,6 +157,7 @@ def read_run(
     Returns:
         The run's series; empty when the run has none.
     """
+    ctx = ctx or tb_context.RequestContext()
     wanted = None if keys is None else {metadata.TAG_PREFIX + k for k in keys}
     filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
     data = RunData(run=run)
