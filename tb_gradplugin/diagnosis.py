@@ -1044,7 +1044,9 @@ def _rule_plateau(r: _Run, th: Thresholds, strong_cause: bool) -> list[Flag]:
         if chance:
             what = f"stuck at chance level ln({chance}) = {math.log(chance):.3f}"
         else:
-            what = f"within {max(improved, 0):.0%} of its initial value {_fmt(initial)}"
+            what = (
+                f"only {max(improved, 0):.0%} below its initial value {_fmt(initial)}"
+            )
         severity = "error" if (chance or strong_cause) else "warning"
         return [
             Flag(

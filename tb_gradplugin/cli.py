@@ -1,0 +1,259 @@
+"""The ``tb-gradhealth`` command: pathology flags of the runs under a log directory.
+
+Usage::
+
+    tb-gradhealth check LOGDIR [--json] [--fail-on {error,warning,never}]
+
+It reads the event files with TensorBoard's own loading code (no TensorFlow),
+runs :func:`tb_gradplugin.diagnosis.run_report` on every run that holds
+gradient-health data and prints the flags, for a person or (``--json``) as one
+JSON object on standard output. Exit status: ``0`` when no flag is at or above
+``--fail-on``, ``1`` when one is, ``2`` on a usage or input error (one line on
+standard error). A corrupt or half-written event file gives a warning on
+standard error; the data read before the damage is still used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+PROG = "tb-gradhealth"
+_FAIL_ON = ("error", "warning", "never")
+_RANK = {"info": 0, "warning": 1, "error": 2}
+
+
+class _UsageError(Exception):
+    """A command-line mistake, reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
+        raise _UsageError(f"{message} (see '{PROG} --help')")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Gradient Health for TensorBoard: check runs for pathologies.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    check = commands.add_parser(
+        "check",
+        help="print the pathology flags of every run under LOGDIR",
+        description=(
+            "Prints the pathology flags (NaN/Inf, exploding or vanishing "
+            "gradients, oscillating or stuck loss, dead layers, saddle points) of "
+            "every gradient-health run under LOGDIR. Exit status 0 when no flag "
+            "is at or above --fail-on, 1 when one is, 2 on an input error."
+        ),
+    )
+    check.add_argument("logdir", metavar="LOGDIR", help="the TensorBoard log directory")
+    check.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object {"runs": [...]} on standard output',
+    )
+    check.add_argument(
+        "--fail-on",
+        choices=_FAIL_ON,
+        default="error",
+        help="exit 1 when a flag has this severity or a worse one (default: error)",
+    )
+    return parser
+
+
+def _use_tensorboard_stub() -> None:
+    """Makes TensorBoard read event files with its TF-free stub.
+
+    TensorBoard resolves ``tensorboard.compat.tf`` lazily to TensorFlow when
+    it is installed; importing TensorFlow costs seconds and prints log lines on
+    standard error. This process only reads local event files, which the stub
+    does; the marker module ``tensorboard.compat.notf`` selects it.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault(
+            "tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf")
+        )
+
+
+class _LoadWarnings(logging.Handler):
+    """Collects what TensorBoard's loader says about damaged event files."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad log record must not stop us
+            return
+        if msg.startswith("Truncated record in "):
+            # "Truncated record in PATH (REASON)": the loader stops at the bad
+            # record and keeps what came before it.
+            path, _, reason = msg[len("Truncated record in ") :].partition(" (")
+            reason = reason.rstrip(")")
+            if "truncated record" in reason:
+                why = "ends with a partial record (still being written, or cut off)"
+            else:
+                why = "is corrupt (failed CRC check)"
+            line = f"event file {path} {why}; using the events before that point"
+        elif record.levelno >= logging.WARNING:
+            line = msg.splitlines()[0] if msg else record.levelname
+        else:
+            return
+        if line not in self.lines:
+            self.lines.append(line)
+
+
+def _clean(text: Any) -> str:
+    """Makes a name safe to print: no control characters, no bad surrogates."""
+    out = []
+    for ch in str(text):
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
+    """Reads and diagnoses every run; raises _UsageError on input errors."""
+    if not os.path.exists(logdir):
+        raise _UsageError(f"log directory not found: {_clean(logdir)}")
+    if not os.path.isdir(logdir):
+        raise _UsageError(f"not a directory: {_clean(logdir)}")
+    _use_tensorboard_stub()
+    from tensorboard.util import tb_logging
+
+    from tb_gradplugin import diagnosis, reader
+
+    tb_logger = tb_logging.get_logger()
+    handler = _LoadWarnings()
+    saved = (tb_logger.level, tb_logger.propagate)
+    tb_logger.addHandler(handler)
+    tb_logger.setLevel(logging.DEBUG)
+    tb_logger.propagate = False
+    try:
+        provider = reader.provider_for_logdir(logdir)
+        runs = reader.list_runs(provider)
+        datas = [reader.read_run(provider, run) for run in runs]
+    except OSError as e:
+        raise _UsageError(f"cannot read {_clean(logdir)}: {_clean(e)}") from e
+    finally:
+        tb_logger.removeHandler(handler)
+        tb_logger.setLevel(saved[0])
+        tb_logger.propagate = saved[1]
+    for line in handler.lines:
+        print(f"{PROG}: warning: {_clean(line)}", file=err)
+    if not runs:
+        raise _UsageError(
+            f"no gradient-health runs under {_clean(logdir)} (no event files "
+            "written by GradientHealthCallback were found)"
+        )
+    reports = []
+    for data in datas:
+        try:
+            reports.append(diagnosis.run_report(data))
+        except Exception as e:  # noqa: BLE001 - one bad run must not hide the rest
+            print(
+                f"{PROG}: warning: could not diagnose run {_clean(data.run)}: "
+                f"{type(e).__name__}: {_clean(e)}",
+                file=err,
+            )
+    if not reports:
+        raise _UsageError(f"no run under {_clean(logdir)} could be diagnosed")
+    return reports
+
+
+def _worst(reports: list[dict[str, Any]]) -> int:
+    ranks = [_RANK.get(f["severity"], 0) for r in reports for f in r["flags"]]
+    return max(ranks, default=-1)
+
+
+def _print_text(reports: list[dict[str, Any]], out: TextIO) -> None:
+    counts = {"error": 0, "warning": 0, "info": 0}
+    for report in reports:
+        flags = report["flags"]
+        last = report["last_step"]
+        head = f"{_clean(report['run'])} (last step {last})"
+        if not flags:
+            print(f"{head}: healthy, no flags", file=out)
+            continue
+        print(f"{head}: {len(flags)} flag(s)", file=out)
+        for f in flags:
+            counts[f["severity"]] = counts.get(f["severity"], 0) + 1
+            where = f"  {_clean(f['layer'])}" if f["layer"] else ""
+            print(
+                f"  {f['severity'].upper():<8}{f['kind']}  steps "
+                f"{f['first_step']}-{f['last_step']}{where}",
+                file=out,
+            )
+            print(f"          {_clean(f['message'])}", file=out)
+            print(f"          Advice: {_clean(f['advice'])}", file=out)
+    print(
+        f"{len(reports)} run(s): {counts['error']} error(s), "
+        f"{counts['warning']} warning(s), {counts['info']} info.",
+        file=out,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs ``tb-gradhealth``.
+
+    Args:
+        argv: The arguments after the program name. Defaults to ``None``:
+            ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 when no flag is at or above ``--fail-on``, 1 when
+        one is, 2 on a usage or input error.
+
+    Example:
+        >>> main(["check", "runs", "--json"])  # doctest: +SKIP
+        0
+    """
+    out, err = sys.stdout, sys.stderr
+    try:
+        args = _build_parser().parse_args(argv)
+        reports = _read_reports(args.logdir, err)
+        if args.fail_on == "never":
+            status = 0
+        else:
+            status = 1 if _worst(reports) >= _RANK[args.fail_on] else 0
+        if args.json:
+            text = json.dumps({"runs": reports}, allow_nan=False)
+            out.write(text + "\n")
+        else:
+            _print_text(reports, out)
+        out.flush()
+    except _UsageError as e:
+        print(f"{PROG}: error: {e}", file=err)
+        return 2
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=err)
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`); nothing to report.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the final flush
+        return status
+    except Exception as e:  # noqa: BLE001 - no traceback for the user
+        print(f"{PROG}: error: {type(e).__name__}: {_clean(e)}", file=err)
+        return 2
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
