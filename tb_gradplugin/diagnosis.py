@@ -409,10 +409,33 @@ class _Run:
             return np.zeros(0, np.int64), np.zeros(0)
         steps, values = self.loss.steps, self.loss.values
         keep = np.isfinite(values)
-        for end in (self.nonfinite_from, self.diverging_from):
-            if end is not None:
-                keep &= steps < end
+        end = self.healthy_until()
+        if end is not None:
+            keep &= steps < end
+            if keep.sum() < 0.5 * steps.shape[0]:
+                # Diverged early: what came before is too short to judge a trend.
+                return np.zeros(0, np.int64), np.zeros(0)
         return steps[keep], values[keep]
+
+    def healthy_until(self) -> int | None:
+        """The first step of a NaN or a lasting explosion, or None."""
+        ends = [e for e in (self.nonfinite_from, self.diverging_from) if e is not None]
+        return min(ends) if ends else None
+
+    def before_divergence(self, series: Series | None) -> Series | None:
+        """The part of a series before :meth:`healthy_until` (None if empty)."""
+        end = self.healthy_until()
+        if series is None or end is None:
+            return series
+        keep = series.steps < end
+        if not keep.any():
+            return None
+        return Series(
+            steps=series.steps[keep],
+            values=series.values[keep],
+            wall_times=series.wall_times[keep],
+            content=series.content,
+        )
 
     def value_at(self, series: Series | None, steps: np.ndarray) -> np.ndarray:
         """Values of a scalar series at ``steps`` (NaN where it has none)."""
@@ -606,16 +629,25 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
     loss_sm = _rolling_median(loss_at, 3)
     with np.errstate(all="ignore"):
         best = np.fmin.accumulate(np.where(np.isfinite(loss_sm), loss_sm, np.inf))
+        finite_loss = loss_at[np.isfinite(loss_at)]
+        floor = 0.1 * abs(_initial_loss(finite_loss)) if finite_loss.size else 0.0
+        # A rise counts against the best loss so far, with a floor of 10 % of the
+        # initial loss so that noise on a loss near zero is no rise.
         worse = (loss_sm - best) >= th.explode_loss_rise * np.maximum(
-            np.abs(best), 1e-12
+            np.abs(best), max(floor, 1e-12)
         )
     param_at = r.value_at(r.param, sv)
     ratio_at = r.value_at(r.update_ratio, sv)
+    initial_grad = float(np.median(gv[:3]))
 
     flags: list[Flag] = []
     end_rise = max(rise[-1], lg[-1] - base[-1]) if ends_nonfinite else rise[-1]
+    # Without a NaN at the end, an explosion must also pass the gradient norm the
+    # run started with (a run that began large and came down has room to rise).
+    above_start = float(np.max(gv[-3:])) > initial_grad
     sustained = end_rise >= fac and (
-        ends_nonfinite or bool(worse[-1]) or bool(gv[-1] > param_at[-1])
+        ends_nonfinite
+        or (above_start and (bool(worse[-1]) or bool(gv[-1] > param_at[-1])))
     )
     if not sustained and ends_nonfinite and end_rise >= fac / 2:
         sustained = True  # grew, then turned NaN: divergence seen at low log rate
@@ -1148,6 +1180,13 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
     r = _Run(run)
     flags = _rule_non_finite(r, th)
     flags += _rule_exploding(r, th)
+    # The other rules judge the run as it was before it broke: after a NaN or a
+    # lasting explosion, zero shares, ratios and trends describe the wreckage.
+    r.grad = r.before_divergence(r.grad)
+    r.param = r.before_divergence(r.param)
+    r.update_ratio = r.before_divergence(r.update_ratio)
+    r.layer_grad = r.before_divergence(r.layer_grad)
+    r.layer_zero = r.before_divergence(r.layer_zero)
     shares = _dead_share(r, th)
     dead = _rule_dead(r, th, shares)
     flags += dead
