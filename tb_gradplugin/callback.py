@@ -47,6 +47,13 @@ def _all_metrics(model: keras.Model) -> list:
     return found
 
 
+def _event_files(log_dir: str) -> list[str]:
+    try:
+        return [f for f in os.listdir(log_dir) if ".tfevents." in f]
+    except OSError:
+        return []
+
+
 class _RowLayout:
     """Positions of each field in a logged row (one float32 vector per step)."""
 
@@ -213,6 +220,11 @@ class _Monitor:
         includes the shims (pitfall 11: a traced function keeps what it saw).
         """
         model, opt = self.model, self.optimizer
+        if not opt.built:
+            # The shim reads optimizer state (the loss scale) before the first
+            # apply, which is where Keras would build it.
+            with self.strategy.scope():
+                opt.build(self.variables)
         if not getattr(model.train_step, "_gradient_health", False):
             orig_step = model.train_step
 
@@ -260,6 +272,20 @@ class _Monitor:
                 )
             return logs
         x = tf.nest.flatten(data)[0]
+        batch_size = tf.cast(tf.shape(x)[0], tf.float32)
+        ctx = tf.distribute.get_replica_context()
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            batch_size = ctx.all_reduce(tf.distribute.ReduceOp.SUM, batch_size)
+            # Metric variables sync on read: each replica sees its own sums.
+            deltas = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [
+                    tf.stack([t1 - t0, c1 - c0])
+                    for (t0, c0), (t1, c1) in zip(before, after, strict=True)
+                ],
+            )
+            before = [(tf.constant(0.0), tf.constant(0.0))] * len(deltas)
+            after = [(d[0], d[1]) for d in deltas]
         loss = tf.constant(0.0)
         if self.loss_metric is not None:
             (t0, c0), (t1, c1) = before[0], after[0]
@@ -278,7 +304,7 @@ class _Monitor:
             pending["after"],
             tf.cast(loss, tf.float32),
             tf.cast(components, tf.float32),
-            tf.cast(tf.shape(x)[0], tf.float32),
+            batch_size,
             pending["lr"],
             pending["step"],
             pending["skipped"],
@@ -399,9 +425,13 @@ class _Monitor:
         if self.epoch_mode:
             log_now = tf.constant(True)
         else:
+            # A skipped (overflowed) step leaves `iterations` as it was: it gets
+            # no row of its own, its counts go to the next logged step.
             log_now = tf.logical_and(
                 tf.logical_or(tf.equal(step % self.freq, 0), tf.equal(step, 1)),
-                tf.not_equal(step, self.last_row_step),
+                tf.logical_and(
+                    tf.not_equal(step, self.last_row_step), tf.logical_not(skipped)
+                ),
             )
         close_now = tf.constant(False)
         if not self.window_epoch:
@@ -588,7 +618,11 @@ class _Monitor:
         def write_rows():
             with writer.as_default():
                 last = self.last_written.read_value()
-                for r in range(self.ring):
+                # Oldest slot first: TensorBoard drops data written out of step
+                # order (it reads a smaller step as a restart and purges).
+                start = self.row_count.read_value()
+                for k in range(self.ring):
+                    r = (start + k) % self.ring
                     step = self.row_steps[r]
                     tf.cond(
                         step > last,
@@ -805,6 +839,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._monitor = None
         self._write_failed = False
         self._last_flush = 0.0
+        self._event_file = None
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -859,9 +894,13 @@ class GradientHealthCallback(keras.callbacks.Callback):
     # -- helpers -----------------------------------------------------------
     def _open_writer(self):
         if self._writer is None:
+            existing = set(_event_files(self.log_dir))
             self._writer = tf.summary.create_file_writer(
                 self.log_dir, max_queue=_MAX_QUEUE, flush_millis=int(_FLUSH_SECS * 1000)
             )
+            self._writer.flush()
+            new = sorted(set(_event_files(self.log_dir)) - existing)
+            self._event_file = os.path.join(self.log_dir, new[-1]) if new else None
         if getattr(self._monitor, "writer", None) is not self._writer:
             self._monitor.build_writer_functions(self._writer)
 
@@ -888,6 +927,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def _flush(self):
         self._last_flush = time.monotonic()
         self._writer.flush()
+        # TensorFlow's writer reports nothing when its file is gone (directory
+        # removed or replaced): check, so that the loss is reported.
+        if self._event_file is not None and not os.path.isfile(self._event_file):
+            raise OSError(f"the event file {self._event_file} has disappeared")
 
     def _maybe_flush(self):
         if time.monotonic() - self._last_flush > _FLUSH_SECS:

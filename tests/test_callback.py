@@ -1,0 +1,494 @@
+"""GradientHealthCallback against a plain GradientTape + numpy reference."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tb_gradplugin import GradientHealthCallback, reader
+
+BATCH = 16
+N = 64  # examples: 4 steps per epoch
+EPOCHS = 3
+LR = 0.05
+RTOL = 2e-4  # float32 sums over a few hundred entries against float64 numpy
+
+
+# -- models -----------------------------------------------------------------
+def sequential():
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(8, activation="relu", name="h1"),
+            keras.layers.Dense(6, activation="tanh", name="h2"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name="mlp",
+    )
+
+
+def functional():
+    inp = keras.Input((12,))
+    a = keras.layers.Dense(8, activation="relu")(inp)
+    b = keras.layers.Dense(4, activation="tanh")(inp)
+    out = keras.layers.Dense(3)(keras.layers.Concatenate()([a, b]))
+    return keras.Model(inp, out)
+
+
+class Subclassed(keras.Model):
+    """A subclassed model with two dense layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.d1 = keras.layers.Dense(8, activation="relu")
+        self.d2 = keras.layers.Dense(3)
+
+    def call(self, x):
+        """Applies the two layers."""
+        return self.d2(self.d1(x))
+
+
+def subclassed():
+    model = Subclassed()
+    model(np.zeros((1, 12), np.float32))
+    return model
+
+
+def data(seed=0, n=N):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 12)).astype("float32")
+    y = rng.integers(0, 3, n)
+    return x, y
+
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def compiled(make, jit=False, spe=1, optimizer=None, weights=None):
+    keras.utils.set_random_seed(1)
+    model = make()
+    if weights is not None:
+        model.set_weights(weights)
+    model.compile(
+        optimizer=optimizer or keras.optimizers.SGD(LR),
+        loss=LOSS,
+        jit_compile=jit,
+        steps_per_execution=spe,
+    )
+    return model
+
+
+# -- reference --------------------------------------------------------------
+def reference(make, weights, x, y, epochs=EPOCHS, optimizer=None):
+    """Replays the training with a plain GradientTape; returns per-step records."""
+    model = make()
+    model.set_weights(weights)
+    opt = optimizer or keras.optimizers.SGD(LR)
+    variables = model.trainable_variables
+    records = []
+    for _ in range(epochs):
+        for i in range(0, len(x), BATCH):
+            xb, yb = x[i : i + BATCH], y[i : i + BATCH]
+            before = [v.numpy().astype(np.float64) for v in variables]
+            with tf.GradientTape() as tape:
+                loss = LOSS(yb, model(xb, training=True))
+            grads = tape.gradient(loss, variables)
+            opt.apply(grads, variables)
+            records.append(
+                {
+                    "loss": float(loss),
+                    "grads": [g.numpy().astype(np.float64) for g in grads],
+                    "before": before,
+                    "after": [v.numpy().astype(np.float64) for v in variables],
+                    "lr": float(opt.learning_rate),
+                }
+            )
+    return [v.path for v in variables], records
+
+
+def expected_step(rec):
+    g, b, a = rec["grads"], rec["before"], rec["after"]
+    flat = np.concatenate([t.ravel() for t in g])
+    pflat = np.concatenate([t.ravel() for t in a])
+    uflat = np.concatenate([(t1 - t0).ravel() for t0, t1 in zip(b, a, strict=True)])
+    return {
+        "step/loss": rec["loss"],
+        "step/grad_norm": np.linalg.norm(flat),
+        "step/param_norm": np.linalg.norm(pflat),
+        "step/update_norm": np.linalg.norm(uflat),
+        "step/update_ratio": np.linalg.norm(uflat) / np.linalg.norm(pflat),
+        "step/learning_rate": rec["lr"],
+        "layer/grad_norm": [np.linalg.norm(t) for t in g],
+        "layer/grad_mean_abs": [np.abs(t).mean() for t in g],
+        "layer/param_norm": [np.linalg.norm(t) for t in a],
+        "layer/update_norm": [
+            np.linalg.norm(t1 - t0) for t0, t1 in zip(b, a, strict=True)
+        ],
+        "layer/zero_fraction": [(t == 0).mean() for t in g],
+    }
+
+
+def expected_window(records):
+    """Per-entry variance over the window's steps, averaged; mean |g|."""
+    per_var = list(zip(*[r["grads"] for r in records], strict=True))
+    stacks = [np.stack(steps) for steps in per_var]  # [steps, *shape]
+    var = [s.var(axis=0).mean() for s in stacks]
+    mean_abs = [np.abs(s).mean() for s in stacks]
+    allg = np.concatenate([s.reshape(len(records), -1) for s in stacks], axis=1)
+    g_mean = allg.mean(axis=0)
+    tr = allg.var(axis=0).sum()
+    return {
+        "window_layer/grad_variance": var,
+        "window_layer/grad_mean_abs": mean_abs,
+        "window/grad_variance": allg.var(axis=0).mean(),
+        "window/grad_mean_abs": np.abs(allg).mean(),
+        "window/noise_scale": BATCH * tr / np.sum(g_mean**2),
+        "window/window_steps": len(records),
+    }
+
+
+def read(logdir):
+    provider = reader.provider_for_logdir(os.path.dirname(logdir))
+    return reader.read_run(provider, os.path.basename(logdir))
+
+
+def fit_and_read(tmp_path, make, jit=False, spe=1, epochs=EPOCHS, **cb_kwargs):
+    x, y = data()
+    model = compiled(make, jit=jit, spe=spe)
+    weights = model.get_weights()
+    logdir = str(tmp_path / "run")
+    cb = GradientHealthCallback(logdir, on_flag=None, **cb_kwargs)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    return model, weights, read(logdir), x, y
+
+
+def assert_steps_match(run, records, steps):
+    for step in steps:
+        exp = expected_step(records[step - 1])
+        for key, value in exp.items():
+            series = run.scalars.get(key) or run.tensors[key]
+            idx = int(np.searchsorted(series.steps, step))
+            assert series.steps[idx] == step, (key, step)
+            np.testing.assert_allclose(
+                series.values[idx], value, rtol=RTOL, atol=1e-7, err_msg=f"{key}@{step}"
+            )
+
+
+# -- tests ------------------------------------------------------------------
+@pytest.mark.parametrize("make", [sequential, functional, subclassed])
+@pytest.mark.parametrize("jit", [False, True])
+def test_every_step_statistic_matches_gradient_tape(tmp_path, make, jit):
+    """Every per-step statistic equals a GradientTape + numpy reference."""
+    model, weights, run, x, y = fit_and_read(tmp_path, make, jit=jit)
+    _, records = reference(make, weights, x, y)
+    paths = [v.path for v in model.trainable_variables]
+    assert run.tensors["layer/grad_norm"].names == paths
+    steps = list(range(1, len(records) + 1))
+    assert run.scalars["step/loss"].steps.tolist() == steps
+    assert_steps_match(run, records, steps)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_steps_per_execution_four_logs_every_step(tmp_path, jit):
+    """With steps_per_execution=4 every optimizer step is logged with its values."""
+    _, weights, run, x, y = fit_and_read(tmp_path, sequential, jit=jit, spe=4)
+    _, records = reference(sequential, weights, x, y)
+    steps = list(range(1, len(records) + 1))
+    assert run.scalars["step/grad_norm"].steps.tolist() == steps
+    assert_steps_match(run, records, steps)
+
+
+def test_update_freq_logs_step_one_and_multiples(tmp_path):
+    """update_freq=3 logs step 1 and every third step, each with that step's values."""
+    _, weights, run, x, y = fit_and_read(tmp_path, sequential, update_freq=3)
+    _, records = reference(sequential, weights, x, y)
+    assert run.scalars["step/loss"].steps.tolist() == [1, 3, 6, 9, 12]
+    assert_steps_match(run, records, [1, 3, 6, 9, 12])
+
+
+def test_epoch_window_variance_and_slices_match_numpy(tmp_path):
+    """Per-epoch window variance, mean |g|, noise scale and slices equal numpy's."""
+    kernel = "mlp/h1/kernel"
+    _, weights, run, x, y = fit_and_read(
+        tmp_path, sequential, slices={"lo": (kernel, (0, 4)), "hi": (kernel, (4, 8))}
+    )
+    _, records = reference(sequential, weights, x, y)
+    per_epoch = N // BATCH
+    assert run.scalars["window/grad_variance"].steps.tolist() == [4, 8, 12]
+    for e in range(EPOCHS):
+        window = records[e * per_epoch : (e + 1) * per_epoch]
+        exp = expected_window(window)
+        for key, value in exp.items():
+            series = run.scalars.get(key) or run.tensors[key]
+            np.testing.assert_allclose(series.values[e], value, rtol=2e-3, err_msg=key)
+        k = np.stack([r["grads"][0] for r in window])  # [steps, 12, 8]
+        for name, cols in (("lo", slice(0, 4)), ("hi", slice(4, 8))):
+            part = k[:, :, cols]
+            np.testing.assert_allclose(
+                run.scalars[f"slice/{name}/grad_variance"].values[e],
+                part.var(axis=0).mean(),
+                rtol=2e-3,
+            )
+            np.testing.assert_allclose(
+                run.scalars[f"slice/{name}/grad_mean_abs"].values[e],
+                np.abs(part).mean(),
+                rtol=RTOL,
+            )
+    content = run.scalars["slice/lo/grad_variance"].content
+    assert (content["variable"], content["start"], content["stop"]) == (kernel, 0, 4)
+
+
+def test_step_window_closes_every_update_freq(tmp_path):
+    """With update_freq=2 the variance window is each logging window's two steps."""
+    _, weights, run, x, y = fit_and_read(tmp_path, sequential, update_freq=2)
+    _, records = reference(sequential, weights, x, y)
+    series = run.tensors["window_layer/grad_variance"]
+    assert series.steps.tolist() == list(range(2, 13, 2))
+    for i, step in enumerate(series.steps):
+        exp = expected_window(records[step - 2 : step])
+        np.testing.assert_allclose(
+            series.values[i], exp["window_layer/grad_variance"], rtol=2e-3
+        )
+
+
+def test_second_fit_continues_steps_in_one_event_file(tmp_path):
+    """A second fit with the same callback keeps counting steps and writes one file."""
+    x, y = data()
+    model = compiled(sequential)
+    logdir = tmp_path / "run"
+    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(logdir))
+    assert run.scalars["step/loss"].steps.tolist() == list(range(1, 9))
+    assert sorted(os.listdir(tmp_path)) == ["run"]
+    files = os.listdir(logdir)
+    assert len(files) == 1 and files[0].startswith("events.out.tfevents.")
+
+
+def test_callback_added_after_plain_fit_is_installed(tmp_path):
+    """A model first trained without the callback records once the callback is added."""
+    x, y = data()
+    model = compiled(sequential)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    assert run.scalars["step/loss"].steps.tolist() == [5, 6, 7, 8]
+
+
+def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
+    """A NaN input makes NaN loss and non-finite gradient counts; fit does not raise."""
+    x, y = data()
+    x[20] = np.nan  # second batch; the tanh branch carries it to the loss
+    model = compiled(functional)
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    assert len(history.history["loss"]) == 2
+    run = read(str(tmp_path / "run"))
+    loss = run.scalars["step/loss"]
+    assert np.isfinite(loss.values[0]) and np.isnan(loss.values[1])
+    nonfinite = run.scalars["step/nonfinite_grads"].values
+    assert nonfinite[0] == 0 and nonfinite[1] > 0
+    assert run.scalars["step/nonfinite_loss"].values[1] == 1
+    layer_nf = run.tensors["layer/nonfinite_grads"].values[1]
+    assert np.all(layer_nf > 0)
+
+
+def test_nonfinite_between_logged_steps_is_counted(tmp_path):
+    """A NaN at an unlogged step still shows in the next logged step's count."""
+    x, y = data()
+    x[20] = np.nan  # step 2, not logged with update_freq=3
+    model = compiled(functional)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=3, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    series = run.scalars["step/nonfinite_loss"]
+    assert series.steps.tolist() == [1, 3]
+    assert series.values.tolist() == [0.0, 2.0]
+
+
+def test_stop_on_nan_stops_training(tmp_path):
+    """stop_on_nan=True ends fit at the first non-finite step, like TerminateOnNaN."""
+    x, y = data()
+    x[20] = np.nan
+    model = compiled(functional)
+    cb = GradientHealthCallback(str(tmp_path / "run"), stop_on_nan=True, on_flag=None)
+    history = model.fit(
+        x, y, batch_size=BATCH, epochs=5, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    assert len(history.history["loss"]) == 1
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def test_removed_log_dir_warns_once_and_training_goes_on(tmp_path):
+    """Deleting the log directory mid-training gives one warning and fit completes."""
+    import shutil
+
+    x, y = data()
+    logdir = tmp_path / "run"
+
+    class Remove(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                shutil.rmtree(logdir)
+                logdir.write_text("not a directory")
+
+    model = compiled(sequential)
+    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x,
+            y,
+            batch_size=BATCH,
+            epochs=4,
+            shuffle=False,
+            verbose=0,
+            callbacks=[Remove(), cb],
+        )
+    assert len(history.history["loss"]) == 4
+    ours = [w for w in caught if "GradientHealthCallback: writing" in str(w.message)]
+    assert len(ours) == 1
+
+
+def test_mixed_precision_skipped_steps_are_marked(tmp_path):
+    """Under mixed precision, overflow steps count as skipped, not as divergence."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = data()
+        # 2**20 overflows float16 at once: the first steps are skipped and halve
+        # the scale until it fits.
+        opt = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(LR), initial_scale=2.0**20
+        )
+        model = compiled(sequential, optimizer=opt)
+        cb = GradientHealthCallback(
+            str(tmp_path / "run"), stop_on_nan=True, on_flag=None
+        )
+        history = model.fit(
+            x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
+        )
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert len(history.history["loss"]) == 3  # stop_on_nan did not fire
+    run = read(str(tmp_path / "run"))
+    skipped = run.scalars["step/skipped_steps"]
+    applied = int(model.optimizer.iterations.numpy())
+    assert skipped.values.sum() == 12 - applied > 0
+    assert skipped.steps.tolist() == list(range(1, applied + 1))
+    assert np.all(np.diff(run.scalars["step/loss_scale"].values) <= 0)
+    assert np.all(np.isfinite(run.scalars["step/grad_norm"].values))
+    assert np.all(run.scalars["step/nonfinite_loss"].values == 0)
+
+
+MIRRORED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    sys.path.insert(0, sys.argv[2])
+    from tb_gradplugin import GradientHealthCallback, reader
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 12)).astype("float32"); y = rng.integers(0, 3, 64)
+    def make():
+        keras.utils.set_random_seed(1)
+        m = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(3)])
+        m.compile(optimizer=keras.optimizers.SGD(0.05),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return m
+    out = {}
+    for name in ("single", "mirrored"):
+        if name == "mirrored":
+            strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+            with strategy.scope():
+                model = make()
+        else:
+            model = make()
+        cb = GradientHealthCallback(sys.argv[1] + "/" + name, on_flag=None)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[cb])
+        run = reader.read_run(reader.provider_for_logdir(sys.argv[1]), name)
+        series = {**run.scalars, **run.tensors}
+        out[name] = {k: s.values.tolist() for k, s in series.items()}
+        out[name]["steps"] = run.scalars["step/loss"].steps.tolist()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_mirrored_strategy_matches_single_device(tmp_path):
+    """Under MirroredStrategy (2 CPU replicas) statistics equal a one-device run."""
+    import json
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", MIRRORED_SCRIPT, str(tmp_path), repo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    single, mirrored = out["single"], out["mirrored"]
+    assert mirrored["steps"] == single["steps"] == list(range(1, 9))
+    assert set(mirrored) == set(single)
+    for key in single:
+        np.testing.assert_allclose(
+            np.array(mirrored[key], dtype=float),
+            np.array(single[key], dtype=float),
+            rtol=1e-4,
+            atol=1e-7,
+            err_msg=key,
+        )
+
+
+def test_no_event_file_without_training(tmp_path):
+    """Constructing the callback writes nothing; bad arguments raise ValueError."""
+    GradientHealthCallback(str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    for kwargs in (
+        {"update_freq": 0},
+        {"update_freq": "batch"},
+        {"hessian_freq": -1},
+        {"update_freq": 4, "variance_window": 6},
+        {"on_flag": "explode"},
+    ):
+        with pytest.raises(ValueError):
+            GradientHealthCallback(str(tmp_path / "run"), **kwargs)
+
+
+def test_unknown_slice_variable_is_a_clear_error(tmp_path):
+    """A slice naming an unknown variable fails at train begin with the known paths."""
+    x, y = data()
+    model = compiled(sequential)
+    cb = GradientHealthCallback(
+        str(tmp_path / "run"), slices={"s": ("nope/kernel", (0, 2))}
+    )
+    with pytest.raises(ValueError, match="nope/kernel"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
