@@ -417,7 +417,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
     x = rng.normal(size=(64, 12)).astype("float32"); y = rng.integers(0, 3, 64)
     def make():
         keras.utils.set_random_seed(1)
-        m = keras.Sequential([keras.Input((12,)), keras.layers.Dense(8, activation="relu"),
+        m = keras.Sequential([keras.Input((12,)),
+                              keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(3)])
         m.compile(optimizer=keras.optimizers.SGD(0.05),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
