@@ -113,6 +113,51 @@ class _RowLayout:
         return tf.concat(parts, axis=0)
 
 
+class _ProbeCapture:
+    """Keeps the first training batch in variables, as the curvature probe.
+
+    The callback never sees the data that ``fit`` gets; the train step does.
+    The copy is made once, in the graph, on the first step.
+    """
+
+    def __init__(self):
+        self.vars = None
+        self.structure = None
+        self.done = None
+
+    def capture(self, data) -> None:
+        flat = tf.nest.flatten(data)
+        if self.vars is None:
+            if not all(t.shape.is_fully_defined() for t in flat):
+                return
+            with tf.init_scope():
+                self.vars = [
+                    tf.Variable(tf.zeros(t.shape, t.dtype), trainable=False)
+                    for t in flat
+                ]
+                self.done = tf.Variable(False, trainable=False)
+            self.structure = data
+        if len(flat) != len(self.vars) or any(
+            t.shape != v.shape for t, v in zip(flat, self.vars, strict=True)
+        ):
+            return
+
+        def store():
+            for v, t in zip(self.vars, flat, strict=True):
+                v.assign(t)
+            self.done.assign(True)
+            return tf.constant(True)
+
+        tf.cond(self.done, lambda: tf.constant(False), store)
+
+    def batch(self):
+        """Returns ``(x, y, sample_weight)`` of the captured batch, or ``None``."""
+        if self.vars is None or not bool(self.done.numpy()):
+            return None
+        data = tf.nest.pack_sequence_as(self.structure, [v.numpy() for v in self.vars])
+        return keras.utils.unpack_x_y_sample_weight(data)
+
+
 class _Monitor:
     """Per-model state: variables, the shims and the writer function."""
 
@@ -161,6 +206,16 @@ class _Monitor:
         self.window_epoch = window == "epoch"
         self.window = 0 if self.window_epoch else int(window)
         self._make_variables()
+        self.probe = None
+        if callback.hessian_freq and callback.probe_data is None:
+            if self.strategy.num_replicas_in_sync > 1:
+                warnings.warn(
+                    "GradientHealthCallback: under a distribution strategy pass "
+                    "probe_data=(x, y) for the curvature; hessian_freq is ignored.",
+                    stacklevel=3,
+                )
+            else:
+                self.probe = _ProbeCapture()
         # One XLA cluster for all the statistics: the plain graph executor pays
         # per op, and a few dozen small ops per step cost ~2x on a 2 ms step.
         # Variables of several replicas can't be updated from inside XLA.
@@ -255,6 +310,8 @@ class _Monitor:
         model.train_function = train_function
 
     def _train_step(self, orig_step, data):
+        if self.probe is not None:
+            self.probe.capture(data)
         self._pending = None
         before = self._metric_state()
         logs = orig_step(data)
@@ -862,6 +919,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._write_failed = False
         self._guarded(self._open_writer)
         monitor.active = self._writer is not None
+        first_step = int(model.optimizer.iterations.numpy()) == 0
+        if monitor.active and self.trajectory_freq and first_step:
+            self._guarded(self._trajectory)
 
     def on_epoch_end(self, epoch, logs=None):
         """Writes the epoch's pending rows, windows and per-epoch components."""
@@ -870,6 +930,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
             return
         logs = logs or {}
         self._guarded(self._epoch_end_writes, epoch, logs)
+        if self.hessian_freq and (epoch + 1) % self.hessian_freq == 0:
+            self._curvature()
+        if self.trajectory_freq and (epoch + 1) % self.trajectory_freq == 0:
+            self._guarded(self._trajectory)
         self._guarded(self._flush)
 
     def on_train_end(self, logs=None):
@@ -923,6 +987,52 @@ class GradientHealthCallback(keras.callbacks.Callback):
                             step=step,
                             metadata=mon.tags[tag],
                         )
+
+    def _probe_batch(self):
+        if self.probe_data is not None:
+            return keras.utils.unpack_x_y_sample_weight(tuple(self.probe_data))
+        probe = self._monitor.probe
+        return probe.batch() if probe is not None else None
+
+    def _curvature(self):
+        from tb_gradplugin import curvature, summary
+
+        batch = self._probe_batch()
+        if batch is None:
+            return
+        x, y, sw = batch
+        try:
+            result = curvature.compute_curvature(
+                self.model, x, y, sw, max_exact_params=self.max_exact_params
+            )
+        except (ValueError, tf.errors.OpError) as err:
+            # Curvature is a diagnostic: its failure must not end the training.
+            warnings.warn(
+                f"GradientHealthCallback: curvature skipped ({err})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return
+        step = int(self.model.optimizer.iterations.numpy())
+        size = int(tf.nest.flatten(x)[0].shape[0])
+
+        def write():
+            with self._writer.as_default():
+                summary.write_curvature(result, step, size)
+
+        self._guarded(write)
+
+    def _trajectory(self):
+        from tb_gradplugin import curvature, summary
+
+        variables = self.model.trainable_variables
+        vector = curvature.project_parameters(
+            variables, dim=self.trajectory_dim, seed=self.trajectory_seed
+        )
+        n_params = int(sum(np.prod(v.shape) for v in variables))
+        step = int(self.model.optimizer.iterations.numpy())
+        with self._writer.as_default():
+            summary.write_trajectory(vector, step, self.trajectory_seed, n_params)
 
     def _flush(self):
         self._last_flush = time.monotonic()

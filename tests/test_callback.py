@@ -493,3 +493,101 @@ def test_unknown_slice_variable_is_a_clear_error(tmp_path):
     )
     with pytest.raises(ValueError, match="nope/kernel"):
         model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[cb])
+
+
+def nested_tape_hessian(model, x, y):
+    """The full Hessian of the model's loss by nested GradientTapes (float64)."""
+    variables = model.trainable_variables
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape() as inner:
+            loss = LOSS(y, model(x, training=False))
+        grads = tf.concat(
+            [tf.reshape(g, [-1]) for g in inner.gradient(loss, variables)], 0
+        )
+        rows = [grads[i] for i in range(int(grads.shape[0]))]
+    h = np.stack(
+        [
+            np.concatenate(
+                [tf.reshape(g, [-1]).numpy() for g in outer.gradient(r, variables)]
+            )
+            for r in rows
+        ]
+    )
+    return (h + h.T) / 2
+
+
+def tiny():
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(4, activation="tanh"),
+            keras.layers.Dense(3),
+        ],
+        name="tiny",
+    )
+
+
+def test_hessian_freq_logs_the_minimal_ratio_of_the_first_batch(tmp_path):
+    """hessian_freq=1 logs the share of positive eigenvalues of the probe Hessian."""
+    x, y = data()
+    model = compiled(tiny)
+    cb = GradientHealthCallback(str(tmp_path / "run"), hessian_freq=1, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    eig = np.linalg.eigvalsh(nested_tape_hessian(model, x[:BATCH], y[:BATCH]))
+    tol = 1e-4 * np.abs(eig).max()  # the curvature module's default tolerance
+    assert run.scalars["hessian/min_ratio"].steps.tolist() == [4]
+    np.testing.assert_allclose(
+        run.scalars["hessian/min_ratio"].values[0], np.mean(eig > tol), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        run.scalars["hessian/top_eigenvalue"].values[0], eig.max(), rtol=1e-3
+    )
+    assert run.tensors["hessian_layer/min_ratio"].names == [
+        v.path for v in model.trainable_variables
+    ]
+    assert run.scalars["hessian/min_ratio"].content["probe_size"] == BATCH
+
+
+def test_curvature_and_trajectory_leave_training_unchanged(tmp_path):
+    """With hessian and trajectory on, the trained weights are bit-identical."""
+    x, y = data()
+    finals = []
+    for kwargs in ({}, {"hessian_freq": 1, "trajectory_freq": 1}):
+        model = compiled(tiny)
+        cb = GradientHealthCallback(
+            str(tmp_path / str(len(finals))), on_flag=None, **kwargs
+        )
+        model.fit(
+            x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+        )
+        finals.append(model.get_weights())
+    for a, b in zip(*finals, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_trajectory_snapshots_project_the_weights(tmp_path):
+    """trajectory_freq=1 logs the projection at step 0 and after every epoch."""
+    from tb_gradplugin import curvature
+
+    x, y = data()
+    model = compiled(tiny)
+    start = curvature.project_parameters(model.trainable_variables, dim=32, seed=3)
+    cb = GradientHealthCallback(
+        str(tmp_path / "run"),
+        trajectory_freq=1,
+        trajectory_dim=32,
+        trajectory_seed=3,
+        on_flag=None,
+    )
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    end = curvature.project_parameters(model.trainable_variables, dim=32, seed=3)
+    series = read(str(tmp_path / "run")).tensors["trajectory/projection"]
+    assert series.steps.tolist() == [0, 4, 8]
+    np.testing.assert_allclose(series.values[0], start, rtol=1e-6)
+    np.testing.assert_allclose(series.values[-1], end, rtol=1e-6)
+    assert series.content["seed"] == 3 and series.content["dim"] == 32
