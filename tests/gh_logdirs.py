@@ -1,9 +1,9 @@
-"""Log directories for the plugin's tests and benchmarks, written without TensorFlow.
+"""Log directories and a TensorBoard launcher for the plugin's tests and benchmarks.
 
-The event files follow docs/INTERFACES.md exactly (the tags and summary metadata of
+Synthetic runs follow docs/INTERFACES.md exactly (the tags and summary metadata of
 ``tb_gradplugin.metadata``, float32 values, data class set) and are written with
-TensorBoard's own ``EventFileWriter``, so that a test knows every value it reads
-back. Real trainings with the callback are made by the tests themselves.
+TensorBoard's own ``EventFileWriter`` so that a test knows every value it reads
+back; :func:`train_runs` adds real Keras trainings written by the callback.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
+import socket
+import subprocess
+import sys
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -18,6 +22,13 @@ from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
 from tb_gradplugin import metadata
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+"""A run directory name that is HTML: it must render as text."""
+SYN_STEPS = 3000  # > the Rust server's default 1,000 scalars / 100 tensors
+NAN_AT = 1234
+SPIKE_AT = 2222
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 class Writer:
@@ -217,3 +228,104 @@ def write_corrupt_neighbour(run_dir: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(run_dir) / "events.out.tfevents.9999999999.corrupt"
     path.write_bytes(b"\x18\x00\x00\x00\x00\x00\x00\x00garbage-half-written")
     return path
+
+
+def train_runs(logdir: str) -> None:
+    """Trains two tiny Keras models with the callback (a few seconds)."""
+    import keras
+
+    from tb_gradplugin import GradientHealthCallback
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+
+    def model(lr: float, name: str):
+        m = keras.Sequential(
+            [
+                keras.Input((8,)),
+                keras.layers.Dense(16, activation="relu", name="hidden"),
+                keras.layers.Dense(1, name="out"),
+            ],
+            name=name,
+        )
+        m.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", metrics=["mae"])
+        return m
+
+    keras.utils.set_random_seed(0)
+    m = model(0.01, "healthy")
+    cb = GradientHealthCallback(
+        os.path.join(logdir, "healthy"),
+        on_flag=None,
+        slices={
+            "lo": ("healthy/hidden/kernel", (0, 8)),
+            "hi": ("healthy/hidden/kernel", (8, 16)),
+        },
+        loss_components=["mae"],
+        variance_window=4,
+    )
+    m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
+    m = model(5.0, "diverged")  # SGD at lr 5 on this data overflows within steps
+    cb = GradientHealthCallback(os.path.join(logdir, "diverged"), on_flag=None)
+    m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
+
+
+def make_logdir(root: str) -> dict:
+    """Writes the test log directory and returns what the synthetic run holds."""
+    train_runs(root)
+    syn = write_run(
+        os.path.join(root, "synthetic"),
+        n_steps=SYN_STEPS,
+        nan_at=NAN_AT,
+        spike_at=SPIKE_AT,
+        hessian=True,
+        trajectory=True,
+    )
+    write_corrupt_neighbour(os.path.join(root, "synthetic"))
+    write_run(os.path.join(root, HOSTILE), n_steps=50, seed=3)
+    return {"synthetic": syn}
+
+
+LAUNCHER = (
+    "import sys; from tensorboard import default, program; "
+    "from tb_gradplugin.plugin import GradientHealthLoader; "
+    "tb = program.TensorBoard(plugins=default.get_static_plugins()"
+    " + [GradientHealthLoader()]); "
+    "tb.configure(argv=[None] + sys.argv[1:]); sys.exit(tb.main())"
+)
+"""`tensorboard` with this checkout's plugin, for when the package is not installed."""
+
+
+def plugin_installed() -> bool:
+    """Whether tb_gradplugin is installed with its tensorboard_plugins entry point."""
+    from importlib import metadata as importlib_metadata
+
+    eps = importlib_metadata.entry_points(group="tensorboard_plugins")
+    return any(ep.name == "gradient_health" for ep in eps)
+
+
+def start_tensorboard(logdir: str, port: int, *flags: str) -> subprocess.Popen:
+    """Starts a real TensorBoard process on 127.0.0.1:port.
+
+    Uses the `tensorboard` command when the package is installed (the entry point
+    loads the plugin), else the same program with the plugin passed explicitly.
+    """
+    args = ["--logdir", str(logdir), "--port", str(port), "--host", "127.0.0.1", *flags]
+    if plugin_installed() and shutil.which("tensorboard"):
+        cmd = [shutil.which("tensorboard"), *args]
+    else:
+        cmd = [sys.executable, "-c", LAUNCHER, *args]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    """Returns a TCP port that is free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,76 +31,20 @@ from werkzeug import test as werkzeug_test
 from tb_gradplugin import diagnosis, metadata, plugin, reader
 from tests import gh_logdirs
 
-HOSTILE = "<img src=x onerror=alert(1)>"
-SYN_STEPS = 3000
-NAN_AT = 1234
-SPIKE_AT = 2222
+HOSTILE = gh_logdirs.HOSTILE
+SYN_STEPS = gh_logdirs.SYN_STEPS
+NAN_AT = gh_logdirs.NAN_AT
+SPIKE_AT = gh_logdirs.SPIKE_AT
 PREFIX = "/data/plugin/gradient_health/"
 
 
 # -- the log directory --------------------------------------------------------
 
 
-def train_runs(logdir: str) -> None:
-    """Trains two tiny Keras models with the callback (a few seconds)."""
-    import keras
-
-    from tb_gradplugin import GradientHealthCallback
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype("float32")
-    y = (x @ rng.normal(size=(8, 1))).astype("float32")
-
-    def model(lr: float, name: str):
-        m = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu", name="hidden"),
-                keras.layers.Dense(1, name="out"),
-            ],
-            name=name,
-        )
-        m.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", metrics=["mae"])
-        return m
-
-    keras.utils.set_random_seed(0)
-    m = model(0.01, "healthy")
-    cb = GradientHealthCallback(
-        os.path.join(logdir, "healthy"),
-        on_flag=None,
-        slices={
-            "lo": ("healthy/hidden/kernel", (0, 8)),
-            "hi": ("healthy/hidden/kernel", (8, 16)),
-        },
-        loss_components=["mae"],
-        variance_window=4,
-    )
-    m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
-    m = model(5.0, "diverged")  # SGD at lr 5 on this data overflows within steps
-    cb = GradientHealthCallback(os.path.join(logdir, "diverged"), on_flag=None)
-    m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
-
-
-def make_logdir(root: str) -> dict:
-    """Writes the test log directory and returns what the synthetic run holds."""
-    train_runs(root)
-    syn = gh_logdirs.write_run(
-        os.path.join(root, "synthetic"),
-        n_steps=SYN_STEPS,
-        nan_at=NAN_AT,
-        spike_at=SPIKE_AT,
-        hessian=True,
-        trajectory=True,
-    )
-    gh_logdirs.write_corrupt_neighbour(os.path.join(root, "synthetic"))
-    gh_logdirs.write_run(os.path.join(root, HOSTILE), n_steps=50, seed=3)
-    return {"synthetic": syn}
-
-
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("logs"))
-    written = make_logdir(root)
+    written = gh_logdirs.make_logdir(root)
     return root, written
 
 
@@ -524,46 +467,14 @@ def test_frontend_metadata_names_the_tab():
 # -- a real tensorboard process ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LAUNCHER = (
-    "import sys; from tensorboard import default, program; "
-    "from tb_gradplugin.plugin import GradientHealthLoader; "
-    "tb = program.TensorBoard(plugins=default.get_static_plugins()"
-    " + [GradientHealthLoader()]); "
-    "tb.configure(argv=[None] + sys.argv[1:]); sys.exit(tb.main())"
-)
-
-
 @pytest.mark.parametrize("load_fast", ["false", "true"])
 def test_tensorboard_process_serves_all_points(logdir, load_fast):
     """A real `tensorboard --logdir` process (both paths) serves every point."""
     import urllib.request
 
     root, _ = logdir
-    port = free_port()
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            LAUNCHER,
-            "--logdir",
-            root,
-            "--port",
-            str(port),
-            "--host=127.0.0.1",
-            f"--load_fast={load_fast}",
-        ],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": repo},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    port = gh_logdirs.free_port()
+    proc = gh_logdirs.start_tensorboard(root, port, f"--load_fast={load_fast}")
     url = (
         f"http://127.0.0.1:{port}{PREFIX}"
         "export?run=synthetic&key=layer/grad_norm&format=json"

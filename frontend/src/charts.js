@@ -53,9 +53,15 @@ export function stepZoom(app, key, xAxisIndex = 0) {
   const base = {xAxisIndex, filterMode: 'none'};
   const range = z ? {startValue: z[0], endValue: z[1]} : {start: 0, end: 100};
   return [
-    {type: 'slider', height: 18, bottom: 6, ...base, ...range},
+    {type: 'slider', height: 16, bottom: 4, ...base, ...range},
     {type: 'inside', ...base, ...range},
   ];
+}
+
+/** The step x axis, named under the axis. */
+export function stepAxis() {
+  return {type: 'value', name: 'step', nameLocation: 'middle', nameGap: 24,
+    min: 'dataMin', max: 'dataMax'};
 }
 
 export function valueAxis(name, log, extra = {}) {
@@ -71,7 +77,7 @@ export function baseOption(extra = {}) {
     // richText tooltips are drawn on the canvas: run names never become HTML.
     tooltip: {trigger: 'axis', renderMode: 'richText', confine: true},
     legend: {type: 'scroll', top: 0},
-    grid: {left: 70, right: 70, top: 40, bottom: 50},
+    grid: {left: 70, right: 70, top: 40, bottom: 64},
     ...extra,
   };
 }

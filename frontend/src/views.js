@@ -1,7 +1,7 @@
 // The tab's views. Each has load(app, fresh) -> data and draw(app, data, main).
 import {el, fmt} from './util.js';
 import {
-  PALETTE, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepZoom, valueAxis,
+  PALETTE, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepAxis, stepZoom, valueAxis,
 } from './charts.js';
 
 const HEALTHY_UPDATE_RATIO = 1e-3; // cs231n: update/weight ratio near 1e-3 is healthy.
@@ -61,7 +61,7 @@ const overview = {
         smoothing: s.smoothing, log: s.log, color: PALETTE[1], markArea: loss ? undefined : areas}));
     }
     chart.setOption(baseOption({
-      xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+      xAxis: stepAxis(),
       yAxis: [valueAxis('loss', s.log), valueAxis('grad norm', s.log, {splitLine: {show: false}})],
       dataZoom: stepZoom(app, 'overview'),
       series: out,
@@ -85,8 +85,9 @@ const overview = {
       const hi = Math.max(...xs);
       c2.setOption(baseOption({
         tooltip: {trigger: 'item', renderMode: 'richText'},
-        xAxis: valueAxis('parameter norm', s.log),
-        yAxis: valueAxis('grad norm', s.log),
+        xAxis: valueAxis('parameter norm', s.log, {min: 'dataMin', max: 'dataMax',
+          nameLocation: 'middle', nameGap: 24}),
+        yAxis: valueAxis('grad norm', s.log, {min: 'dataMin', max: 'dataMax'}),
         series: [{
           name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
           itemStyle: {color: PALETTE[2]},
@@ -107,7 +108,7 @@ const overview = {
       sr[0].markLine = {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
         label: {formatter: '1e-3 (cs231n)'}, data: [{yAxis: HEALTHY_UPDATE_RATIO}]};
       c3.setOption(baseOption({
-        xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+        xAxis: stepAxis(),
         yAxis: valueAxis('ratio', s.log),
         dataZoom: stepZoom(app, 'update'),
         series: sr,
@@ -237,8 +238,8 @@ const slices = {
     const chart = app.charts.get('slices', main, {height: 420,
       title: 'Average gradient per slice (left) and gradient variance (right, dashed)'});
     chart.setOption(baseOption({
-      grid: {left: 70, right: 70, top: 70, bottom: 50},
-      xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+      grid: {left: 70, right: 70, top: 70, bottom: 64},
+      xAxis: stepAxis(),
       yAxis: [valueAxis('average |g|', s.log), valueAxis('variance', s.log, {splitLine: {show: false}})],
       dataZoom: stepZoom(app, 'slices'),
       series: out,
@@ -290,7 +291,7 @@ const lossComponents = {
       const chart = app.charts.get(`loss_${name}`, main, {height: 300,
         title: `${name}${s.log && !log ? ' (linear: has values ≤ 0)' : ''}`});
       chart.setOption(baseOption({
-        xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+        xAxis: stepAxis(),
         yAxis: valueAxis(name, log),
         dataZoom: stepZoom(app, `loss_${name}`),
         series: out,
@@ -344,7 +345,7 @@ const curvature = {
         {yAxisIndex: 1, symbol: 'rect', log: s.log, color: PALETTE[1]}));
       const c2 = app.charts.get('curv_time', main, {height: 300, title: 'Curvature over training'});
       c2.setOption(baseOption({
-        xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+        xAxis: stepAxis(),
         yAxis: [valueAxis('ratio', false, {min: 0, max: 1}),
           valueAxis('sharpness', s.log, {splitLine: {show: false}})],
         dataZoom: stepZoom(app, 'curv_time'),
@@ -356,7 +357,7 @@ const curvature = {
       const c3 = app.charts.get('noise_scale', main, {height: 260,
         title: 'Gradient noise scale B_simple'});
       c3.setOption(baseOption({
-        xAxis: {type: 'value', name: 'step', min: 'dataMin', max: 'dataMax'},
+        xAxis: stepAxis(),
         yAxis: valueAxis('B_simple', s.log),
         dataZoom: stepZoom(app, 'noise_scale'),
         series: lineWithMarkers('noise scale', ns.steps, ns.values, {smoothing: s.smoothing,
