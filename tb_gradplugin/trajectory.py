@@ -1,0 +1,101 @@
+"""One PCA over the projected parameter snapshots of several runs (numpy only).
+
+Seed 003 trained the same model eight times and drew the eight paths through
+parameter space in one 2-D PCA plane. The callback logs each snapshot as a
+random projection whose matrix depends only on ``(seed, dim, parameter
+count)`` (``trajectory/projection``), so the snapshots of all runs of one
+architecture live in the same space; :func:`pca_trajectories` fits a single
+PCA to all of them together and returns each run's path in its first two
+components. This module never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["pca_trajectories"]
+
+
+def _as_matrix(run: str, steps: Sequence[int], snapshots: Any) -> np.ndarray:
+    """Checks one run's input and returns its snapshots as a float64 matrix."""
+    x = np.asarray(snapshots, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(
+            f"run {run!r}: snapshots must be a 2-D array [n, k], got shape {x.shape}"
+        )
+    if len(steps) != x.shape[0]:
+        raise ValueError(f"run {run!r}: {len(steps)} steps but {x.shape[0]} snapshots")
+    return x
+
+
+def pca_trajectories(
+    runs: Mapping[str, tuple[Sequence[int], Any]],
+) -> dict[str, Any]:
+    """Projects every run's snapshots onto the first two principal components.
+
+    The components are fitted to the snapshots of all runs together (centred
+    on their common mean), so the paths are drawn in one plane and can be
+    compared. A component's sign is fixed so that its largest loading is
+    positive, which makes the output deterministic. Snapshots with a NaN or
+    Inf take no part in the fit and get ``[nan, nan]``.
+
+    Args:
+        runs: Run name -> ``(steps, X)`` with ``X`` of shape ``[n, k]``: the
+            ``n`` projected snapshots of the run, in step order. Every run
+            must have the same ``k`` (the same projection).
+
+    Returns:
+        ``{"runs": {run: {"steps": [...], "xy": [[x, y], ...]}},
+        "explained_variance_ratio": [r1, r2]}``. With fewer than two
+        directions of variance, the missing coordinates and ratios are 0.
+
+    Raises:
+        ValueError: When a run's input is malformed or the runs' projection
+            dimensions differ.
+    """
+    matrices: dict[str, np.ndarray] = {}
+    steps_of: dict[str, list[int]] = {}
+    for run, item in runs.items():
+        try:
+            steps, snapshots = item
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"run {run!r}: expected a (steps, X) pair") from err
+        x = _as_matrix(run, steps, snapshots)
+        matrices[run] = x
+        steps_of[run] = [int(s) for s in steps]
+    dims = {x.shape[1] for x in matrices.values() if x.shape[0]}
+    if len(dims) > 1:
+        by_dim = {r: x.shape[1] for r, x in matrices.items() if x.shape[0]}
+        raise ValueError(
+            "runs were projected to different dimensions and cannot share one "
+            f"PCA: {by_dim}"
+        )
+    result: dict[str, Any] = {"runs": {}, "explained_variance_ratio": [0.0, 0.0]}
+    if not dims:
+        for run in matrices:
+            result["runs"][run] = {"steps": steps_of[run], "xy": []}
+        return result
+
+    finite = {r: np.all(np.isfinite(x), axis=1) for r, x in matrices.items()}
+    fit = np.concatenate([x[finite[r]] for r, x in matrices.items()])
+    components = np.zeros((2, next(iter(dims))))
+    mean = np.zeros(components.shape[1])
+    if fit.shape[0]:
+        mean = fit.mean(axis=0)
+        _, singular, vt = np.linalg.svd(fit - mean, full_matrices=False)
+        total = float(np.sum(singular**2))
+        keep = min(2, vt.shape[0])
+        for i in range(keep):
+            if total > 0 and singular[i] ** 2 > 1e-12 * total:
+                v = vt[i]
+                components[i] = v if v[np.argmax(np.abs(v))] >= 0 else -v
+                result["explained_variance_ratio"][i] = float(singular[i] ** 2 / total)
+    for run, x in matrices.items():
+        xy = (x - mean) @ components.T
+        xy[~finite[run]] = math.nan
+        result["runs"][run] = {"steps": steps_of[run], "xy": xy.tolist()}
+    return result
