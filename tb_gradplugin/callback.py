@@ -897,6 +897,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._write_failed = False
         self._last_flush = 0.0
         self._event_file = None
+        self._live = None
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -935,6 +936,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if self.trajectory_freq and (epoch + 1) % self.trajectory_freq == 0:
             self._guarded(self._trajectory)
         self._guarded(self._flush)
+        if self.on_flag is not None and not self._write_failed:
+            self._live_check(epoch)
 
     def on_train_end(self, logs=None):
         """Writes what is left and flushes the writer.
@@ -987,6 +990,41 @@ class GradientHealthCallback(keras.callbacks.Callback):
                             step=step,
                             metadata=mon.tags[tag],
                         )
+
+    def _live_check(self, epoch):
+        from tb_gradplugin import live
+
+        try:
+            if self._live is None:
+                self._live = live.LiveDiagnosis(self.log_dir)
+            flags = self._live.new_errors()
+        except Exception as err:  # noqa: BLE001 - a diagnostic never ends training
+            logger.warning("GradientHealthCallback: live diagnosis failed: %s", err)
+            self.on_flag = None
+            return
+        for flag in flags:
+            where = f" in {flag.layer}" if flag.layer else ""
+            logger.warning(
+                "Gradient health, epoch %d: %s%s (steps %s-%s): %s Advice: %s",
+                epoch + 1,
+                flag.kind,
+                where,
+                flag.first_step,
+                flag.last_step,
+                flag.message,
+                flag.advice,
+            )
+            warnings.warn(
+                f"GradientHealthCallback: {flag.kind}{where} at steps "
+                f"{flag.first_step}-{flag.last_step}: {flag.message}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if flags and self.on_flag == "stop":
+            logger.warning(
+                "GradientHealthCallback: stopping training (on_flag='stop')."
+            )
+            self.model.stop_training = True
 
     def _probe_batch(self):
         if self.probe_data is not None:

@@ -1,0 +1,80 @@
+"""Live diagnosis during fit: warnings and stops on real unhealthy trainings."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+
+from tb_gradplugin import GradientHealthCallback
+from tb_gradplugin.live import LiveDiagnosis
+
+
+def _data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 20)).astype("float32")
+    w = rng.normal(size=(20,))
+    y = (x @ w > 0).astype("int64")
+    return x, y
+
+
+def _model(lr):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((20,)),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _fit(tmp_path, lr, on_flag, epochs=8):
+    x, y = _data()
+    model = _model(lr)
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=on_flag)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(
+            x, y, batch_size=16, epochs=epochs, verbose=0, callbacks=[cb]
+        )
+    ours = [
+        str(w.message) for w in caught if "GradientHealthCallback:" in str(w.message)
+    ]
+    return len(history.history["loss"]), ours, cb
+
+
+def test_exploding_training_warns_and_goes_on(tmp_path):
+    """A far too high learning rate gives an error-flag warning; training goes on."""
+    epochs, messages, _ = _fit(tmp_path, lr=50.0, on_flag="warn")
+    assert epochs == 8
+    assert any("exploding_gradient" in m or "non_finite" in m for m in messages)
+
+
+def test_exploding_training_stops_with_on_flag_stop(tmp_path):
+    """on_flag='stop' ends fit at the epoch where the error flag appears."""
+    epochs, messages, _ = _fit(tmp_path, lr=50.0, on_flag="stop", epochs=30)
+    assert messages and epochs < 30
+
+
+def test_healthy_training_gets_no_warning(tmp_path):
+    """A well-tuned training raises no live warning and runs every epoch."""
+    epochs, messages, _ = _fit(tmp_path, lr=0.05, on_flag="stop")
+    assert epochs == 8
+    assert messages == []
+
+
+def test_live_diagnosis_reports_each_flag_once(tmp_path):
+    """A second reload without new trouble reports no flag again."""
+    _, _, cb = _fit(tmp_path, lr=50.0, on_flag=None, epochs=3)
+    live = LiveDiagnosis(cb.log_dir)
+    first = live.new_errors()
+    assert first and all(f.severity == "error" for f in first)
+    assert live.new_errors() == []
