@@ -191,8 +191,11 @@ class Thresholds:
         explode_loss_rise: Relative rise of the smoothed loss over its best
             level so far that makes a gradient rise harmful: 0.5 = +50 %
             (this project; a growing gradient with a falling loss is learning).
-        spike_window: Preceding points whose median is the local level of a
-            spike: 10 points (this project).
+        spike_window: Preceding points whose 90th percentile is the recent
+            range a spike is measured against: 50 points (this project).
+        explode_noise_sigmas: A rise or spike must also clear this many robust
+            standard deviations of the point-to-point change of log10 ‖g‖:
+            3 (this project; batch-size-1 gradients swing by decades).
         vanish_layer_ratio: ‖g_first‖/‖g_last‖ below which the early layers'
             gradient vanishes: 1e-3 (AutoTrainer, ICSE 2021).
         vanish_first_norm: ‖g_first‖ below which the first layer's gradient
@@ -223,10 +226,15 @@ class Thresholds:
             its median from which the loss swings: 0.4 (seed 004's unstable
             run: 0.54–0.95 around 0.61 ≈ 0.5).
         oscillation_autocorr: Smallest |lag-1 autocorrelation| of the detrended
-            loss: 0.3 (this project: batch noise is uncorrelated, ≈ 0 ± 2/√n;
-            an unstable run alternates, r₁ < 0, or swings in waves, r₁ > 0).
-        oscillation_settled: A loss that fell below this share of its initial
-            value has settled: 0.5 (this project).
+            loss where it is read point by point: 0.3 (this project: batch
+            noise is uncorrelated, ≈ 0 ± 2/√n; an unstable run alternates,
+            r₁ < 0, or swings in waves, r₁ > 0).
+        oscillation_rebound: The loss has not settled while the top of its
+            swings (q90) climbs back this share of the way from its best level
+            to its initial one: 0.5 (this project; seed 004's unstable run
+            swings back above its start).
+        oscillation_blocks: The loss is averaged over this many blocks of
+            steps before the swings are measured: 40 blocks (this project).
         oscillation_trend: The last third of the window above this share of the
             first third means "no downward trend": 0.8 (this project).
         min_trend_points: Fewest logged points to judge a trend (plateau,
@@ -252,7 +260,8 @@ class Thresholds:
     explode_factor: float = 10.0
     explode_spike_warning: float = 100.0
     explode_loss_rise: float = 0.5
-    spike_window: int = 10
+    spike_window: int = 50
+    explode_noise_sigmas: float = 3.0
     vanish_layer_ratio: float = 1e-3
     vanish_first_norm: float = 1e-4
     vanish_grad_param_ratio: float = 1e-3
@@ -266,7 +275,8 @@ class Thresholds:
     chance_classes: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9, 10, 100, 1000)
     oscillation_amplitude: float = 0.4
     oscillation_autocorr: float = 0.3
-    oscillation_settled: float = 0.5
+    oscillation_rebound: float = 0.5
+    oscillation_blocks: int = 40
     oscillation_trend: float = 0.8
     min_trend_points: int = 20
     skipped_fraction: float = 0.5
@@ -618,10 +628,13 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
     if n < 3:
         return []
     lg = np.log10(gv)
-    sm = _rolling_median(lg, 3)
+    sm = _rolling_median(lg, 5)
     base = np.minimum.accumulate(sm)
     rise = sm - base
-    fac = math.log10(th.explode_factor)
+    # Point-to-point noise of log10 ‖g‖ (robust σ); tiny batches make it
+    # decades wide (one example's gradient), and a rise must clear it.
+    noise = 1.4826 * float(np.median(np.abs(np.diff(lg)))) / math.sqrt(2.0)
+    fac = max(math.log10(th.explode_factor), th.explode_noise_sigmas * noise)
     ends_nonfinite = r.nonfinite_from is not None and r.nonfinite_from >= sv[-1]
 
     # Loss alongside: is it getting worse while the gradient grows?
@@ -702,11 +715,13 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
             )
         )
 
-    # Spikes that came back down (before any sustained explosion).
+    # Spikes that came back down (before any sustained explosion): a point this
+    # many times above the recent *upper* range (q90), not the median, so that
+    # the spread of small-batch gradients is no spike.
     k = max(3, th.spike_window)
     local = np.full(n, np.nan)
-    for i in range(3, min(onset_idx, n)):
-        local[i] = np.median(lg[max(0, i - k) : i])
+    for i in range(min(3, n), min(onset_idx, n)):
+        local[i] = np.quantile(lg[max(0, i - k) : i], 0.9)
     jump = lg - local
     spikes = np.nonzero(np.nan_to_num(jump, nan=-np.inf) >= fac)[0]
     spikes = spikes[spikes < onset_idx]
@@ -723,8 +738,8 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
                 layer=None,
                 message=(
                     f"The gradient norm spiked {spikes.size} time(s), at worst "
-                    f"{factor:.3g}x its recent level (to {_fmt(gv[worst])} at step "
-                    f"{int(sv[worst])}), and came back down."
+                    f"{factor:.3g}x the top of its recent range (to "
+                    f"{_fmt(gv[worst])} at step {int(sv[worst])}), and came back down."
                 ),
                 advice=_ADVICE["exploding_gradient"],
                 evidence={
@@ -970,33 +985,55 @@ def _candidate_starts(n: int) -> list[int]:
     return sorted({0, n // 8, n // 4, (3 * n) // 8, n // 2})
 
 
-def _oscillation(v: np.ndarray, initial: float, th: Thresholds) -> dict | None:
-    """The figures of an oscillating window, or None when it does not swing."""
-    if v.shape[0] < max(10, th.min_trend_points // 2):
+def _oscillation(
+    w: np.ndarray, initial: float, floor: float, th: Thresholds, *, need_r1: str
+) -> dict | None:
+    """The figures of a window of loss values that swings, or None.
+
+    Args:
+        w: The window (block means, or raw points).
+        initial: The run's initial loss.
+        floor: The lowest level the run's loss reached (block means).
+        th: The thresholds.
+        need_r1: ``"any"``: |r1| must reach the threshold (raw points: batch
+            noise is uncorrelated); ``"negative"``: r1 must be below minus it
+            (step-to-step alternation); ``"none"``: no condition (block means,
+            where averaging already removed the batch noise).
+    """
+    if w.shape[0] < 10:
         return None
-    med = float(np.median(v))
+    med = float(np.median(w))
     if abs(med) < 1e-12:
         return None
-    settled = _improvement(initial, med) >= th.oscillation_settled
-    m1, m3 = _thirds(v)
+    m1, m3 = _thirds(w)
     # Falling (learning) or rising (diverging) over the window: a trend, no swing.
-    trending = abs(m1 - m3) > (1 - th.oscillation_trend) * abs(m1)
-    q10, q90 = np.quantile(v, [0.1, 0.9])
-    amplitude = float((q90 - q10) / abs(med))
-    r1 = _lag1(v)
-    if settled or trending or amplitude < th.oscillation_amplitude:
+    if abs(m1 - m3) > (1 - th.oscillation_trend) * max(abs(m1), abs(m3)):
         return None
-    if abs(r1) < th.oscillation_autocorr:
+    q10, q90 = (float(q) for q in np.quantile(w, [0.1, 0.9]))
+    amplitude = (q90 - q10) / abs(med)
+    if amplitude < th.oscillation_amplitude:
+        return None
+    # Not settled: the swings reach back up towards where the loss started.
+    span = initial - floor
+    rebound = (q90 - floor) / span if span > 0 else math.inf
+    if rebound < th.oscillation_rebound:
+        return None
+    r1 = _lag1(w)
+    if need_r1 == "any" and abs(r1) < th.oscillation_autocorr:
+        return None
+    if need_r1 == "negative" and r1 > -th.oscillation_autocorr:
         return None
     return {
         "median_loss": _num(med),
         "initial_loss": _num(initial),
+        "lowest_loss": _num(floor),
         "relative_amplitude": _num(amplitude),
+        "rebound": _num(rebound),
         "q10_loss": _num(q10),
         "q90_loss": _num(q90),
         "lag1_autocorrelation": _num(r1),
         "amplitude_threshold": th.oscillation_amplitude,
-        "autocorr_threshold": th.oscillation_autocorr,
+        "rebound_threshold": th.oscillation_rebound,
     }
 
 
@@ -1005,41 +1042,61 @@ def _rule_oscillating(r: _Run, th: Thresholds) -> list[Flag]:
     n = v.shape[0]
     if n < th.min_trend_points:
         return []
-    initial = _initial_loss(v)
-    for start in _candidate_starts(n):
-        ev = _oscillation(v[start:], initial, th)
-        if ev is None:
-            continue
-        ev["window_points"] = int(n - start)
-        kind = (
-            "alternates step to step"
-            if ev["lag1_autocorrelation"] < 0
-            else ("swings up and down in waves")
+    # Block means over ~40 blocks average out the batch-to-batch noise, which
+    # is large for small batches; swings that survive are the optimizer's.
+    b = max(1, n // th.oscillation_blocks)
+    nb = n // b
+    bm = v[: nb * b].reshape(nb, b).mean(axis=1)
+    bsteps = s[: nb * b : b]
+    initial = float(bm[0]) if b > 1 else _initial_loss(v)
+    floor = float(np.min(bm))
+    found = None
+    for start in _candidate_starts(nb):
+        route = "none" if b > 1 else "any"
+        ev = _oscillation(bm[start:], initial, floor, th, need_r1=route)
+        if ev is not None:
+            found = (int(bsteps[start]), ev, "blocks" if b > 1 else "steps")
+            break
+    if found is None and b > 1:
+        # Step-to-step alternation cancels in block means: look at the points.
+        for start in _candidate_starts(n):
+            ev = _oscillation(v[start:], initial, floor, th, need_r1="negative")
+            if ev is not None:
+                found = (int(s[start]), ev, "steps")
+                break
+    if found is None:
+        return []
+    first, ev, over = found
+    ev["measured_on"] = (
+        f"means of blocks of {b} logged steps" if over == "blocks" else "logged steps"
+    )
+    how = (
+        "alternates step to step"
+        if over == "steps" and ev["lag1_autocorrelation"] < 0
+        else "swings up and down"
+    )
+    grad_note = ""
+    g = r.value_at(r.grad, s[s >= first])
+    if np.isfinite(g).sum() >= 4:
+        gq10, gq90 = np.nanquantile(g, [0.1, 0.9])
+        ev["grad_norm_q10"], ev["grad_norm_q90"] = _num(gq10), _num(gq90)
+        grad_note = f"; the gradient norm ranges {_fmt(gq10)}-{_fmt(gq90)}"
+    return [
+        Flag(
+            kind="oscillating_loss",
+            severity="warning",
+            first_step=first,
+            last_step=int(s[-1]),
+            layer=None,
+            message=(
+                f"From step {first} the loss {how} between {_fmt(ev['q10_loss'])} "
+                f"and {_fmt(ev['q90_loss'])} ({ev['measured_on']}; initial "
+                f"{_fmt(initial)}, best {_fmt(floor)}) without settling{grad_note}."
+            ),
+            advice=_ADVICE["oscillating_loss"],
+            evidence=ev,
         )
-        grad_note = ""
-        g = r.value_at(r.grad, s[start:])
-        if np.isfinite(g).sum() >= 4:
-            gq10, gq90 = np.nanquantile(g, [0.1, 0.9])
-            ev["grad_norm_q10"], ev["grad_norm_q90"] = _num(gq10), _num(gq90)
-            grad_note = f"; the gradient norm ranges {_fmt(gq10)}–{_fmt(gq90)}"
-        return [
-            Flag(
-                kind="oscillating_loss",
-                severity="warning",
-                first_step=int(s[start]),
-                last_step=int(s[-1]),
-                layer=None,
-                message=(
-                    f"From step {int(s[start])} the loss {kind} between "
-                    f"{_fmt(ev['q10_loss'])} and {_fmt(ev['q90_loss'])} (median "
-                    f"{_fmt(ev['median_loss'])}, initial {_fmt(initial)}) without "
-                    f"settling{grad_note}."
-                ),
-                advice=_ADVICE["oscillating_loss"],
-                evidence=ev,
-            )
-        ]
-    return []
+    ]
 
 
 def _chance(level: float, th: Thresholds) -> int | None:
