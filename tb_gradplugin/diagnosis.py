@@ -1125,11 +1125,13 @@ def _rule_plateau(r: _Run, th: Thresholds, strong_cause: bool) -> list[Flag]:
         never = improved < th.plateau_improvement
         if not (never or chance):
             continue
-        rm = _rolling_median(v, 5)
+        # The plateau begins where the (smoothed) loss first enters its band.
+        rm = _rolling_median(v, 9)
         tol = max(th.plateau_flat * scale, 1e-12)
-        off = np.nonzero(np.abs(rm[: start + 1] - level) > tol)[0]
-        onset = int(off[-1] + 1) if off.size else 0
-        onset = min(onset, start)
+        inside = np.nonzero(np.abs(rm - level) <= tol)[0]
+        onset = int(inside[0]) if inside.size else start
+        if onset > max(start, n // 2):
+            onset = start
         if chance:
             what = f"stuck at chance level ln({chance}) = {math.log(chance):.3f}"
         else:
