@@ -1,0 +1,358 @@
+"""Tests of tb_gradplugin.curvature against independently built Hessians."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tb_gradplugin import curvature  # noqa: E402
+
+
+def _reference_hessian(loss_fn, variables):
+    """Builds the Hessian row by row with nested tapes (no jacobian, no pfor)."""
+    with tf.GradientTape(persistent=True) as outer:
+        with tf.GradientTape() as inner:
+            loss = loss_fn()
+        grads = inner.gradient(loss, variables)
+        flat = tf.concat([tf.reshape(g, [-1]) for g in grads], 0)
+        entries = [flat[i] for i in range(int(flat.shape[0]))]
+    rows = []
+    for entry in entries:
+        row = outer.gradient(entry, variables)
+        rows.append(np.concatenate([r.numpy().reshape(-1) for r in row]))
+    del outer
+    h = np.array(rows, dtype=np.float64)
+    return float(loss), h
+
+
+def _shares(eig, rel_tol):
+    tol = rel_tol * np.max(np.abs(eig))
+    return (
+        np.mean(eig > tol),
+        np.mean(np.abs(eig) <= tol),
+        np.mean(eig < -tol),
+    )
+
+
+class _Quadratic(keras.layers.Layer):
+    """Outputs ½ wᵀ A w for every example: its loss has Hessian A."""
+
+    def __init__(self, a, w0, **kwargs):
+        super().__init__(**kwargs)
+        self.a = np.asarray(a, dtype=np.float32)
+        self.w0 = np.asarray(w0, dtype=np.float32)
+
+    def build(self, input_shape):
+        self.w = self.add_weight(
+            shape=(self.a.shape[0],),
+            initializer=keras.initializers.Constant(self.w0),
+            name="w",
+        )
+
+    def call(self, inputs):
+        value = 0.5 * tf.tensordot(self.w, tf.linalg.matvec(self.a, self.w), 1)
+        return tf.zeros_like(inputs[:, :1]) + value
+
+
+def _prediction_is_loss(y_true, y_pred):
+    return y_pred[:, 0]
+
+
+def _quadratic_model(a, w0):
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, _Quadratic(a, w0)(inputs))
+    model.compile(optimizer="sgd", loss=_prediction_is_loss)
+    return model
+
+
+def _probe():
+    return np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32)
+
+
+def test_exact_matches_nested_tape_hessian_with_regularisation():
+    """Exact eigenvalues and ratios equal eigvalsh of a nested-tape Hessian."""
+    keras.utils.set_random_seed(0)
+    l2 = 1e-2
+    model = keras.Sequential(
+        [
+            keras.Input((3,)),
+            keras.layers.Dense(
+                6, activation="tanh", kernel_regularizer=keras.regularizers.L2(l2)
+            ),
+            keras.layers.Dense(2),
+        ]
+    )
+    model.compile(optimizer="adam", loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype(np.float32)
+    y = rng.normal(size=(32, 2)).astype(np.float32)
+    model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+
+    kernel0 = model.layers[0].kernel
+
+    def hand_written_loss():
+        # The compiled loss written out: MSE plus the L2 penalty.
+        mse = tf.reduce_mean(tf.square(model(x, training=False) - y))
+        return mse + l2 * tf.reduce_sum(tf.square(kernel0))
+
+    ref_loss, h = _reference_hessian(hand_written_loss, model.trainable_variables)
+    ref_eig = np.linalg.eigvalsh(0.5 * (h + h.T))
+    result = curvature.compute_curvature(model, x, y, max_exact_params=1000)
+
+    assert result.method == "exact"
+    assert result.n_params == h.shape[0] == 38
+    assert result.probe_loss == pytest.approx(ref_loss, rel=1e-5)
+    scale = np.max(np.abs(ref_eig))
+    np.testing.assert_allclose(result.eigenvalues, ref_eig, atol=1e-4 * scale)
+    assert ref_eig.min() < 0 < ref_eig.max()
+    for tol in (0.0, 1e-2):
+        r = curvature.compute_curvature(
+            model, x, y, max_exact_params=1000, zero_tolerance=tol
+        )
+        pos, zero, neg = _shares(ref_eig, tol)
+        assert (r.min_ratio, r.zero_ratio, r.negative_ratio) == pytest.approx(
+            (pos, zero, neg)
+        )
+    assert result.top_eigenvalue == pytest.approx(ref_eig[-1], rel=1e-4)
+    assert result.trace == pytest.approx(np.trace(h), rel=1e-4, abs=1e-5)
+    offsets = np.cumsum(
+        [0] + [int(np.prod(v.shape)) for v in model.trainable_variables]
+    )
+    for i in range(len(model.trainable_variables)):
+        block = h[offsets[i] : offsets[i + 1], offsets[i] : offsets[i + 1]]
+        block_eig = np.linalg.eigvalsh(0.5 * (block + block.T))
+        pos, zero, _ = _shares(block_eig, curvature.DEFAULT_ZERO_TOLERANCE)
+        assert result.layer_min_ratio[i] == pytest.approx(pos)
+        assert result.layer_zero_ratio[i] == pytest.approx(zero)
+        assert result.layer_top_eigenvalue[i] == pytest.approx(
+            block_eig[-1], rel=1e-4, abs=1e-6
+        )
+    assert result.layer_method == ("exact",) * 4
+
+
+def test_saddle_x2_minus_y2():
+    """The saddle x² − y² has ratios ½/0/½, top eigenvalue 2 and trace 0."""
+    model = _quadratic_model(np.diag([2.0, -2.0]), w0=[0.3, 0.2])
+    x, y = _probe()
+    result = curvature.compute_curvature(model, x, y)
+    assert result.method == "exact"
+    assert result.min_ratio == 0.5
+    assert result.negative_ratio == 0.5
+    assert result.zero_ratio == 0.0
+    assert result.top_eigenvalue == pytest.approx(2.0)
+    assert result.trace == pytest.approx(0.0, abs=1e-6)
+    assert result.probe_loss == pytest.approx(0.3**2 - 0.2**2)
+    assert result.grad_norm == pytest.approx(np.hypot(0.6, 0.4), rel=1e-6)
+    np.testing.assert_allclose(result.eigenvalues, [-2.0, 2.0], rtol=1e-6)
+
+
+def _known_spectrum(n_pos, n_zero, n_neg, seed=0):
+    rng = np.random.default_rng(seed)
+    eig = np.concatenate(
+        [
+            rng.uniform(1.0, 3.0, n_pos),
+            np.zeros(n_zero),
+            rng.uniform(-2.0, -0.5, n_neg),
+        ]
+    )
+    q, _ = np.linalg.qr(rng.normal(size=(eig.size, eig.size)))
+    return eig, (q * eig) @ q.T
+
+
+def test_quadratic_with_known_spectrum_exact_and_lanczos():
+    """A rotated quadratic's known spectrum comes back exactly and by Lanczos."""
+    eig, a = _known_spectrum(150, 50, 100)
+    n = eig.size
+    model = _quadratic_model(a, w0=np.full(n, 0.1))
+    x, y = _probe()
+    exact = curvature.compute_curvature(model, x, y, max_exact_params=n)
+    assert exact.method == "exact"
+    np.testing.assert_allclose(exact.eigenvalues, np.sort(eig), atol=1e-5)
+    assert (exact.min_ratio, exact.zero_ratio, exact.negative_ratio) == (
+        pytest.approx(0.5),
+        pytest.approx(50 / 300),
+        pytest.approx(100 / 300),
+    )
+    assert exact.trace == pytest.approx(eig.sum(), rel=1e-5)
+
+    lanczos = curvature.compute_curvature(model, x, y, max_exact_params=n - 1)
+    assert lanczos.method == "lanczos"
+    assert lanczos.layer_method == ("lanczos",)
+    assert 0 < lanczos.tolerance < 0.2
+    assert abs(lanczos.min_ratio - 0.5) <= lanczos.tolerance
+    assert abs(lanczos.negative_ratio - 100 / 300) <= lanczos.tolerance
+    assert lanczos.top_eigenvalue == pytest.approx(eig.max(), rel=1e-4)
+    assert abs(lanczos.trace - eig.sum()) <= 4 * lanczos.trace_stderr
+    assert lanczos.hvp_count == 4 * 128 + 12
+
+
+def _classifier(seed=3):
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(128, 16)).astype(np.float32)
+    w = rng.normal(size=(16, 4))
+    y = np.argmax(x @ w + 0.5 * rng.normal(size=(128, 4)), axis=1)
+    model = keras.Sequential(
+        [
+            keras.Input((16,)),
+            keras.layers.Dense(32, activation="tanh"),
+            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(16, activation="tanh"),
+            keras.layers.Dense(4),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, epochs=10, batch_size=32, verbose=0)
+    return model, x, y
+
+
+def test_lanczos_agrees_with_exact_on_2196_parameter_model():
+    """Lanczos quadrature is within 0.02 of the exact ratios on a trained MLP."""
+    model, x, y = _classifier()
+    assert 2000 <= model.count_params() <= 4000
+    exact = curvature.compute_curvature(model, x, y, max_exact_params=4000)
+    lanczos = curvature.compute_curvature(model, x, y, max_exact_params=1100)
+    assert exact.method == "exact" and lanczos.method == "lanczos"
+    assert abs(lanczos.min_ratio - exact.min_ratio) <= 0.02
+    assert abs(lanczos.negative_ratio - exact.negative_ratio) <= 0.02
+    assert abs(lanczos.zero_ratio - exact.zero_ratio) <= 0.02
+    assert lanczos.top_eigenvalue == pytest.approx(exact.top_eigenvalue, rel=1e-3)
+    assert abs(lanczos.trace - exact.trace) <= 4 * lanczos.trace_stderr
+    assert lanczos.probe_loss == pytest.approx(exact.probe_loss, rel=1e-6)
+    # Blocks of at most 1,100 parameters stay exact and agree between paths.
+    assert lanczos.layer_method == ("exact",) * 8
+    np.testing.assert_allclose(lanczos.layer_min_ratio, exact.layer_min_ratio)
+    np.testing.assert_allclose(
+        lanczos.layer_top_eigenvalue, exact.layer_top_eigenvalue, rtol=1e-4
+    )
+
+
+def _state(model):
+    return (
+        [v.numpy().copy() for v in model.variables],
+        [v.numpy().copy() for v in model.optimizer.variables],
+        [v.numpy().copy() for v in model.metrics_variables],
+    )
+
+
+def test_training_state_is_bit_identical_and_functions_not_retraced():
+    """Weights, optimizer, metrics and RNG are untouched; calls reuse traces."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(12, activation="relu")(inputs)
+    hidden = keras.layers.BatchNormalization()(hidden)
+    hidden = keras.layers.Dropout(0.3)(hidden)
+    model = keras.Model(
+        inputs,
+        [
+            keras.layers.Dense(1, name="a")(hidden),
+            keras.layers.Dense(2, name="b")(hidden),
+        ],
+    )
+    model.compile(optimizer="adam", loss=["mse", "mse"], metrics=[["mae"], ["mae"]])
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    ys = (rng.normal(size=(64, 1)), rng.normal(size=(64, 2)))
+    model.fit(x, ys, epochs=2, batch_size=16, verbose=0)
+
+    before = _state(model)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    keras_seed = keras.random.SeedGenerator(7)  # drawn from the global seed
+    keras_rng = [v.numpy().copy() for v in keras_seed.state.value[None]]
+    for exact_limit in (10_000, 50):
+        curvature.compute_curvature(model, x, ys, max_exact_params=exact_limit)
+    after = _state(model)
+    for group_before, group_after in zip(before, after, strict=True):
+        assert len(group_before) == len(group_after)
+        for b, a in zip(group_before, group_after, strict=True):
+            assert b.dtype == a.dtype and np.array_equal(b, a)
+    assert any(np.any(v != 0) for v in before[2])  # the metrics hold data
+    assert random.getstate() == py_state
+    after_np = np.random.get_state()
+    assert after_np[0] == np_state[0] and np.array_equal(after_np[1], np_state[1])
+    assert np.array_equal(keras_seed.state.numpy(), keras_rng[0])
+
+    engine = curvature._engine_for(model)
+    traced = [f.experimental_get_tracing_count() for f in engine._hessian_fns.values()]
+    traced += [f.experimental_get_tracing_count() for f in engine._hvp_fns.values()]
+    for exact_limit in (10_000, 50):
+        curvature.compute_curvature(model, x, ys, max_exact_params=exact_limit)
+    again = [f.experimental_get_tracing_count() for f in engine._hessian_fns.values()]
+    again += [f.experimental_get_tracing_count() for f in engine._hvp_fns.values()]
+    assert traced == again and all(t == 1 for t in traced)
+
+
+def test_bad_input_gives_clear_errors():
+    """An uncompiled model or out-of-range settings raise ValueError."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    x, y = np.ones((2, 2), np.float32), np.ones((2, 1), np.float32)
+    with pytest.raises(ValueError, match="compiled"):
+        curvature.compute_curvature(model, x, y)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="lanczos_steps"):
+        curvature.compute_curvature(model, x, y, lanczos_steps=0)
+    with pytest.raises(ValueError, match="zero_tolerance"):
+        curvature.compute_curvature(model, x, y, zero_tolerance=1.5)
+    with pytest.raises(ValueError, match="dim"):
+        curvature.project_parameters(model.trainable_variables, dim=0)
+
+
+def test_non_finite_loss_gives_nan_not_error():
+    """A NaN in the probe batch yields NaN figures instead of an exception."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.array([[np.nan, 1.0], [1.0, 2.0]], np.float32)
+    result = curvature.compute_curvature(model, x, np.ones((2, 1), np.float32))
+    assert np.isnan(result.min_ratio) and np.isnan(result.probe_loss)
+
+
+def test_projection_is_fixed_by_seed_dim_and_size_only():
+    """The projection is linear, ±1/√dim per column, and ignores variable split."""
+    n, dim = 70_000, 64  # more than one generated block of 65,536 rows
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    whole = curvature.project_parameters([a], dim=dim, seed=5)
+    split = curvature.project_parameters([a[:10], a[10:40_000], a[40_000:]], dim, 5)
+    np.testing.assert_allclose(whole, split, rtol=1e-6)
+    assert whole.shape == (dim,) and whole.dtype == np.float32
+    summed = curvature.project_parameters([a + b], dim=dim, seed=5)
+    parts = whole + curvature.project_parameters([b], dim=dim, seed=5)
+    np.testing.assert_allclose(summed, parts, rtol=1e-4, atol=1e-3)
+    for i in (0, 65_535, 65_536, n - 1):
+        unit = np.zeros(n)
+        unit[i] = 1.0
+        column = curvature.project_parameters([unit], dim=dim, seed=5)
+        np.testing.assert_allclose(np.abs(column), 1 / np.sqrt(dim), rtol=1e-6)
+    other_seed = curvature.project_parameters([a], dim=dim, seed=6)
+    assert not np.allclose(whole, other_seed)
+    # Johnson-Lindenstrauss: distances survive within ~3/√dim relative error.
+    ratio = np.linalg.norm(whole) / np.linalg.norm(a)
+    assert abs(ratio - 1) < 3 / np.sqrt(dim)
+
+
+def test_projection_same_for_two_models_of_one_architecture():
+    """Two separately built models project through the same matrix."""
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+    m1, m2 = build(1), build(2)
+    p1 = curvature.project_parameters(m1.trainable_variables, dim=32)
+    m1.set_weights(m2.get_weights())
+    assert not np.allclose(p1, curvature.project_parameters(m1.trainable_variables, 32))
+    np.testing.assert_array_equal(
+        curvature.project_parameters(m1.trainable_variables, dim=32),
+        curvature.project_parameters(m2.trainable_variables, dim=32),
+    )
