@@ -1,0 +1,119 @@
+"""Tests of tb_gradplugin.trajectory against numpy's SVD and eigendecomposition."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tb_gradplugin import trajectory
+
+
+def _runs(seed=0, k=20):
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for r in range(3):
+        n = 6 + r
+        drift = rng.normal(size=k) * 3
+        x = np.cumsum(rng.normal(size=(n, k)) * 0.3 + drift / n, axis=0)
+        runs[f"run{r}"] = (list(range(0, 10 * n, 10)), x + rng.normal(size=k))
+    return runs
+
+
+def test_pca_matches_numpy_svd_of_all_runs_together():
+    """The xy paths and variance ratios equal an SVD of the stacked snapshots."""
+    runs = _runs()
+    out = trajectory.pca_trajectories(runs)
+    stacked = np.concatenate([x for _, x in runs.values()])
+    centred = stacked - stacked.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    expected_xy = u[:, :2] * s[:2]
+    got_xy = np.concatenate([np.array(out["runs"][r]["xy"]) for r in runs])
+    for c in range(2):  # a component's sign is a convention
+        sign = np.sign(expected_xy[0, c] * got_xy[0, c])
+        np.testing.assert_allclose(got_xy[:, c], sign * expected_xy[:, c], atol=1e-9)
+    # The variance ratios, independently from the covariance's eigenvalues.
+    cov_eig = np.sort(np.linalg.eigvalsh(np.cov(stacked.T)))[::-1]
+    np.testing.assert_allclose(
+        out["explained_variance_ratio"], cov_eig[:2] / cov_eig.sum(), rtol=1e-9
+    )
+    for name, (steps, _) in runs.items():
+        assert out["runs"][name]["steps"] == steps
+        assert len(out["runs"][name]["xy"]) == len(steps)
+
+
+def test_sign_convention_makes_output_deterministic():
+    """Negating the data leaves the largest loading positive, so xy flips sign."""
+    runs = _runs(1)
+    out = trajectory.pca_trajectories(runs)
+    neg = trajectory.pca_trajectories({r: (s, -x) for r, (s, x) in runs.items()})
+    for r in runs:
+        np.testing.assert_allclose(
+            np.array(neg["runs"][r]["xy"]), -np.array(out["runs"][r]["xy"]), atol=1e-9
+        )
+
+
+def test_non_finite_snapshot_is_excluded_from_fit_and_marked_nan():
+    """A NaN snapshot gets [nan, nan]; the other points equal a fit without it."""
+    runs = _runs(2)
+    steps, x = runs["run1"]
+    bad = x.copy()
+    bad[3, 5] = np.nan
+    with_nan = dict(runs, run1=(steps, bad))
+    without = dict(runs, run1=(steps[:3] + steps[4:], np.delete(x, 3, axis=0)))
+    a = trajectory.pca_trajectories(with_nan)
+    b = trajectory.pca_trajectories(without)
+    assert all(np.isnan(a["runs"]["run1"]["xy"][3]))
+    kept = [p for i, p in enumerate(a["runs"]["run1"]["xy"]) if i != 3]
+    np.testing.assert_allclose(kept, b["runs"]["run1"]["xy"])
+    np.testing.assert_allclose(a["runs"]["run0"]["xy"], b["runs"]["run0"]["xy"])
+
+
+def test_degenerate_inputs():
+    """One snapshot, one direction of variance and no snapshots all work."""
+    one = trajectory.pca_trajectories({"a": ([0], np.ones((1, 4)))})
+    assert one["runs"]["a"]["xy"] == [[0.0, 0.0]]
+    assert one["explained_variance_ratio"] == [0.0, 0.0]
+    line = np.outer(np.arange(5.0), np.array([1.0, 2.0, 0.0]))
+    out = trajectory.pca_trajectories({"a": (list(range(5)), line)})
+    assert out["explained_variance_ratio"] == pytest.approx([1.0, 0.0])
+    xy = np.array(out["runs"]["a"]["xy"])
+    np.testing.assert_allclose(xy[:, 1], 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.diff(xy[:, 0]), np.sqrt(5.0))
+    empty = trajectory.pca_trajectories({"a": ([], np.zeros((0, 3)))})
+    assert empty == {
+        "runs": {"a": {"steps": [], "xy": []}},
+        "explained_variance_ratio": [0.0, 0.0],
+    }
+    assert trajectory.pca_trajectories({})["runs"] == {}
+
+
+def test_bad_input_raises_value_error():
+    """Mismatched dimensions, shapes or step counts raise a clear ValueError."""
+    with pytest.raises(ValueError, match="different dimensions"):
+        trajectory.pca_trajectories(
+            {"a": ([0, 1], np.zeros((2, 3))), "b": ([0, 1], np.zeros((2, 4)))}
+        )
+    with pytest.raises(ValueError, match="2-D"):
+        trajectory.pca_trajectories({"a": ([0], np.zeros(3))})
+    with pytest.raises(ValueError, match="steps"):
+        trajectory.pca_trajectories({"a": ([0, 1, 2], np.zeros((2, 3)))})
+    with pytest.raises(ValueError, match="pair"):
+        trajectory.pca_trajectories({"a": 5})
+
+
+def test_module_imports_without_tensorflow():
+    """trajectory.py imports with TensorFlow and Keras blocked."""
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None;"
+        "import tb_gradplugin.trajectory as t;"
+        "print(t.pca_trajectories({'a': ([0, 1], [[0.0, 1.0], [1.0, 0.0]])})"
+        "['explained_variance_ratio'])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "[1.0, 0.0]" in done.stdout
