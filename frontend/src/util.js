@@ -54,7 +54,7 @@ export function fmt(v) {
   if (typeof v !== 'number') return String(v);
   const a = Math.abs(v);
   if (a !== 0 && (a < 1e-3 || a >= 1e5)) return v.toExponential(3);
-  return String(Math.round(v * 1e4) / 1e4);
+  return String(Number(v.toPrecision(4)));
 }
 
 export function nonFiniteLabel(v) {

@@ -272,7 +272,8 @@ const lossComponents = {
       ...names.map((n) => el('th', {text: `${n} volatility`}))));
     for (const run of runs) {
       table.appendChild(el('tr', {'data-run': run}, el('td', {text: run}),
-        ...names.map((n) => el('td', {text: fmt(data.runs[run][n]?.volatility ?? null)}))));
+        ...names.map((n) => el('td', {'data-component': n,
+          text: fmt(data.runs[run][n]?.volatility ?? null)}))));
     }
     main.appendChild(el('section', {class: 'gh-card'},
       el('h3', {text: 'Volatility: std of point-to-point change over the second half ÷ mean |loss|'}),
