@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _FLUSH_SECS = 10.0  # s between host flushes; TensorBoard reloads every 5 s.
 _MAX_QUEUE = 10_000  # events held before the writer flushes by itself.
+_MIN_STEPS_PER_WRITE = 16  # optimizer steps between two calls of the writer.
 
 
 def _is_mean_metric(metric: Any) -> bool:
@@ -194,9 +195,12 @@ class _Monitor:
         self.freq = 1 if self.epoch_mode else int(freq)
         spe = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
         self.spe = spe
-        # Host calls the writer every `calls_per_write` executions; the ring must
-        # hold every row made in between (plus slack for a short last execution).
-        self.calls_per_write = 1 if self.epoch_mode else max(1, self.freq // spe)
+        # Host calls the writer every `calls_per_write` executions, at least
+        # _MIN_STEPS_PER_WRITE steps apart (a call costs ~0.1 ms, a 2 ms step
+        # can't pay it each time); the ring holds every row made in between,
+        # plus slack for a short last execution.
+        steps = max(self.freq, _MIN_STEPS_PER_WRITE)
+        self.calls_per_write = 1 if self.epoch_mode else max(1, steps // spe)
         self.ring = (
             1
             if self.epoch_mode
