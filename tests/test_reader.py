@@ -1,0 +1,66 @@
+"""Reading runs through TensorBoard's own event loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tb_gradplugin import reader
+from tests import eventfiles
+
+
+def test_reads_every_point_of_scalars_and_tensors(tmp_path):
+    """All 3,000 steps come back, beyond TensorBoard's default sampling."""
+    steps = np.arange(1, 3001)
+    eventfiles.write_run(
+        tmp_path,
+        "exp1",
+        steps=steps,
+        loss=np.linspace(2, 1, 3000),
+        grad_norm=np.ones(3000),
+        param_norm=np.full(3000, 5.0),
+        variables=["d/kernel", "d/bias"],
+        layers={"grad_norm": np.stack([steps, 2 * steps], axis=1)},
+    )
+    provider = reader.provider_for_logdir(tmp_path)
+    assert reader.list_runs(provider) == ["exp1"]
+    run = reader.read_run(provider, "exp1")
+    assert run.last_step == 3000
+    loss = run.scalar("step/loss")
+    assert len(loss) == 3000 and loss.steps[0] == 1
+    np.testing.assert_allclose(loss.values, np.linspace(2, 1, 3000), rtol=1e-6)
+    layer = run.tensor("layer/grad_norm")
+    assert layer.values.shape == (3000, 2)
+    assert layer.names == ["d/kernel", "d/bias"]
+    np.testing.assert_array_equal(layer.values[:, 1], 2 * steps)
+
+
+def test_keys_limit_what_is_read(tmp_path):
+    """keys= reads only the named series."""
+    eventfiles.write_run(
+        tmp_path,
+        "r",
+        steps=[1, 2],
+        loss=[1.0, 0.5],
+        grad_norm=[1, 1],
+        param_norm=[2, 2],
+    )
+    run = reader.read_run(reader.provider_for_logdir(tmp_path), "r", keys=["step/loss"])
+    assert list(run.scalars) == ["step/loss"]
+
+
+def test_unknown_run_is_empty_and_missing_logdir_raises(tmp_path):
+    """An unknown run reads as empty; a missing directory is FileNotFoundError."""
+    eventfiles.write_run(tmp_path, "r", steps=[1], loss=[1.0])
+    run = reader.read_run(reader.provider_for_logdir(tmp_path), "nope")
+    assert run.last_step is None and not run.scalars
+    with pytest.raises(FileNotFoundError):
+        reader.provider_for_logdir(tmp_path / "missing")
+
+
+def test_truncated_file_keeps_what_was_written(tmp_path):
+    """A half-written last record loses only that record."""
+    path = eventfiles.write_run(tmp_path, "r", steps=np.arange(1, 51), loss=np.ones(50))
+    eventfiles.truncate_event_file(path)
+    run = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
+    assert 45 <= len(run.scalar("step/loss")) <= 50
