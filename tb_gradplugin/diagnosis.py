@@ -824,6 +824,12 @@ def _dead_share(r: _Run, th: Thresholds) -> dict[int, tuple[float, int, int]]:
 def _rule_dead(r: _Run, th: Thresholds, shares: dict) -> list[Flag]:
     flags = []
     z = r.layer_zero
+    if r.grad is not None and len(r.grad):
+        late = r.grad.values[_late(len(r.grad))]
+        if np.isfinite(late).any() and _nanmedian(late) == 0:
+            # No gradient anywhere: a stationary point (see saddle_point and
+            # loss_plateau), not units that died.
+            return flags
     for i, (q, onset, judged) in shares.items():
         if not q >= th.dead_fraction:
             continue
@@ -855,7 +861,8 @@ def _rule_dead(r: _Run, th: Thresholds, shares: dict) -> list[Flag]:
                 message=(
                     f"{q:.0%} or more of the {unit} of {name} get an exactly zero "
                     f"gradient at nearly every step since step {int(z.steps[onset])}"
-                    " (dying ReLU: these units never fire, so they never learn)."
+                    " (they pass no gradient back, so they never learn: dying "
+                    "ReLUs, or units stuck by a constant initialisation)."
                 ),
                 advice=_ADVICE["dead_layer"],
                 evidence=evidence,
@@ -1187,9 +1194,12 @@ def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
         g0 = _nanmedian(r.grad.values[:3])
     else:
         g0 = _nanmedian(g[:1])
-    if not (np.isfinite(g0) and g0 > 0):
+    if not (np.isfinite(g0) and g0 >= 0):
         return []
-    hit = (negv >= th.saddle_negative_ratio) & (g <= th.saddle_grad_fraction * g0)
+    # A run that starts on the critical point (g0 = 0, e.g. zero weights) still
+    # counts: an exactly-zero gradient is near zero.
+    small = g <= max(th.saddle_grad_fraction * g0, 1e-12)
+    hit = (negv >= th.saddle_negative_ratio) & small
     hit &= np.isfinite(negv) & np.isfinite(g)
     if not hit.any():
         return []
@@ -1205,8 +1215,8 @@ def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
             layer=None,
             message=(
                 f"At {idx.size} curvature probe(s) the gradient norm was near zero "
-                f"({_fmt(g[worst])}, {_fmt(g[worst] / g0)} of the initial "
-                f"{_fmt(g0)}) while {negv[worst]:.0%} of the Hessian eigenvalues were "
+                f"({_fmt(g[worst])}; initially {_fmt(g0)}) while {negv[worst]:.0%} "
+                "of the Hessian eigenvalues were "
                 f"negative (step {int(steps[worst])}): a saddle point, not a minimum"
                 + (", and the loss is stuck." if loss_stuck else ".")
             ),
@@ -1259,7 +1269,14 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
         cause = dead_error or any(f.severity == "error" for f in vanishing)
         plateau = _rule_plateau(r, th, cause)
         flags += plateau
-    flags += _rule_saddle(r, th, bool(plateau))
+    saddle = _rule_saddle(r, th, bool(plateau))
+    flags += saddle
+    if any(f.severity != "info" for f in saddle):
+        # The curvature says why the whole gradient is ~0: a saddle, which is
+        # the more specific finding than a whole-model vanishing gradient.
+        flags = [
+            f for f in flags if not (f.kind == "vanishing_gradient" and f.layer is None)
+        ]
     flags.sort(key=lambda f: (-_RANK.get(f.severity, 0), f.first_step, f.kind))
     return flags
 
