@@ -13,7 +13,11 @@ A block of at most ``max_exact_params`` parameters is solved exactly: its
 Hessian is the batched Jacobian of the gradient (``tf.GradientTape.jacobian``
 vectorised with ``pfor``), then ``numpy.linalg.eigvalsh``. Larger blocks use
 stochastic Lanczos quadrature over Hessian-vector products (Ubaru, Chen & Saad
-2017; PyHessian, Yao et al. 2020) with full reorthogonalisation, and report a
+2017; PyHessian, Yao et al. 2020), by default without reorthogonalisation
+(finite-precision Lanczos is exact Lanczos on a nearby matrix, so Gauss
+quadrature stays accurate, Greenbaum 1989; measured here: the same accuracy as
+full reorthogonalisation on a 2,196-parameter MLP, at a quarter of the time on a
+16,750-parameter one, where storing and sweeping the basis dominated), and report a
 tolerance: the Chebyshev-Markov-Stieltjes bound on the quadrature error at
 the zero boundaries plus two standard errors over the random probes.
 
@@ -67,8 +71,8 @@ boundary: at 1e-3 its error was up to 0.28, at 1e-2 at most 0.034 (80 steps).
 The exact path uses the same tolerance so that both give the same figure."""
 
 _REORTH_BUDGET_BYTES = 512 * 2**20
-"""Memory for the stored Lanczos basis (float64); beyond it, no
-reorthogonalisation (Greenbaum 1989: quadrature stays accurate without it)."""
+"""Memory for the stored Lanczos basis (float64) when reorthogonalising; beyond
+it the basis is not kept and no reorthogonalisation is done."""
 
 _PFOR_CHUNK = 512
 """Rows of the Hessian computed per vectorised chunk, to bound the memory of
@@ -201,6 +205,7 @@ def _slq(
     start: np.ndarray,
     steps: int,
     zero_tol: float,
+    reorthogonalize: bool = False,
 ) -> tuple[_Spectrum, np.ndarray, int]:
     """Stochastic Lanczos quadrature of the sign shares of a symmetric operator.
 
@@ -211,6 +216,9 @@ def _slq(
         start: ``[b, n]`` Rademacher start vectors.
         steps: Lanczos steps per probe (capped at ``n``).
         zero_tol: Relative tolerance of zero.
+        reorthogonalize: Whether to keep the basis and orthogonalise each new
+            vector against it (memory ``b · steps · n`` float64). Defaults to
+            ``False``.
 
     Returns:
         The spectrum, the first Rayleigh quotient ``q1ᵀ A q1`` per probe (for
@@ -218,7 +226,7 @@ def _slq(
     """
     b = start.shape[0]
     m = min(steps, n)
-    reorth = b * m * n * 8 <= _REORTH_BUDGET_BYTES
+    reorth = reorthogonalize and b * m * n * 8 <= _REORTH_BUDGET_BYTES
     basis = np.zeros((b, m, n)) if reorth else None
     q = start / np.linalg.norm(start, axis=1, keepdims=True)
     q_prev = np.zeros_like(q)
@@ -463,6 +471,7 @@ def compute_curvature(
     hutchinson_samples: int = DEFAULT_HUTCHINSON_SAMPLES,
     zero_tolerance: float = DEFAULT_ZERO_TOLERANCE,
     seed: int = 0,
+    reorthogonalize: bool = False,
 ) -> CurvatureResult:
     """Computes the Hessian spectrum figures of a compiled Keras model's loss.
 
@@ -488,6 +497,10 @@ def compute_curvature(
         zero_tolerance: Eigenvalues with ``|λ| <= zero_tolerance · max|λ|`` of
             their block count as zero. Defaults to 1e-4.
         seed: Seed of the random probes. Defaults to 0.
+        reorthogonalize: Whether Lanczos keeps its basis and fully
+            reorthogonalises (PyHessian does; it costs ``O(steps² · n)`` time
+            and ``probes · steps · n`` float64 memory, skipped beyond 512 MiB).
+            Defaults to ``False``.
 
     Returns:
         A :class:`CurvatureResult`. Non-finite losses or Hessians give NaN
@@ -528,6 +541,7 @@ def compute_curvature(
             hutchinson_samples=hutchinson_samples,
             zero_tolerance=zero_tolerance,
             seed=seed,
+            reorthogonalize=reorthogonalize,
         )
     finally:
         # A multi-output compiled loss updates its per-output loss trackers.
@@ -547,6 +561,7 @@ def _compute(
     hutchinson_samples: int,
     zero_tolerance: float,
     seed: int,
+    reorthogonalize: bool,
 ) -> CurvatureResult:
     """Does the work of :func:`compute_curvature` on tensors."""
     engine = _engine_for(model)
@@ -580,7 +595,7 @@ def _compute(
 
         start = _rademacher(rng, (lanczos_probes, n))
         whole, rayleigh, used = _slq(
-            whole_matvec, n, start, lanczos_steps, zero_tolerance
+            whole_matvec, n, start, lanczos_steps, zero_tolerance, reorthogonalize
         )
         hvps += used
         # Hutchinson: vᵀHv for Rademacher v; q1 = v/√n gives vᵀHv = n·q1ᵀHq1.
@@ -631,7 +646,12 @@ def _compute(
 
             start = _rademacher(rng, (lanczos_probes, sizes[i]))
             layer[i], _, used = _slq(
-                block_matvec, sizes[i], start, lanczos_steps, zero_tolerance
+                block_matvec,
+                sizes[i],
+                start,
+                lanczos_steps,
+                zero_tolerance,
+                reorthogonalize,
             )
             hvps += used
 

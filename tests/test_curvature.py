@@ -182,15 +182,18 @@ def test_quadratic_with_known_spectrum_exact_and_lanczos():
     )
     assert exact.trace == pytest.approx(eig.sum(), rel=1e-5)
 
-    lanczos = curvature.compute_curvature(model, x, y, max_exact_params=n - 1)
-    assert lanczos.method == "lanczos"
-    assert lanczos.layer_method == ("lanczos",)
-    assert 0 < lanczos.tolerance < 0.2
-    assert abs(lanczos.min_ratio - 0.5) <= lanczos.tolerance
-    assert abs(lanczos.negative_ratio - 100 / 300) <= lanczos.tolerance
-    assert lanczos.top_eigenvalue == pytest.approx(eig.max(), rel=1e-4)
-    assert abs(lanczos.trace - eig.sum()) <= 4 * lanczos.trace_stderr
-    assert lanczos.hvp_count == 4 * 128 + 12
+    for reorthogonalize in (False, True):
+        lanczos = curvature.compute_curvature(
+            model, x, y, max_exact_params=n - 1, reorthogonalize=reorthogonalize
+        )
+        assert lanczos.method == "lanczos"
+        assert lanczos.layer_method == ("lanczos",)
+        assert 0 < lanczos.tolerance < 0.2
+        assert abs(lanczos.min_ratio - 0.5) <= lanczos.tolerance
+        assert abs(lanczos.negative_ratio - 100 / 300) <= lanczos.tolerance
+        assert lanczos.top_eigenvalue == pytest.approx(eig.max(), rel=1e-4)
+        assert abs(lanczos.trace - eig.sum()) <= 4 * lanczos.trace_stderr
+        assert lanczos.hvp_count == 4 * 128 + 12
 
 
 def _classifier(seed=3):
