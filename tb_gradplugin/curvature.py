@@ -679,9 +679,9 @@ def _compute(
     )
 
 
-_PROJECTION_CHUNK = 1 << 16
-"""Parameters per generated block of the projection matrix (65,536 rows ×
-dim columns of int8 at a time: 16 MiB for dim 256)."""
+_PROJECTION_CHUNK = 1 << 14
+"""Parameters per generated block of the projection matrix (16,384 rows × dim
+columns: 32 MiB of float64 for dim 256)."""
 
 
 def project_parameters(
@@ -690,7 +690,7 @@ def project_parameters(
     """Projects the concatenated parameters with a fixed random ±1/√dim matrix.
 
     The matrix (Achlioptas 2003: ±1 entries preserve distances like Gaussian
-    ones) is generated block by block of 65,536 parameters from a generator
+    ones) is generated block by block of 16,384 parameters from a generator
     seeded with ``(seed, dim, parameter count, block index)`` only, so every run
     of the same architecture gets the same matrix and the memory stays bounded
     whatever the model's size.
