@@ -66,6 +66,17 @@ class Writer:
             event_pb2.Event(wall_time=self.wall, step=step, summary=summary)
         )
 
+    def write_plain_scalar(self, step: int, tag: str, value: float, meta) -> None:
+        """Writes a scalar with the given metadata (e.g. TensorBoard's own scalars)."""
+        summary = summary_pb2.Summary()
+        arr = np.asarray(value, dtype=np.float32)
+        v = summary.value.add(tag=tag, tensor=tensor_util.make_tensor_proto(arr))
+        if tag not in self._seen:
+            self._seen.add(tag)
+            v.metadata.CopyFrom(meta)
+        event = event_pb2.Event(wall_time=self.wall, step=step, summary=summary)
+        self._w.add_event(event)
+
     def close(self) -> None:
         """Flushes and closes the event file."""
         self._w.close()

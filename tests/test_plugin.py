@@ -183,6 +183,18 @@ def test_downsample_indices_short_series_untouched():
     np.testing.assert_array_equal(plugin.downsample_indices(np.ones(5), 10), range(5))
 
 
+def test_encode_json_matches_tensorboard_cleanse():
+    """Vectorised NaN/Inf encoding gives exactly TensorBoard's json_util output."""
+    rng = np.random.default_rng(4)
+    grid = rng.normal(size=(50, 7))
+    grid[rng.random(grid.shape) < 0.1] = np.nan
+    grid[3, 4], grid[9, 0] = np.inf, -np.inf
+    payload = {"a": plugin.float_list(grid), "b": plugin.float_list(grid[:, 4])}
+    reference = {"a": grid.tolist(), "b": grid[:, 4].tolist()}
+    assert plugin.encode_json(payload) == json.dumps(json_util.Cleanse(reference))
+    assert plugin.encode_json({"x": math.nan}) == '{"x": "NaN"}'
+
+
 def test_volatility_matches_numpy_and_separates_settled_from_swinging():
     """The volatility figure is std(diff(second half)) / mean |second half|."""
     rng = np.random.default_rng(2)
@@ -210,7 +222,7 @@ def test_heatmap_cells_are_bucket_maxima_with_nan_kept():
     assert out["steps"] == [5, 10]
     assert out["step_ranges"] == [[1, 5], [6, 10]]
     assert out["values"][0] == [16.0, 36.0]
-    assert math.isnan(out["values"][2][0]) and out["values"][2][1] == 38.0
+    assert out["values"][2] == ["NaN", 38.0]  # sent as TensorBoard sends NaN
 
 
 def test_loader_fix_flags_keeps_all_points_unless_user_says():
@@ -263,6 +275,7 @@ def test_export_returns_every_point_beyond_default_sampling(served):
     q = "export?run=synthetic&key=step/loss&format=json"
     body = get_json(served["client"], q)
     assert body["steps"] == list(range(1, SYN_STEPS + 1))
+    assert len(body["wall_times"]) == SYN_STEPS
     np.testing.assert_array_equal(
         np.array(body["values"], dtype=np.float64),
         syn.scalars["step/loss"].astype(np.float64),
