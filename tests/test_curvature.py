@@ -359,3 +359,19 @@ def test_projection_same_for_two_models_of_one_architecture():
         curvature.project_parameters(m1.trainable_variables, dim=32),
         curvature.project_parameters(m2.trainable_variables, dim=32),
     )
+
+
+def test_projection_matrix_follows_documented_raw_pcg64_bits():
+    """Entry (i, c) is bit i·dim + c of raw PCG64 words, fixed across versions."""
+    x, dim = np.arange(10.0), 4
+    word = int(
+        np.random.PCG64(np.random.SeedSequence([0, dim, x.size, 0])).random_raw()
+    )
+    matrix = np.array(
+        [[2 * ((word >> (i * dim + c)) & 1) - 1 for c in range(dim)] for i in range(10)]
+    )
+    expected = x @ matrix / np.sqrt(dim)
+    got = curvature.project_parameters([x], dim=dim, seed=0)
+    np.testing.assert_allclose(got, expected)
+    # Golden values: a change here breaks comparisons with older logdirs.
+    np.testing.assert_array_equal(got, np.float32([7.5, 5.5, -0.5, 1.5]))
