@@ -99,8 +99,9 @@ class CurvatureResult:
         probe_loss: Loss on the probe batch.
         grad_norm: L2 norm of the gradient on the probe batch.
         method: ``"exact"`` or ``"lanczos"`` for the whole model.
-        tolerance: Bound on the absolute error of the whole-model ratios (0
-            for the exact path).
+        tolerance: Estimated bound on the absolute error of the whole-model
+            ratios: the quadrature's Chebyshev-Markov-Stieltjes bound plus two
+            standard errors over the probes (0 for the exact path).
         zero_tolerance: The relative tolerance of zero used.
         n_params: Number of trainable parameters.
         variables: Paths of the trainable variables, in order.
@@ -115,9 +116,9 @@ class CurvatureResult:
             exact path; ``None`` on the Lanczos path.
 
     Example:
-        >>> result = compute_curvature(model, x_probe, y_probe)
-        >>> result.min_ratio, result.layer_min_ratio
-        (0.93, array([0.95, 1.  , 0.9 , 1.  ]))
+        >>> result = compute_curvature(model, x_probe, y_probe)  # doctest: +SKIP
+        >>> if result.grad_norm < 1e-3 and result.negative_ratio > 0.1:
+        ...     print(f"saddle: {result.negative_ratio:.0%} negative curvature")
     """
 
     min_ratio: float
@@ -587,6 +588,21 @@ def _compute(
             layer[i] = _spectrum_from_eigenvalues(block, zero_tolerance)
     else:
         probe_loss, grad_norm = engine.loss_grad(x, y, sw)
+        if not (math.isfinite(probe_loss) and math.isfinite(grad_norm)):
+            # Every HVP would be NaN too: report the finding, spend nothing.
+            nan = _Spectrum(math.nan, math.nan, math.nan, math.nan, math.nan, "lanczos")
+            return _result(
+                engine,
+                nan,
+                [nan] * n_vars,
+                probe_loss,
+                grad_norm,
+                math.nan,
+                math.nan,
+                zero_tolerance,
+                0,
+                None,
+            )
         everything = tuple(range(n_vars))
 
         def whole_matvec(v: np.ndarray) -> np.ndarray:
@@ -655,6 +671,33 @@ def _compute(
             )
             hvps += used
 
+    return _result(
+        engine,
+        whole,
+        layer,
+        probe_loss,
+        grad_norm,
+        trace,
+        trace_stderr,
+        zero_tolerance,
+        hvps,
+        eigenvalues,
+    )
+
+
+def _result(
+    engine: _Engine,
+    whole: _Spectrum,
+    layer: Sequence[_Spectrum],
+    probe_loss: float,
+    grad_norm: float,
+    trace: float,
+    trace_stderr: float,
+    zero_tolerance: float,
+    hvps: int,
+    eigenvalues: np.ndarray | None,
+) -> CurvatureResult:
+    """Assembles the public result from the block spectra."""
     return CurvatureResult(
         min_ratio=whole.min_ratio,
         zero_ratio=whole.zero_ratio,
@@ -667,7 +710,7 @@ def _compute(
         method=whole.method,
         tolerance=whole.tolerance,
         zero_tolerance=float(zero_tolerance),
-        n_params=n,
+        n_params=engine.n_params,
         variables=tuple(str(getattr(v, "path", v.name)) for v in engine.variables),
         layer_min_ratio=np.array([s.min_ratio for s in layer], dtype=np.float64),
         layer_zero_ratio=np.array([s.zero_ratio for s in layer], dtype=np.float64),

@@ -316,8 +316,13 @@ def test_non_finite_loss_gives_nan_not_error():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     x = np.array([[np.nan, 1.0], [1.0, 2.0]], np.float32)
-    result = curvature.compute_curvature(model, x, np.ones((2, 1), np.float32))
-    assert np.isnan(result.min_ratio) and np.isnan(result.probe_loss)
+    for exact_limit in (100, 0):
+        result = curvature.compute_curvature(
+            model, x, np.ones((2, 1), np.float32), max_exact_params=exact_limit
+        )
+        assert np.isnan(result.min_ratio) and np.isnan(result.probe_loss)
+        assert np.all(np.isnan(result.layer_min_ratio))
+        assert result.method == ("exact" if exact_limit else "lanczos")
 
 
 def test_projection_is_fixed_by_seed_dim_and_size_only():
