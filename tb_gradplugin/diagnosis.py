@@ -400,6 +400,7 @@ class _Run:
         self.layer_grad = run.tensor("layer/grad_norm")
         self.layer_zero = run.tensor("layer/zero_fraction")
         self.layer_nf = run.tensor("layer/nonfinite_grads")
+        self.layer_param = run.tensor("layer/param_norm")
         self.last_step = run.last_step
         skipped_steps = set()
         if self.skipped is not None:
@@ -791,8 +792,21 @@ def _dead_share(r: _Run, th: Thresholds) -> dict[int, tuple[float, int, int]]:
     n = vals.shape[0]
     late = vals[_late(n)]
     index = {name: i for i, name in enumerate(names)}
+    # Weights that are exactly zero (a zero initialisation that never moved)
+    # block the gradient of everything before them: no unit died there.
+    blocked_before = -1
+    pn = r.layer_param
+    if pn is not None and len(pn) and pn.names == names:
+        late_pn = pn.values[_late(pn.values.shape[0])]
+        for j, name in enumerate(names):
+            if name.rsplit("/", 1)[-1] in _WEIGHT_NAMES and j < late_pn.shape[1]:
+                col = late_pn[:, j]
+                if np.isfinite(col).any() and np.nanmax(np.abs(col)) == 0:
+                    blocked_before = j
     out = {}
     for i, name in enumerate(names):
+        if i <= blocked_before:
+            continue
         leaf = name.rsplit("/", 1)[-1]
         if "embedding" in name.lower():
             continue  # only the rows in the batch get a gradient: sparse by design
@@ -1174,7 +1188,7 @@ def _rule_plateau(r: _Run, th: Thresholds, strong_cause: bool) -> list[Flag]:
     return []
 
 
-def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
+def _rule_saddle(r: _Run, th: Thresholds, plateau: Flag | None) -> list[Flag]:
     neg = r.data.scalar("hessian/negative_ratio")
     if neg is None or not len(neg):
         mr = r.data.scalar("hessian/min_ratio")
@@ -1199,12 +1213,18 @@ def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
     # A run that starts on the critical point (g0 = 0, e.g. zero weights) still
     # counts: an exactly-zero gradient is near zero.
     small = g <= max(th.saddle_grad_fraction * g0, 1e-12)
-    hit = (negv >= th.saddle_negative_ratio) & small
-    hit &= np.isfinite(negv) & np.isfinite(g)
+    # Where the loss has stopped moving, the expected gradient is ~0 even when
+    # the batch gradient is not (sampling noise): that also counts as near zero.
+    stuck = np.zeros(steps.shape[0], dtype=bool)
+    if plateau is not None:
+        stuck = steps >= plateau.first_step
+    hit = (negv >= th.saddle_negative_ratio) & (small | stuck)
+    hit &= np.isfinite(negv)
     if not hit.any():
         return []
     idx = np.nonzero(hit)[0]
     worst = int(idx[np.argmax(negv[idx])])
+    loss_stuck = bool(stuck[worst])
     severity = "warning" if loss_stuck else "info"
     return [
         Flag(
@@ -1214,11 +1234,15 @@ def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
             last_step=int(steps[idx[-1]]),
             layer=None,
             message=(
-                f"At {idx.size} curvature probe(s) the gradient norm was near zero "
-                f"({_fmt(g[worst])}; initially {_fmt(g0)}) while {negv[worst]:.0%} "
-                "of the Hessian eigenvalues were "
-                f"negative (step {int(steps[worst])}): a saddle point, not a minimum"
-                + (", and the loss is stuck." if loss_stuck else ".")
+                f"At {idx.size} curvature probe(s) "
+                + (
+                    "the loss had stopped moving"
+                    if loss_stuck
+                    else f"the gradient norm was near zero ({_fmt(g[worst])}; "
+                    f"initially {_fmt(g0)})"
+                )
+                + f" while {negv[worst]:.0%} of the Hessian eigenvalues were "
+                f"negative (step {int(steps[worst])}): a saddle point, not a minimum."
             ),
             advice=_ADVICE["saddle_point"],
             evidence={
@@ -1226,6 +1250,7 @@ def _rule_saddle(r: _Run, th: Thresholds, loss_stuck: bool) -> list[Flag]:
                 "grad_norm": _num(g[worst]),
                 "initial_grad_norm": _num(g0),
                 "probes": int(idx.size),
+                "loss_stuck": loss_stuck,
                 "negative_threshold": th.saddle_negative_ratio,
                 "grad_fraction_threshold": th.saddle_grad_fraction,
             },
@@ -1256,6 +1281,7 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
     r.update_ratio = r.before_divergence(r.update_ratio)
     r.layer_grad = r.before_divergence(r.layer_grad)
     r.layer_zero = r.before_divergence(r.layer_zero)
+    r.layer_param = r.before_divergence(r.layer_param)
     shares = _dead_share(r, th)
     dead = _rule_dead(r, th, shares)
     flags += dead
@@ -1269,7 +1295,7 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
         cause = dead_error or any(f.severity == "error" for f in vanishing)
         plateau = _rule_plateau(r, th, cause)
         flags += plateau
-    saddle = _rule_saddle(r, th, bool(plateau))
+    saddle = _rule_saddle(r, th, plateau[0] if plateau else None)
     flags += saddle
     if any(f.severity != "info" for f in saddle):
         # The curvature says why the whole gradient is ~0: a saddle, which is
