@@ -76,10 +76,8 @@ def _probe():
     return np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32)
 
 
-def test_exact_matches_nested_tape_hessian_with_regularisation():
-    """Exact eigenvalues and ratios equal eigvalsh of a nested-tape Hessian."""
+def _small_regression(l2=1e-2):
     keras.utils.set_random_seed(0)
-    l2 = 1e-2
     model = keras.Sequential(
         [
             keras.Input((3,)),
@@ -94,7 +92,13 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
     x = rng.normal(size=(32, 3)).astype(np.float32)
     y = rng.normal(size=(32, 2)).astype(np.float32)
     model.fit(x, y, epochs=3, batch_size=8, verbose=0)
+    return model, x, y
 
+
+def test_exact_matches_nested_tape_hessian_with_regularisation():
+    """Exact eigenvalues and ratios equal eigvalsh of a nested-tape Hessian."""
+    l2 = 1e-2
+    model, x, y = _small_regression(l2)
     kernel0 = model.layers[0].kernel
 
     def hand_written_loss():
@@ -135,6 +139,19 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
             block_eig[-1], rel=1e-4, abs=1e-6
         )
     assert result.layer_method == ("exact",) * 4
+
+
+def test_chunked_jacobian_equals_unchunked(monkeypatch):
+    """Hessian rows computed in small memory-bounded chunks give the same result."""
+    model, x, y = _small_regression()
+    whole = curvature.compute_curvature(model, x, y)
+    engine = curvature._engine_for(model)
+    assert engine.pfor_chunk(38, 32) is None
+    monkeypatch.setattr(curvature, "_PFOR_BUDGET_BYTES", 4 * 3 * 32 * 8 * 7)
+    assert engine.pfor_chunk(38, 32) == 7
+    chunked = curvature.compute_curvature(model, x, y)
+    np.testing.assert_allclose(chunked.eigenvalues, whole.eigenvalues, atol=1e-6)
+    assert {key[1] for key in engine._hessian_fns} == {None, 7}
 
 
 def test_saddle_x2_minus_y2():
