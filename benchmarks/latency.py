@@ -1,16 +1,19 @@
 """Latency of the Gradient Health routes beside TensorBoard's own scalars route.
 
-Writes a log directory of one run with ``--steps`` logged steps (default 100,000):
+Writes a log directory of ``--runs`` runs (default 1) of ``--steps`` logged steps
+(default 100,000):
 the per-step ``gradient_health/step/*`` scalars, ``layer/grad_norm`` and
 ``layer/update_ratio`` tensors over ``--vars`` variables (default 100), and a plain
 TensorBoard scalar ``loss`` with the same number of points. It starts a real
-``tensorboard`` process with ``--samples_per_plugin=scalars=0`` (all) (so TensorBoard's
-scalars route reads from the same number of stored points as ours) and prints the
-median latency of each route over ``--repeats`` requests, and the first (cold)
-request, as a ratio to the scalars route.
+``tensorboard`` process with ``--samples_per_plugin=scalars=0`` (keep all, so that
+TensorBoard's scalars route reads from as many stored points as ours) and prints the
+first (cold) and median latency of each route over ``--repeats`` requests, and the
+median as a ratio to the scalars route. With ``--browser`` it also times view
+switches of the tab in headless Chromium (the issue: well under a second with 20
+runs of 100 variables x 20,000 steps: ``--runs 20 --steps 20000 --browser``).
 
-Run: ``PYTHONPATH=. python benchmarks/latency.py [--steps N] [--vars K]
-[--load_fast true|false] [--logdir DIR]``.
+Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--runs R]
+[--load_fast true|false] [--logdir DIR] [--browser]``.
 """
 
 from __future__ import annotations
@@ -36,10 +39,17 @@ from tests import gh_logdirs  # noqa: E402
 RUN = "big"
 
 
-def write_logdir(root: str, steps: int, n_vars: int) -> None:
-    """Writes the benchmark run (a few minutes for 100,000 steps)."""
-    rng = np.random.default_rng(0)
-    w = gh_logdirs.Writer(os.path.join(root, RUN))
+def write_logdir(root: str, steps: int, n_vars: int, runs: int = 1) -> None:
+    """Writes the benchmark runs (about a minute per 100,000 steps)."""
+    for i in range(runs):
+        name = RUN if i == 0 else f"{RUN}_{i:02d}"
+        write_run(os.path.join(root, name), steps, n_vars, seed=i)
+
+
+def write_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> None:
+    """Writes one benchmark run."""
+    rng = np.random.default_rng(seed)
+    w = gh_logdirs.Writer(run_dir)
     variables = [f"layer_{i}/kernel" for i in range(n_vars)]
     content = {"variables": variables}
     scalars_meta = summary_pb2.SummaryMetadata(
@@ -81,6 +91,44 @@ def timed_get(url: str) -> float:
     return time.perf_counter() - t0
 
 
+def view_switch_times(base: str, repeats: int = 3) -> dict[str, float]:
+    """Median seconds from a click on a view's button to its render, in Chromium."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    views = ["overview", "layers", "slices", "loss_components", "curvature", "flags"]
+    times: dict[str, list[float]] = {v: [] for v in views}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium"),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/#gradient_health")
+        frame = page.wait_for_selector("iframe", timeout=120_000).content_frame()
+        frame.wait_for_function(
+            "() => window.__gradHealth && window.__gradHealth.renders > 0",
+            timeout=600_000,
+        )
+        for rnd in range(repeats + 1):
+            for view in views:
+                n = frame.evaluate("() => window.__gradHealth.renders")
+                t0 = time.perf_counter()
+                frame.click(f"button[data-view={view}]")
+                frame.wait_for_function(
+                    "([n, v]) => window.__gradHealth.renders > n"
+                    " && window.__gradHealth.lastRender.view === v",
+                    arg=[n, view],
+                    timeout=600_000,
+                )
+                if rnd:  # the first round fetches; later ones are switches
+                    times[view].append(time.perf_counter() - t0)
+        browser.close()
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark and prints a table of latencies and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,12 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--load_fast", choices=["true", "false"], default="true")
     parser.add_argument("--logdir", help="reuse or create this log directory")
+    parser.add_argument("--runs", type=int, default=1, help="runs in the logdir")
+    parser.add_argument(
+        "--browser",
+        action="store_true",
+        help="also time view switches of the tab in headless Chromium",
+    )
     args = parser.parse_args(argv)
 
     root = args.logdir or tempfile.mkdtemp(prefix="gh_latency_")
     if not os.path.isdir(os.path.join(root, RUN)):
         print(f"writing {args.steps} steps x {args.vars} variables to {root}")
-        write_logdir(root, args.steps, args.vars)
+        write_logdir(root, args.steps, args.vars, args.runs)
     port = gh_logdirs.free_port()
     base = f"http://127.0.0.1:{port}"
     proc = gh_logdirs.start_tensorboard(
@@ -143,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{warm / ref_warm:>8.2f}"
             )
         print(
-            f"(ratio = median / median of the scalars route; first of scalars: "
+            "(ratio = median / median of the scalars route; first of scalars: "
             f"{ref_cold * 1e3:.1f} ms)"
         )
+        if args.browser:
+            switch = view_switch_times(base)
+            print(f"\nview switch in Chromium, {args.runs} run(s), median of 3:")
+            for view, sec in switch.items():
+                print(f"  {view:<18}{sec * 1e3:>8.0f} ms")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
