@@ -98,8 +98,19 @@ _JSON = "application/json"
 class RequestError(ValueError):
     """A request parameter is malformed or names nothing that exists.
 
+    The JSON routes answer it with its ``code`` and message as ``text/plain``.
+
+    Args:
+        message: One short line for the client.
+        code: The HTTP status to answer with (400, 404 or 503). Defaults to 400.
+
     Attributes:
-        code: The HTTP status to answer with (400, 404 or 503).
+        code: The HTTP status to answer with.
+
+    Example:
+        >>> err = RequestError("unknown run: 'x'", 404)
+        >>> err.code, str(err)
+        (404, "unknown run: 'x'")
     """
 
     def __init__(self, message: str, code: int = 400):
