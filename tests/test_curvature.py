@@ -141,6 +141,65 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
     assert result.layer_method == ("exact",) * 4
 
 
+def test_exact_matches_finite_differences_on_float64_conv_classifier():
+    """A float64 Conv1D classifier's Hessian equals central differences of grads."""
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 2)),
+            keras.layers.Conv1D(3, 3, activation="tanh", dtype="float64"),
+            keras.layers.Flatten(dtype="float64"),
+            keras.layers.Dense(3, dtype="float64"),
+        ]
+    )
+    model.compile(
+        optimizer="sgd",
+        # float64 loss too, or the differences drown in float32 round-off.
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, dtype="float64"
+        ),
+    )
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(16, 8, 2))
+    y = rng.integers(0, 3, 16)
+    variables = model.trainable_variables
+    theta = np.concatenate([v.numpy().reshape(-1) for v in variables])
+
+    def grad_at(point):
+        start = 0
+        for v in variables:
+            size = int(np.prod(v.shape))
+            v.assign(point[start : start + size].reshape(v.shape))
+            start += size
+        with tf.GradientTape() as tape:
+            loss = model.compute_loss(x=x, y=y, y_pred=model(x, training=False))
+        return np.concatenate(
+            [g.numpy().reshape(-1) for g in tape.gradient(loss, variables)]
+        )
+
+    eps = 1e-5
+    h = np.array(
+        [
+            (grad_at(theta + eps * e) - grad_at(theta - eps * e)) / (2 * eps)
+            for e in np.eye(theta.size)
+        ]
+    )
+    grad_at(theta)  # restore the weights
+    ref_eig = np.linalg.eigvalsh(0.5 * (h + h.T))
+    result = curvature.compute_curvature(model, x, y)
+    assert result.n_params == theta.size == 3 * 2 * 3 + 3 + 18 * 3 + 3
+    np.testing.assert_allclose(
+        result.eigenvalues, ref_eig, atol=1e-5 * np.abs(ref_eig).max()
+    )
+    pos, zero, neg = _shares(ref_eig, curvature.DEFAULT_ZERO_TOLERANCE)
+    assert (result.min_ratio, result.zero_ratio, result.negative_ratio) == (
+        pytest.approx(pos),
+        pytest.approx(zero),
+        pytest.approx(neg),
+    )
+    assert neg > 0 and pos > 0
+
+
 def test_chunked_jacobian_equals_unchunked(monkeypatch):
     """Hessian rows computed in small memory-bounded chunks give the same result."""
     model, x, y = _small_regression()
