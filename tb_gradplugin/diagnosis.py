@@ -354,6 +354,18 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
             return np.nanmedian(windows, axis=1)
 
 
+def _cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarray:
+    """The q-quantile of ``x[: i + 1]`` for every i (exact at ≤ ``points`` places)."""
+    n = x.shape[0]
+    if n == 0:
+        return x.copy()
+    at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
+    vals = np.array([np.quantile(x[: i + 1], q) for i in at])
+    # Between two exact places, hold the earlier value.
+    idx = np.searchsorted(at, np.arange(n), side="right") - 1
+    return vals[idx]
+
+
 def _nanmedian(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     x = x[np.isfinite(x)]
@@ -630,7 +642,11 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
         return []
     lg = np.log10(gv)
     sm = _rolling_median(lg, 5)
-    base = np.minimum.accumulate(sm)
+    # The level a rise is measured from: the lower quartile of everything seen
+    # so far. Not the minimum: saturated batches (every example right, a
+    # gradient of 1e-15) would make any normal batch look like an explosion.
+    base = np.minimum(_cumulative_quantile(lg, 0.25), np.maximum.accumulate(sm))
+    base = np.maximum(base, np.minimum.accumulate(sm))
     rise = sm - base
     # Point-to-point noise of log10 ‖g‖ (robust σ); tiny batches make it
     # decades wide (one example's gradient), and a rise must clear it.
@@ -659,17 +675,28 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
     # Without a NaN at the end, an explosion must also pass the gradient norm the
     # run started with (a run that began large and came down has room to rise).
     above_start = float(np.max(gv[-3:])) > initial_grad
-    sustained = end_rise >= fac and (
-        ends_nonfinite
-        or (above_start and (bool(worse[-1]) or bool(gv[-1] > param_at[-1])))
-    )
+    # ... and the loss must end worse than it started (when there is a loss).
+    finite_at = np.isfinite(loss_sm)
+    if finite_at.any():
+        start_loss = _initial_loss(loss_at[np.isfinite(loss_at)])
+        last_loss = float(loss_sm[finite_at][-1])
+        harmful = bool(worse[-1]) and last_loss > start_loss
+    else:
+        harmful = bool(gv[-1] > param_at[-1])
+    sustained = end_rise >= fac and (ends_nonfinite or (above_start and harmful))
     if not sustained and ends_nonfinite and end_rise >= fac / 2:
         sustained = True  # grew, then turned NaN: divergence seen at low log rate
     onset_idx = n
     if sustained:
-        below = np.nonzero(rise < math.log10(2.0))[0]
-        onset_idx = int(below[-1] + 1) if below.size else 0
-        onset_idx = min(onset_idx, n - 1)
+        # The final excursion starts after the last point below the threshold;
+        # the onset is where the climb left the level it rose from.
+        under = np.nonzero(rise < fac)[0]
+        first_high = int(under[-1] + 1) if under.size else 0
+        first_high = min(first_high, n - 1)
+        level = base[first_high]
+        calm = np.nonzero(sm[:first_high] <= level + math.log10(2.0))[0]
+        onset_idx = int(calm[-1] + 1) if calm.size else 0
+        onset_idx = min(onset_idx, first_high)
         r.diverging_from = int(sv[onset_idx])
         base_val = 10 ** base[onset_idx]
         peak = float(np.max(gv[onset_idx:]))

@@ -235,7 +235,7 @@ def test_sustained_explosion_is_an_error_at_its_onset():
     """A gradient norm that grows 1e6x with the loss is an error from its onset."""
     flags = diagnose(exploding_run())
     (flag,) = [f for f in only(flags, "exploding_gradient") if f.severity == "error"]
-    assert 295 <= flag.first_step <= 320
+    assert 295 <= flag.first_step <= 330  # 2x above the level: step ~321
     assert flag.last_step == N
     assert flag.layer == "seq/dense_1/kernel"
     assert flag.evidence["growth"] > 1e5
