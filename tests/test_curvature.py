@@ -347,8 +347,6 @@ def test_training_state_is_bit_identical_and_functions_not_retraced():
 
     before = _state(model)
     np_state, py_state = np.random.get_state(), random.getstate()
-    keras_seed = keras.random.SeedGenerator(7)  # drawn from the global seed
-    keras_rng = [v.numpy().copy() for v in keras_seed.state.value[None]]
     for exact_limit in (10_000, 50):
         curvature.compute_curvature(model, x, ys, max_exact_params=exact_limit)
     after = _state(model)
@@ -360,7 +358,8 @@ def test_training_state_is_bit_identical_and_functions_not_retraced():
     assert random.getstate() == py_state
     after_np = np.random.get_state()
     assert after_np[0] == np_state[0] and np.array_equal(after_np[1], np_state[1])
-    assert np.array_equal(keras_seed.state.numpy(), keras_rng[0])
+    # The dropout layer's RNG state is among the model variables compared.
+    assert any("seed_generator" in v.path for v in model.variables)
 
     engine = curvature._engine_for(model)
     traced = [f.experimental_get_tracing_count() for f in engine._hessian_fns.values()]
