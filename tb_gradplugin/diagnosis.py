@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -344,14 +345,19 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
     if n == 0 or k <= 1:
         return x.copy()
     half = k // 2
+    if n > 2 * half and np.isfinite(x).all():
+        # Fast path: a plain median over the full windows, the ends one by one.
+        out = np.empty(n)
+        windows = np.lib.stride_tricks.sliding_window_view(x, 2 * half + 1)
+        out[half : n - half] = np.median(windows, axis=1)
+        for i in list(range(half)) + list(range(n - half, n)):
+            out[i] = np.median(x[max(0, i - half) : i + half + 1])
+        return out
     padded = np.concatenate([np.full(half, np.nan), x, np.full(half, np.nan)])
     windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmedian(windows, axis=1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(windows, axis=1)
 
 
 def _cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarray:
@@ -748,8 +754,15 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
     # the spread of small-batch gradients is no spike.
     k = max(3, th.spike_window)
     local = np.full(n, np.nan)
-    for i in range(min(3, n), min(onset_idx, n)):
-        local[i] = np.quantile(lg[max(0, i - k) : i], 0.9)
+    # q90 of the k points before each point (fewer at the start, at least 3).
+    q90 = np.full(n, np.nan)
+    for i in range(3, min(k, n)):
+        q90[i] = np.quantile(lg[:i], 0.9)
+    if n > k:
+        windows = np.lib.stride_tricks.sliding_window_view(lg[:-1], k)
+        q90[k:] = np.quantile(windows, 0.9, axis=1)
+    ok = (np.arange(n) >= 3) & (np.arange(n) < onset_idx)
+    local[ok] = q90[ok]
     jump = lg - local
     spikes = np.nonzero(np.nan_to_num(jump, nan=-np.inf) >= fac)[0]
     spikes = spikes[spikes < onset_idx]

@@ -296,6 +296,14 @@ def test_batch_size_one_spread_is_not_a_spike():
     assert "exploding_gradient" not in kinds(flags, "warning")
 
 
+def test_saturated_batches_are_no_baseline_for_an_explosion():
+    """Batches with a 1e-15 gradient (all examples right) make no explosion."""
+    g = np.exp(0.5 * rng(21).standard_normal(N))
+    g[rng(22).random(N) < 0.2] = 1e-15
+    flags = diagnose(run_of(loss=healthy_loss(), grad_norm=g))
+    assert "exploding_gradient" not in kinds(flags, "warning")
+
+
 # -- vanishing_gradient ---------------------------------------------------------
 
 
