@@ -756,12 +756,13 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
     local = np.full(n, np.nan)
     # q90 of the k points before each point (fewer at the start, at least 3).
     q90 = np.full(n, np.nan)
-    for i in range(3, min(k, n)):
+    # At least 10 earlier points: a q90 of fewer is no range.
+    for i in range(10, min(k, n)):
         q90[i] = np.quantile(lg[:i], 0.9)
     if n > k:
         windows = np.lib.stride_tricks.sliding_window_view(lg[:-1], k)
         q90[k:] = np.quantile(windows, 0.9, axis=1)
-    ok = (np.arange(n) >= 3) & (np.arange(n) < onset_idx)
+    ok = (np.arange(n) >= 10) & (np.arange(n) < onset_idx)
     local[ok] = q90[ok]
     jump = lg - local
     spikes = np.nonzero(np.nan_to_num(jump, nan=-np.inf) >= fac)[0]
