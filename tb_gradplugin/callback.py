@@ -55,17 +55,32 @@ def _event_files(log_dir: str) -> list[str]:
         return []
 
 
+# Written every logged step (update_ratio is derived when writing; the loss
+# scale and skipped steps only under mixed precision).
+_STEP_STATS = (
+    "loss",
+    "grad_norm",
+    "param_norm",
+    "update_norm",
+    "learning_rate",
+    "nonfinite_grads",
+    "nonfinite_loss",
+)
+_LAYER_STATS = (
+    "grad_norm",
+    "grad_mean_abs",
+    "param_norm",
+    "update_norm",
+    "zero_fraction",
+    "nonfinite_grads",
+)
+
+
 class _RowLayout:
     """Positions of each field in a logged row (one float32 vector per step)."""
 
     SCALARS = (
-        "loss",
-        "grad_norm",
-        "param_norm",
-        "update_norm",
-        "learning_rate",
-        "nonfinite_grads",
-        "nonfinite_loss",
+        *_STEP_STATS,
         "skipped_steps",
         "loss_scale",
         "window_closed",
@@ -76,12 +91,7 @@ class _RowLayout:
         "w_grad_snr",
     )
     VECTORS = (
-        "grad_norm",
-        "grad_mean_abs",
-        "param_norm",
-        "update_norm",
-        "zero_fraction",
-        "nonfinite_grads",
+        *_LAYER_STATS,
         "w_grad_variance",
         "w_grad_mean_abs",
     )
@@ -598,15 +608,7 @@ class _Monitor:
             def scalar(name):
                 return field(name)[0]
 
-            for stat in (
-                "loss",
-                "grad_norm",
-                "param_norm",
-                "update_norm",
-                "learning_rate",
-                "nonfinite_grads",
-                "nonfinite_loss",
-            ):
+            for stat in _STEP_STATS:
                 tf.summary.write(
                     metadata.step_tag(stat),
                     scalar(stat),
@@ -631,14 +633,7 @@ class _Monitor:
             for i, name in enumerate(self.step_components):
                 tag = metadata.loss_component_tag(name)
                 tf.summary.write(tag, comps[i], step=step, metadata=tags[tag])
-            for stat in (
-                "grad_norm",
-                "grad_mean_abs",
-                "param_norm",
-                "update_norm",
-                "zero_fraction",
-                "nonfinite_grads",
-            ):
+            for stat in _LAYER_STATS:
                 tag = metadata.layer_tag(stat)
                 tf.summary.write(tag, field("v_" + stat), step=step, metadata=tags[tag])
             tag = metadata.layer_tag("update_ratio")

@@ -91,6 +91,7 @@ HESSIAN_SCALARS = {
     "negative_ratio": "share of negative Hessian eigenvalues",
     "top_eigenvalue": "largest Hessian eigenvalue (sharpness)",
     "trace": "Hessian trace (Hutchinson estimate)",
+    "tolerance": "bound on the error of the whole-model ratios (0 when exact)",
     "probe_loss": "loss on the probe batch where the Hessian was taken",
     "grad_norm": "gradient norm on the probe batch",
 }
