@@ -914,7 +914,8 @@ def _rule_dead(r: _Run, th: Thresholds, shares: dict) -> list[Flag]:
                 last_step=int(z.steps[-1]),
                 layer=name,
                 message=(
-                    f"{q:.0%} or more of the {unit} of {name} get an exactly zero "
+                    ("All" if q >= 1 else f"At least {q:.0%}")
+                    + f" of the {unit} of {name} get an exactly zero "
                     f"gradient at nearly every step since step {int(z.steps[onset])}"
                     " (they pass no gradient back, so they never learn: dying "
                     "ReLUs, or units stuck by a constant initialisation)."
