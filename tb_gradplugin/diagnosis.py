@@ -930,8 +930,11 @@ def _rule_dead(r: _Run, th: Thresholds, shares: dict) -> list[Flag]:
 def _loss_not_learning(r: _Run, th: Thresholds) -> bool | None:
     """Whether the loss never got meaningfully below its start (None: can't say)."""
     _, v = r.finite_loss()
-    if v.shape[0] < th.min_trend_points:
+    if v.shape[0] < 3:
         return None
+    if v.shape[0] < th.min_trend_points:
+        # Few points (e.g. one per epoch): the first against the last.
+        return _improvement(float(v[0]), float(v[-1])) < th.plateau_improvement
     initial = _initial_loss(v)
     late = float(np.median(v[_late(v.shape[0])]))
     return _improvement(initial, late) < th.plateau_improvement

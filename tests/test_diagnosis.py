@@ -321,6 +321,23 @@ def test_vanishing_first_layer_with_stuck_loss_is_an_error():
     assert "loss_plateau" in kinds(flags, "error")
 
 
+def test_vanishing_with_one_point_per_epoch_is_still_an_error():
+    """Eight per-epoch points at ln 2 with a 1e-12 first-layer ratio: an error."""
+    steps = np.arange(16, 129, 16)
+    layers = layer_block(8, grad=(1e-13, 1e-13, 0.1, 0.05))
+    flags = diagnose(
+        run_of(
+            steps=steps,
+            loss=np.full(8, math.log(2)),
+            grad_norm=np.full(8, 0.1),
+            variables=VARS,
+            layers=layers,
+        )
+    )
+    (flag,) = only(flags, "vanishing_gradient")
+    assert flag.severity == "error"
+
+
 def test_small_first_layer_ratio_with_learning_loss_is_info():
     """The same ratio while the loss improves is info only."""
     layers = layer_block(grad=(1e-10, 1e-10, 0.1, 0.05))
