@@ -14,12 +14,17 @@ lack: every logged step. They are written for runs they were not tuned on:
 * robust statistics (medians, quantiles, rolling medians) instead of single
   points, and thresholds relative to the run's own scale (its initial loss, its
   earlier gradient norms, its parameter norm) instead of absolute numbers;
-* a rise is measured from the lowest level seen *before* it, so a large
-  gradient at the start that then falls (learning-rate warm-up, a poor
-  initialisation being corrected) is never an explosion;
+* a rise is measured from the lower quartile of what came *before* it, so a
+  large gradient at the start that then falls (learning-rate warm-up, a poor
+  initialisation being corrected) is never an explosion, and it must clear
+  the series' own point-to-point noise (batch size 1 swings by decades);
 * a gradient spike that comes back down is at most a warning (``info`` below
-  100×); an explosion is an error only when it lasts to the end of the run or
-  ends in NaN, and the loss got worse with it;
+  100×); an explosion is an error only when it ends in NaN, or lasts to the
+  end of the run with the loss worse than where it started;
+* the loss is judged on block means as well as points, so the noise of small
+  batches is not mistaken for oscillation;
+* once a run has turned NaN or exploded, the other rules only look at the
+  steps before, not at the wreckage;
 * steps skipped by a loss-scale optimizer (``step/skipped_steps``) are not
   divergence; only a loss scale that keeps failing is;
 * a series that is missing, too short, constant or all NaN yields no flag from
