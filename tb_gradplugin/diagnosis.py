@@ -189,9 +189,9 @@ class Thresholds:
     ``[0, 1]``; counts are logged points unless they say steps.
 
     Attributes:
-        explode_factor: Rise of the gradient norm over the lowest level seen
-            before it that counts as an explosion: 10× (seed 004: "10×–100×
-            jumps").
+        explode_factor: Rise of the gradient norm over the lower quartile of
+            the values before it that counts as an explosion: 10× (seed 004:
+            "10×–100× jumps").
         explode_spike_warning: A spike that comes back down is a warning from
             this factor on, else info: 100× (seed 004's upper end).
         explode_loss_rise: Relative rise of the smoothed loss over its best
@@ -241,8 +241,9 @@ class Thresholds:
             swings back above its start).
         oscillation_blocks: The loss is averaged over this many blocks of
             steps before the swings are measured: 40 blocks (this project).
-        oscillation_trend: The last third of the window above this share of the
-            first third means "no downward trend": 0.8 (this project).
+        oscillation_trend: The medians of the window's first and last thirds
+            within this share of each other mean "no trend" (up or down): 0.8
+            (this project).
         min_trend_points: Fewest logged points to judge a trend (plateau,
             oscillation): 20 (this project; fewer is noise).
         skipped_fraction: Share of the last steps skipped for loss-scale
@@ -739,6 +740,9 @@ def _rule_exploding(r: _Run, th: Thresholds) -> list[Flag]:
         }
         if np.isfinite(ratio_at[-1]):
             evidence["last_update_ratio"] = _num(ratio_at[-1])
+            evidence["update_ratio_too_high"] = bool(
+                ratio_at[-1] > th.lr_update_ratio_high
+            )
         if layer:
             evidence["layer_growth"] = _num(layer_growth)
         flags.append(
