@@ -54,7 +54,7 @@ DEFAULT_DOWNSAMPLE = 1000
 MAX_DOWNSAMPLE = 100_000
 """The largest ``downsample`` a route accepts; ``export`` has no limit."""
 
-DEFAULT_HEATMAP_BUCKETS = 400
+DEFAULT_HEATMAP_BUCKETS = 200
 """Step buckets of the per-layer heatmap by default (cells per layer row)."""
 
 MAX_HEATMAP_BUCKETS = 5000
@@ -648,6 +648,41 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             raise RequestError(f"unknown run: {run[:200]!r}", 404)
         return versions
 
+    def _scalar_versions_of_runs(
+        self, ctx, eid: str, runs: list[str]
+    ) -> dict[str, dict[str, tuple]]:
+        """Scalar tag versions of several runs in one listing; unknown run: 404."""
+        ck = ("scalar_versions", eid, tuple(runs))
+        now = time.monotonic()
+        with self._cache_lock:
+            hit = self._listing_cache.get(ck)
+        if hit is not None and now - hit[0] < LISTING_TTL_S:
+            return hit[1]
+        found = self._require_provider().list_scalars(
+            ctx,
+            experiment_id=eid,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=runs),
+        )
+        out: dict[str, dict[str, tuple]] = {}
+        for run in runs:
+            tags = found.get(run, {})
+            if not tags:
+                self._known_run(ctx, eid, run)  # 404 unless it has tensors only
+            out[run] = {
+                tag[len(metadata.TAG_PREFIX) :]: (
+                    "scalar",
+                    ts.max_step,
+                    ts.max_wall_time,
+                    ts.plugin_content,
+                )
+                for tag, ts in tags.items()
+                if tag.startswith(metadata.TAG_PREFIX)
+            }
+        with self._cache_lock:
+            self._listing_cache[ck] = (now, out)
+        return out
+
     def read_series(
         self, ctx, eid: str, run: str, keys: Iterable[str], versions: dict[str, tuple]
     ) -> dict[str, reader.Series]:
@@ -918,8 +953,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             "grad_variance"}}, "window": {stat: series_json}}}}``.
         """
         out: dict[str, Any] = {}
+        listing = self._scalar_versions_of_runs(ctx, eid, runs)
         for run in runs:
-            versions = self._known_run(ctx, eid, run, kinds=("scalar",))
+            versions = listing[run]
             keys = [
                 k for k in versions if k.startswith("slice/") or k.startswith("window/")
             ]
@@ -957,8 +993,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             the volatility (:func:`volatility`) uses every point.
         """
         out: dict[str, Any] = {}
+        listing = self._scalar_versions_of_runs(ctx, eid, runs)
         for run in runs:
-            versions = self._known_run(ctx, eid, run, kinds=("scalar",))
+            versions = listing[run]
             keys = [k for k in versions if k.startswith("loss_component/")]
             got = self.read_series(ctx, eid, run, keys, versions)
             comps = {}

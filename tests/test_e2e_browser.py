@@ -267,7 +267,7 @@ def test_every_view_renders_quickly_with_real_values(tab, tensorboard):
     tab.show("layers")
     layers = http_json(tensorboard["base"], "layers", run="healthy", stat="grad_norm")
     heat = tab.series("heatmap")["grad_norm"]
-    cells = {(c["value"][0], c["value"][1]): c["value"][3] for c in heat}
+    cells = {(c[0], c[1]): c[3] for c in heat}
     for yi, row in enumerate(layers["heatmap"]["values"]):
         for xi, v in enumerate(row):
             assert cells[(xi, yi)] == v
@@ -349,3 +349,61 @@ def test_log_toggle_and_smoothing_change_the_drawing(tab):
         ema = 0.9 * ema + 0.1 * v
         expect.append(ema / (1 - 0.9**i))
     np.testing.assert_allclose(smoothed, expect, rtol=1e-9)
+
+
+def write_live_steps(run_dir: str, steps: range) -> None:
+    """Appends logged steps of a 'live' training as a new event file."""
+    from tb_gradplugin import metadata
+
+    w = gh_logdirs.Writer(run_dir)
+    for step in steps:
+        w.write(
+            step,
+            {
+                metadata.step_tag("loss"): (1.0 / step, None, False),
+                metadata.step_tag("grad_norm"): (2.0 / step, None, False),
+            },
+        )
+    w.close()
+
+
+def wait_points(base: str, run: str, n: int, timeout: float = 60.0) -> None:
+    """Waits until TensorBoard serves n points of the run's loss."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            body = http_json(base, "export", run=run, key="step/loss", format="json")
+            if len(body["steps"]) >= n:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{run} never reached {n} points")
+
+
+def test_reload_follows_live_training_and_keeps_zoom(tab, tensorboard):
+    """New steps of a live run appear on reload and the user's zoom stays."""
+    run_dir = os.path.join(tensorboard["root"], "live")
+    write_live_steps(run_dir, range(1, 101))
+    wait_points(tensorboard["base"], "live", 100)
+    n = tab.renders()
+    tab.frame.click("#gh-reload")  # what the 30 s auto-reload timer calls
+    tab.wait_render(n, tab.eval("() => window.__gradHealth.state.view"))
+    tab.select_run("live")
+    tab.show("overview")
+    assert len(tab.series("overview")["loss"]) == 100
+    tab.eval(
+        """() => window.__gradHealth.charts.overview.dispatchAction(
+          {type: 'dataZoom', startValue: 20, endValue: 60})"""
+    )
+    time.sleep(1.1)  # new event file gets a later timestamp-based name
+    write_live_steps(run_dir, range(101, 201))
+    wait_points(tensorboard["base"], "live", 200)
+    n = tab.renders()
+    tab.frame.click("#gh-reload")
+    tab.wait_render(n, "overview", "live")
+    steps, values = points(tab.series("overview")["loss"])
+    assert steps == list(range(1, 201))
+    assert values[-1] == pytest.approx(1.0 / 200, rel=1e-6)
+    dz = tab.eval("() => window.__gradHealth.charts.overview.getOption().dataZoom[0]")
+    assert (dz["startValue"], dz["endValue"]) == (20, 60)
