@@ -302,13 +302,19 @@ def test_every_view_renders_quickly_with_real_values(tab, tensorboard):
 
 
 def test_curvature_view_draws_min_ratio_against_loss(tab, tensorboard):
-    """With Hessian data the curvature view plots min ratio vs loss from the route."""
+    """The curvature view plots min ratio vs loss and the PCA trajectories."""
     tab.select_run("synthetic")
     tab.show("curvature")
     drawn = tab.series("curv_scatter")["min ratio vs loss"]
     ref = http_json(tensorboard["base"], "curvature", run="synthetic")
     pairs = ref["min_ratio_vs_loss"]
     assert [p[0] for p in drawn] == pairs["x"] and [p[1] for p in drawn] == pairs["y"]
+    runs = tab.eval("() => [...window.__gradHealth.state.compare].sort()")
+    traj = http_json(tensorboard["base"], "trajectory", run=runs)
+    assert traj["available"], "the synthetic run records a trajectory"
+    drawn = tab.series("trajectory")
+    xy = [[p[0], p[1]] for p in drawn["synthetic"]]
+    np.testing.assert_allclose(xy, traj["runs"]["synthetic"]["xy"], rtol=1e-12)
 
 
 def test_zoom_survives_reload(tab):
