@@ -686,6 +686,20 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
                 self._listing_cache.clear()
         return out
 
+    def _memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """Returns a cached result for ``key`` (which holds the data versions)."""
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        value = compute()
+        with self._cache_lock:
+            self._cache[key] = value
+            while len(self._cache) > _CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return value
+
     def read_series(
         self, ctx, eid: str, run: str, keys: Iterable[str], versions: dict[str, tuple]
     ) -> dict[str, reader.Series]:
@@ -833,13 +847,14 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         versions = self._known_run(ctx, eid, run, keys=[key])
         if key not in versions:
             raise RequestError(f"unknown key for run: {key[:200]!r}", 404)
-        series = self.read_series(ctx, eid, run, [key], versions)[key]
-        body = (
-            series_json(series, n)
-            if versions[key][0] == "scalar"
-            else tensor_series_json(series, n)
-        )
-        return {"run": run, "key": key, "kind": versions[key][0], **body}
+        kind = versions[key][0]
+
+        def compute():
+            series = self.read_series(ctx, eid, run, [key], versions)[key]
+            shape = series_json if kind == "scalar" else tensor_series_json
+            return {"run": run, "key": key, "kind": kind, **shape(series, n)}
+
+        return self._memo(("series", eid, run, key, n, versions[key][1:3]), compute)
 
     def overview_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
         """The overview of a run: whole-model per-step series.
@@ -855,15 +870,22 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             {"steps", "x" (param norm), "y" (grad norm)}}``.
         """
         versions = self._known_run(ctx, eid, run, keys=OVERVIEW_KEYS)
-        got = self.read_series(ctx, eid, run, OVERVIEW_KEYS, versions)
-        steps, p, g = _aligned(got.get("step/param_norm"), got.get("step/grad_norm"))
-        last = max((int(v[1]) for v in versions.values()), default=None)
-        return {
-            "run": run,
-            "last_step": last,
-            "series": {k: series_json(s, n) for k, s in got.items()},
-            "norms": _pairs_json(steps, p, g, n),
-        }
+
+        def compute():
+            got = self.read_series(ctx, eid, run, OVERVIEW_KEYS, versions)
+            steps, p, g = _aligned(
+                got.get("step/param_norm"), got.get("step/grad_norm")
+            )
+            last = max((int(v[1]) for v in versions.values()), default=None)
+            return {
+                "run": run,
+                "last_step": last,
+                "series": {k: series_json(s, n) for k, s in got.items()},
+                "norms": _pairs_json(steps, p, g, n),
+            }
+
+        stamp = tuple(sorted((k, v[1:3]) for k, v in versions.items()))
+        return self._memo(("overview", eid, run, n, stamp), compute)
 
     def _overview_args(self, ctx, eid, args):
         n = _int_param(args, "downsample", DEFAULT_DOWNSAMPLE, 1, MAX_DOWNSAMPLE)
