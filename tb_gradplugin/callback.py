@@ -12,6 +12,7 @@ defines no batch hooks (Keras would then convert every batch's logs to numpy).
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import math
 import os
@@ -239,6 +240,8 @@ class _Monitor:
                 self._commit, jit_compile=True, autograph=False
             )
         self.calls = 0
+        self.executor = None
+        self.future = None
         self.trace_warned = False
         self.active = False
 
@@ -590,11 +593,31 @@ class _Monitor:
         if not self.active:
             return
         if self.calls % self.calls_per_write == 0 and not self.epoch_mode:
-            self.cb._guarded(self.write_rows)
+            self.cb._guarded(self.write_async)
         if self.cb.stop_on_nan and int(self.nan_seen.numpy()):
             logger.warning("GradientHealthCallback: NaN/Inf seen; stopping training.")
             self.model.stop_training = True
         self.cb._maybe_flush()
+
+    def write_async(self):
+        """Snapshots the ring here, writes it on the writer thread.
+
+        The snapshot is taken between two executions, so it is consistent; the
+        summary ops then run beside the next steps instead of before them.
+        """
+        self.drain()
+        rows = self.snapshot()
+        if self.executor is None:
+            self.executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="gradient_health_writer"
+            )
+        self.future = self.executor.submit(self.write_snapshot, *rows)
+
+    def drain(self):
+        """Waits for the write in flight; re-raises its error, if any."""
+        future, self.future = self.future, None
+        if future is not None:
+            future.result()
 
     def build_writer_functions(self, writer):
         self.writer = writer
@@ -671,23 +694,33 @@ class _Monitor:
             return tf.constant(True)
 
         @tf.function(autograph=False)
-        def write_rows():
+        def snapshot():
+            return (
+                self.rows.read_value(),
+                self.row_steps.read_value(),
+                self.row_count.read_value(),
+            )
+
+        @tf.function(autograph=False)
+        def write_snapshot(rows, row_steps, start):
             with writer.as_default():
                 last = self.last_written.read_value()
                 # Oldest slot first: TensorBoard drops data written out of step
                 # order (it reads a smaller step as a restart and purges).
-                start = self.row_count.read_value()
                 for k in range(self.ring):
                     r = (start + k) % self.ring
-                    step = self.row_steps[r]
+                    step = row_steps[r]
                     tf.cond(
                         step > last,
-                        lambda r=r, step=step: write_row(self.rows[r], step),
+                        lambda r=r, step=step: write_row(rows[r], step),
                         lambda: tf.constant(False),
                     )
-                self.last_written.assign(
-                    tf.maximum(last, tf.reduce_max(self.row_steps))
-                )
+                self.last_written.assign(tf.maximum(last, tf.reduce_max(row_steps)))
+
+        def write_rows():
+            """Writes the due rows now (after any write still in flight)."""
+            self.drain()
+            write_snapshot(*snapshot())
 
         @tf.function(autograph=False)
         def close_epoch_window():
@@ -713,6 +746,8 @@ class _Monitor:
             self.pending_skipped.assign(0.0)
 
         self.write_rows = write_rows
+        self.snapshot = snapshot
+        self.write_snapshot = write_snapshot
         self.close_epoch_window = close_epoch_window
         self.reset_pending = reset_pending
         self.tags = tags
