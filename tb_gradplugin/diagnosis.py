@@ -236,9 +236,13 @@ class Thresholds:
             noise is uncorrelated, ≈ 0 ± 2/√n; an unstable run alternates,
             r₁ < 0, or swings in waves, r₁ > 0).
         oscillation_rebound: The loss has not settled while the top of its
-            swings (q90) climbs back this share of the way from its best level
-            to its initial one: 0.5 (this project; seed 004's unstable run
-            swings back above its start).
+            recent swings (q90 of the window's last third) climbs back this
+            share of the way from its best level to its initial one: 0.5
+            (this project; seed 004's unstable run swings back above its
+            start).
+        oscillation_swing: A window with a trend still swings when the loss
+            travels this many times the range it covers: 3 (this project; a
+            monotone loss travels its range once).
         oscillation_blocks: The loss is averaged over this many blocks of
             steps before the swings are measured: 40 blocks (this project).
         oscillation_trend: The medians of the window's first and last thirds
@@ -284,6 +288,7 @@ class Thresholds:
     oscillation_autocorr: float = 0.3
     oscillation_rebound: float = 0.5
     oscillation_blocks: int = 40
+    oscillation_swing: float = 3.0
     oscillation_trend: float = 0.8
     min_trend_points: int = 20
     skipped_fraction: float = 0.5
@@ -949,9 +954,13 @@ def _loss_not_learning(r: _Run, th: Thresholds) -> bool | None:
     return _improvement(initial, late) < th.plateau_improvement
 
 
-def _rule_vanishing(r: _Run, th: Thresholds, shares: dict, dead: bool) -> list[Flag]:
+def _rule_vanishing(
+    r: _Run, th: Thresholds, shares: dict, dead: bool, stuck: bool
+) -> list[Flag]:
     flags = []
-    not_learning = _loss_not_learning(r, th)
+    # A loss stuck on a plateau (e.g. at chance level after a first drop) has
+    # stopped learning even if it is below where it started.
+    not_learning = stuck or _loss_not_learning(r, th)
     s = r.layer_grad
     if s is not None and len(s) >= 1 and len(s.names) >= 2:
         names = s.names[: s.values.shape[1]]
@@ -1081,16 +1090,24 @@ def _oscillation(
     if abs(med) < 1e-12:
         return None
     m1, m3 = _thirds(w)
-    # Falling (learning) or rising (diverging) over the window: a trend, no swing.
-    if abs(m1 - m3) > (1 - th.oscillation_trend) * max(abs(m1), abs(m3)):
+    # Swinginess: the path the loss travels against the range it covers (1 for
+    # a monotone series). A falling (learning) or rising (diverging) loss is a
+    # trend, not a swing, unless it zig-zags far more than it moves.
+    travel = float(np.sum(np.abs(np.diff(w))))
+    span_w = float(np.max(w) - np.min(w))
+    swing = travel / span_w if span_w > 0 else 0.0
+    trending = abs(m1 - m3) > (1 - th.oscillation_trend) * max(abs(m1), abs(m3))
+    if trending and swing < th.oscillation_swing:
         return None
     q10, q90 = (float(q) for q in np.quantile(w, [0.1, 0.9]))
     amplitude = (q90 - q10) / abs(med)
     if amplitude < th.oscillation_amplitude:
         return None
-    # Not settled: the swings reach back up towards where the loss started.
+    # Not settled: the recent swings (the window's last third) still reach
+    # back up towards where the loss started.
+    recent_top = float(np.quantile(w[-max(3, w.shape[0] // 3) :], 0.9))
     span = initial - floor
-    rebound = (q90 - floor) / span if span > 0 else math.inf
+    rebound = (recent_top - floor) / span if span > 0 else math.inf
     if rebound < th.oscillation_rebound:
         return None
     r1 = _lag1(w)
@@ -1107,6 +1124,7 @@ def _oscillation(
         "q10_loss": _num(q10),
         "q90_loss": _num(q90),
         "lag1_autocorrelation": _num(r1),
+        "swinginess": _num(swing),
         "amplitude_threshold": th.oscillation_amplitude,
         "rebound_threshold": th.oscillation_rebound,
     }
@@ -1340,15 +1358,14 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
     dead = _rule_dead(r, th, shares)
     flags += dead
     dead_error = any(f.severity == "error" for f in dead)
-    vanishing = _rule_vanishing(r, th, shares, dead_error)
-    flags += vanishing
     oscillating = _rule_oscillating(r, th)
     flags += oscillating
-    plateau = []
-    if not oscillating:
-        cause = dead_error or any(f.severity == "error" for f in vanishing)
-        plateau = _rule_plateau(r, th, cause)
-        flags += plateau
+    plateau = [] if oscillating else _rule_plateau(r, th, dead_error)
+    flags += plateau
+    vanishing = _rule_vanishing(r, th, shares, dead_error, bool(plateau))
+    flags += vanishing
+    if plateau and any(f.severity == "error" for f in vanishing):
+        plateau[0].severity = "error"  # the cause is known: not a mere slowdown
     saddle = _rule_saddle(r, th, plateau[0] if plateau else None)
     flags += saddle
     if any(f.severity != "info" for f in saddle):

@@ -490,6 +490,25 @@ def test_noisy_but_converging_loss_is_not_oscillating():
     assert kinds(flags, "warning") == set()
 
 
+def test_epoch_periodic_zigzag_on_a_falling_loss_is_not_oscillating():
+    """A loss that zig-zags with the data order while falling 5x is learning."""
+    s = np.arange(1, 401)
+    loss = 2.5 * np.exp(-s / 150) + 0.3 + 0.35 * (((s - 1) // 10) % 2)
+    flags = diagnose(run_of(steps=s, loss=loss, grad_norm=np.ones(400)))
+    assert kinds(flags, "warning") == set()
+
+
+def test_swings_that_grow_back_above_the_start_are_oscillating():
+    """Block means swinging from 0.01 up to 3x the initial loss, no NaN: flagged."""
+    s = np.arange(1, 881)
+    r = rng(23)
+    blocks = np.r_[np.full(10, 0.8), r.choice([0.02, 0.3, 1.5, 3.0], 30)]
+    loss = np.repeat(blocks, 22) * r.exponential(1.0, 880)
+    flags = diagnose(run_of(steps=s, loss=loss, grad_norm=np.ones(880)))
+    (flag,) = only(flags, "oscillating_loss")
+    assert flag.evidence["rebound"] > 1
+
+
 def test_loss_stuck_at_ln2_is_a_plateau_error():
     """A loss at ln 2 from the start is stuck at chance level (cs231n)."""
     loss = math.log(2) + 1e-4 * rng(12).standard_normal(N)
