@@ -17,7 +17,7 @@ Layout of a run's tags, all under :data:`TAG_PREFIX`:
 * ``slice/<name>/<stat>`` scalars for named parameter slices
   (:data:`SLICE_STATS`).
 * ``loss_component/<name>`` scalars for the logged loss components.
-* ``hessian/<stat>`` curvature scalars, ``hessian/layer_<stat>`` tensors.
+* ``hessian/<stat>`` curvature scalars, ``hessian_layer/<stat>`` tensors.
 * ``trajectory/projection`` float32 tensors: a random projection of the
   parameters.
 """

@@ -1095,21 +1095,31 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             RequestError: 503 while no trajectory module is installed.
         """
         key = metadata.TRAJECTORY_TAG[len(metadata.TAG_PREFIX) :]
-        inputs = {}
+        groups: dict[tuple, dict[str, tuple]] = {}
         for run in runs:
             versions = self._known_run(ctx, eid, run, keys=[key])
             s = self.read_series(ctx, eid, run, [key], versions).get(key)
             if s is not None and len(s) >= 1:
-                inputs[run] = (s.steps, s.values)
-        if not inputs:
+                # Only projections made with the same matrix share a PCA: the
+                # matrix is a function of (seed, dim, parameter count).
+                c = s.content
+                group = (c.get("seed"), c.get("dim"), c.get("n_params"))
+                groups.setdefault(group, {})[run] = (s.steps, s.values)
+        if not groups:
             return {"available": False, "runs": {}, "explained_variance_ratio": []}
         if _trajectory is None:
             raise RequestError(
                 "trajectories unavailable: tb_gradplugin.trajectory is not installed",
                 503,
             )
-        result = _trajectory.pca_trajectories(inputs)
-        return {"available": bool(result.get("runs")), **result}
+        # The largest group of comparable runs (the first run's on a tie).
+        inputs = max(groups.values(), key=len)
+        excluded = sorted(r for g in groups.values() if g is not inputs for r in g)
+        try:
+            result = _trajectory.pca_trajectories(inputs)
+        except ValueError as err:
+            raise RequestError(f"trajectories cannot be compared: {err}", 400) from err
+        return {"available": bool(result.get("runs")), "excluded": excluded, **result}
 
     def _trajectory_args(self, ctx, eid, args):
         runs = _runs_param(args) or self.runs_impl(ctx, eid)

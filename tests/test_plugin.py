@@ -508,3 +508,27 @@ def test_tensorboard_process_serves_all_points(logdir, load_fast):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_trajectory_pca_only_mixes_runs_of_one_architecture(tmp_path):
+    """Runs projected with another matrix are excluded from the shared PCA."""
+    from tests import eventfiles
+
+    rng = np.random.default_rng(0)
+    for name, n_params in (("a", 100), ("b", 100), ("other", 50)):
+        content = {"seed": 0, "dim": 8, "n_params": n_params}
+        eventfiles.write_run(
+            tmp_path,
+            name,
+            steps=[0, 1, 2],
+            loss=[1.0, 0.9, 0.8],
+            tensors={
+                "trajectory/projection": ([0, 1, 2], rng.normal(size=(3, 8)), content)
+            },
+        )
+    provider = reader.provider_for_logdir(tmp_path)
+    context = base_plugin.TBContext(data_provider=provider, logdir=str(tmp_path))
+    gh = plugin.GradientHealthPlugin(context)
+    result = gh.trajectory_impl(tb_context.RequestContext(), "", ["a", "b", "other"])
+    assert sorted(result["runs"]) == ["a", "b"]
+    assert result["excluded"] == ["other"]
