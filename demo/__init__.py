@@ -24,8 +24,19 @@ import os
 import time
 from collections.abc import Callable
 
-EXPERIMENTS = ("matryoshka", "causal_lm", "seed004")
-"""The experiment modules of :mod:`demo`, in the order the demo runs them."""
+RUNS = {
+    "matryoshka": ("mrl", "smrl"),
+    "causal_lm": ("hrm_0.001", "hrm_0.5", "hrm_10.0"),
+    "seed003": (*(f"mnist_run{i}" for i in range(8)), "function_fit"),
+    "seed004": ("exploding", "vanishing", "oscillating", "healthy"),
+}
+"""The run names of each experiment module of :mod:`demo`, in the demo's order.
+
+Kept here, not in the modules, so that listing the runs imports no TensorFlow.
+"""
+
+EXPERIMENTS = tuple(RUNS)
+"""The experiment modules of :mod:`demo`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +74,26 @@ def seed_everything(seed: int) -> None:
     import keras
 
     keras.utils.set_random_seed(seed)
+
+
+def train_one(experiment: str, name: str, logdir: str, quick: bool) -> float:
+    """Trains one run of an experiment module (in this process).
+
+    Args:
+        experiment: The module's name in :data:`EXPERIMENTS`.
+        name: The run, one of ``RUNS[experiment]``.
+        logdir: The demo's log directory.
+        quick: Whether this is the ``--quick`` demo.
+
+    Returns:
+        The seconds it took.
+    """
+    import importlib
+
+    start = time.perf_counter()
+    module = importlib.import_module(f"demo.{experiment}")
+    module.train_run(name, os.fspath(logdir), Settings(quick=quick))
+    return time.perf_counter() - start
 
 
 def run_dir(logdir: str | os.PathLike, name: str) -> str:

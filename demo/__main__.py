@@ -9,7 +9,6 @@ shows them in the "Gradient Health" tab.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import shutil
 import sys
@@ -17,32 +16,19 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
+from demo import RUNS, train_one
+
 EXIT_USAGE = 2  # the exit status of a usage or input error, as argparse's
 
 
-def _jobs(quick: bool) -> list[tuple[str, str]]:
+def _jobs() -> list[tuple[str, str]]:
     """Every (experiment module, run name) of the demo, in order."""
-    from demo import EXPERIMENTS
-
-    jobs = []
-    for exp in EXPERIMENTS:
-        module = importlib.import_module(f"demo.{exp}")
-        jobs.extend((exp, name) for name in module.RUNS)
-    return jobs
+    return [(exp, name) for exp, names in RUNS.items() for name in names]
 
 
-def _run_one(exp: str, name: str, logdir: str, quick: bool, verbose: int) -> float:
-    """Trains one run (in this process or a worker); returns its seconds."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from demo import Settings
-
-    start = time.perf_counter()
-    module = importlib.import_module(f"demo.{exp}")
-    module.train_run(name, logdir, Settings(quick=quick, verbose=verbose))
-    return time.perf_counter() - start
-
-
-def _summary(logdir: str, names: list[str]) -> tuple[str, int]:
+def _summary(
+    logdir: str, names: list[str], seconds: dict[str, float]
+) -> tuple[str, int]:
     """The flag table of the runs, and how many runs lack data."""
     from tb_gradplugin import diagnosis, reader
 
@@ -52,7 +38,7 @@ def _summary(logdir: str, names: list[str]) -> tuple[str, int]:
     missing = 0
     for name in names:
         if name not in found:
-            rows.append((name, "-", "no gradient-health data"))
+            rows.append((name, "-", "-", "no gradient-health data"))
             missing += 1
             continue
         report = diagnosis.run_report(reader.read_run(provider, name))
@@ -60,10 +46,11 @@ def _summary(logdir: str, names: list[str]) -> tuple[str, int]:
             f"{f['kind']} ({f['severity']}, from step {f['first_step']})"
             for f in report["flags"]
         ]
-        rows.append((name, str(report["last_step"]), "; ".join(flags) or "none"))
+        took = f"{seconds[name]:.0f}" if name in seconds else "-"
+        rows.append((name, str(report["last_step"]), took, "; ".join(flags) or "none"))
     width = max(len(r[0]) for r in rows)
-    lines = [f"{'run':<{width}}  {'steps':>6}  flags", "-" * (width + 40)]
-    lines += [f"{r:<{width}}  {s:>6}  {f}" for r, s, f in rows]
+    lines = [f"{'run':<{width}}  {'steps':>6}  {'s':>4}  flags", "-" * (width + 50)]
+    lines += [f"{r:<{width}}  {n:>6}  {t:>4}  {f}" for r, n, t, f in rows]
     return "\n".join(lines), missing
 
 
@@ -106,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         print(f"error: --logdir {args.logdir} is not a directory", file=sys.stderr)
         return EXIT_USAGE
-    jobs = _jobs(args.quick)
+    jobs = _jobs()
     taken = [n for _, n in jobs if os.path.exists(os.path.join(logdir, n))]
     if taken and not args.overwrite:
         print(
@@ -123,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot create --logdir {args.logdir}: {err}", file=sys.stderr)
         return EXIT_USAGE
 
+    # Workers inherit it: TensorFlow's C++ start-up chatter is noise here.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     mode = "quick" if args.quick else "full"
     print(
         f"Training {len(jobs)} runs ({mode}) into {logdir} with {args.jobs} "
@@ -131,24 +120,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.perf_counter()
     failed = []
+    seconds: dict[str, float] = {}
     if args.jobs == 1:
         for exp, name in jobs:
-            _run_one(exp, name, logdir, args.quick, 2)
+            try:
+                seconds[name] = train_one(exp, name, logdir, args.quick)
+            except Exception as err:  # report every failed run, then exit 1
+                failed.append(name)
+                print(f"run {name} failed: {err!r}", file=sys.stderr)
     else:
-        # Workers, not threads: tracing a train step holds the GIL.
+        # Processes, not threads: tracing a train step holds the GIL.
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             futures = {
-                name: pool.submit(_run_one, exp, name, logdir, args.quick, 2)
+                name: pool.submit(train_one, exp, name, logdir, args.quick)
                 for exp, name in jobs
             }
             for name, future in futures.items():
                 try:
-                    future.result()
+                    seconds[name] = future.result()
                 except Exception as err:  # report every failed run, then exit 1
                     failed.append(name)
                     print(f"run {name} failed: {err!r}", file=sys.stderr)
     took = time.perf_counter() - start
-    table, missing = _summary(logdir, [n for _, n in jobs])
+    table, missing = _summary(logdir, [n for _, n in jobs], seconds)
     print("\nGradient health flags per run:\n" + table)
     print(f"\nDemo ({mode}) took {took:.0f} s. View it with:")
     print(f"  tensorboard --logdir {logdir}")

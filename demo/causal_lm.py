@@ -22,13 +22,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from demo import RUNS as _ALL_RUNS
 from demo import Settings, announce, run_dir, seed_everything
 from tb_gradplugin import GradientHealthCallback
 
 HRM = (0.001, 0.5, 10.0)
 """The KL coefficients of seed 002."""
 
-RUNS = tuple(f"hrm_{c}" for c in HRM)
+RUNS = _ALL_RUNS["causal_lm"]
+
 """The run names this experiment writes: ``hrm_0.001``, ``hrm_0.5``, ``hrm_10.0``."""
 
 VOCAB = 64

@@ -19,10 +19,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from demo import RUNS as _ALL_RUNS
 from demo import Settings, announce, run_dir, seed_everything
 from tb_gradplugin import GradientHealthCallback
 
-RUNS = ("mrl", "smrl")
+RUNS = _ALL_RUNS["matryoshka"]
 """The run names this experiment writes."""
 
 DIM = 192  # embedding width of seeds 000/001

@@ -31,10 +31,11 @@ import dataclasses
 import keras
 import numpy as np
 
+from demo import RUNS as _ALL_RUNS
 from demo import Settings, announce, run_dir, seed_everything
 from tb_gradplugin import GradientHealthCallback
 
-RUNS = ("exploding", "vanishing", "oscillating", "healthy")
+RUNS = _ALL_RUNS["seed004"]
 """The run names this experiment writes."""
 
 N_EXAMPLES = 1000  # seed 004 reports accuracies in steps of 1/200 and 1/600

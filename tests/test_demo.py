@@ -1,0 +1,364 @@
+"""End-to-end test of the demo: ``python -m demo --logdir TMP --quick``.
+
+The demo runs once, as a user runs it (a subprocess), into a temporary folder.
+The tests then read its event files with the package's reader (no TensorFlow),
+judge them with the diagnosis, check the figures against what the experiments
+imply by construction (the loss is ``causal_lm_loss + hrm · kl_loss``; SMRL's
+first phase gives ω[96:192] no gradient at all), and drive the tab's routes with
+werkzeug's test client over the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tensorboard.backend import application
+from tensorboard.plugins import base_plugin
+from werkzeug import test as werkzeug_test
+
+from demo import RUNS
+from tb_gradplugin import diagnosis, plugin, reader
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PREFIX = "/data/plugin/gradient_health/"
+ALL_RUNS = [name for names in RUNS.values() for name in names]
+QUICK_TIMEOUT = 1200  # s: the quick demo takes ~2-6 min on 2 loaded cores
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def run_demo(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs ``python -m demo ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "demo", *args],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    logdir = str(tmp_path_factory.mktemp("demo"))
+    proc = run_demo("--logdir", logdir, "--quick", timeout=QUICK_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    provider = reader.provider_for_logdir(logdir)
+    data = {run: reader.read_run(provider, run) for run in reader.list_runs(provider)}
+    return {"logdir": logdir, "stdout": proc.stdout, "provider": provider, "data": data}
+
+
+@pytest.fixture(scope="module")
+def client(demo):
+    context = base_plugin.TBContext(
+        data_provider=demo["provider"], logdir=demo["logdir"]
+    )
+    gh = plugin.GradientHealthPlugin(context)
+    return werkzeug_test.Client(application.TensorBoardWSGI([gh]))
+
+
+def get_json(client, route: str):
+    resp = client.get(PREFIX + route)
+    assert resp.status_code == 200, (route, resp.status_code, resp.get_data()[:300])
+    return json.loads(resp.get_data())
+
+
+def number(x) -> float:
+    """A JSON number, or TensorBoard's "NaN"/"Infinity" strings, as a float."""
+    special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+    return special[x] if isinstance(x, str) else float(x)
+
+
+def kinds(run: reader.RunData, severities=("error", "warning", "info")) -> set[str]:
+    return {f.kind for f in diagnosis.diagnose(run) if f.severity in severities}
+
+
+# -- the command -----------------------------------------------------------------
+
+
+def test_every_run_is_written_under_its_own_folder(demo):
+    """Each of the demo's 18 runs is a folder of DIR with gradient-health data."""
+    assert len(ALL_RUNS) == 18
+    assert sorted(demo["data"]) == sorted(ALL_RUNS)
+    for run in ALL_RUNS:
+        assert any(
+            ".tfevents." in f for f in os.listdir(os.path.join(demo["logdir"], run))
+        )
+        assert demo["data"][run].last_step > 0
+
+
+def test_summary_table_lists_each_run_and_the_time_taken(demo):
+    """The demo ends with one table row per run (with its flags) and its duration."""
+    out = demo["stdout"]
+    table = out[out.index("Gradient health flags per run:") :]
+    for run in ALL_RUNS:
+        assert re.search(rf"^{re.escape(run)}\s+\d+\s", table, re.M), run
+    assert re.search(r"^exploding\s.*(exploding_gradient|non_finite)", table, re.M)
+    assert re.search(r"^healthy\s+\d+\s+\d+\s+none$", table, re.M)
+    took = float(re.search(r"Demo \(quick\) took (\d+) s", out).group(1))
+    print(f"quick demo took {took:.0f} s")  # shown with pytest -s
+    assert took > 0
+    # Keras's own progress display, one line per epoch.
+    assert re.search(r"^Epoch 1/\d+$", out, re.M)
+
+
+def test_missing_logdir_is_a_usage_error():
+    """Without --logdir the demo exits 2 with argparse's usage line."""
+    proc = run_demo()
+    assert proc.returncode == 2
+    assert "--logdir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_logdir_that_is_a_file_is_one_clear_line(tmp_path):
+    """A --logdir that is a file gets one error line and exit 2, no traceback."""
+    path = tmp_path / "file"
+    path.write_text("x")
+    proc = run_demo("--logdir", str(path), "--quick")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "not a directory" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_existing_runs_are_not_overwritten_without_the_flag(tmp_path):
+    """A logdir that already holds a demo run is refused (exit 2) and left as is."""
+    (tmp_path / "healthy").mkdir()
+    keep = tmp_path / "healthy" / "keep.txt"
+    keep.write_text("mine")
+    proc = run_demo("--logdir", str(tmp_path), "--quick")
+    assert proc.returncode == 2
+    assert "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert keep.read_text() == "mine"
+
+
+# -- seed 004: each pathology gets its flag ----------------------------------------
+
+
+def test_exploding_run_is_flagged_exploding_or_non_finite(demo):
+    """The exploding run's NaN and gradient blow-up raise an error flag."""
+    run = demo["data"]["exploding"]
+    found = kinds(run, ("error",))
+    assert found & {"exploding_gradient", "non_finite"}, found
+    # The pathology itself (seed 004): the gradient norm far above ~100 and a
+    # hundredfold jump over its starting level, then NaN.
+    g = run.scalar("step/grad_norm").values
+    finite = g[np.isfinite(g)]
+    assert finite.max() > 100 and finite.max() > 100 * np.median(finite[:20])
+    assert not np.all(np.isfinite(run.scalar("step/loss").values))
+
+
+def test_vanishing_run_is_flagged_vanishing_or_plateau(demo):
+    """The vanishing run's loss stuck at ln 2 raises vanishing/plateau flags."""
+    run = demo["data"]["vanishing"]
+    found = kinds(run, ("error", "warning"))
+    assert found & {"vanishing_gradient", "loss_plateau"}, found
+    loss = run.scalar("step/loss").values
+    assert np.all(np.abs(loss - math.log(2)) < 0.01)  # the plateau at chance level
+    first = run.tensor("layer/grad_norm").values[:, 0]
+    assert np.median(first) < 1e-6  # the first layer gets practically nothing
+
+
+def test_oscillating_run_is_flagged_oscillating(demo):
+    """The oscillating run's loss swings without NaN and gets oscillating_loss."""
+    run = demo["data"]["oscillating"]
+    assert "oscillating_loss" in kinds(run, ("error", "warning"))
+    loss = run.scalar("step/loss").values
+    assert np.all(np.isfinite(loss))
+    late = loss[len(loss) // 2 :]
+    assert np.ptp(late) > 0.4 * np.median(late)  # swings, not settles
+
+
+def test_healthy_run_gets_no_warning_or_error(demo):
+    """The healthy baseline raises no flag of severity warning or error."""
+    assert kinds(demo["data"]["healthy"], ("error", "warning")) == set()
+
+
+# -- the data behind each view -------------------------------------------------------
+
+
+def test_slices_of_the_embedding_have_real_values(demo):
+    """mrl/smrl hold per-epoch average gradient and variance of ω[0:96], ω[96:192]."""
+    for run in ("mrl", "smrl"):
+        data = demo["data"][run]
+        for name, (start, stop) in (("w_0_96", (0, 96)), ("w_96_192", (96, 192))):
+            s = data.scalar(f"slice/{name}/grad_mean_abs")
+            v = data.scalar(f"slice/{name}/grad_variance")
+            assert s is not None and v is not None, (run, name)
+            assert s.content["variable"].endswith("embeddings")
+            assert (s.content["start"], s.content["stop"]) == (start, stop)
+            assert len(s) >= 6 and np.all(np.isfinite(s.values))
+            assert np.all(v.values >= 0)
+    # By construction: SMRL's first phase trains only the 96-dim head, so the
+    # embedding's dimensions 96..191 get an exactly zero gradient, MRL's do not.
+    smrl = demo["data"]["smrl"]
+    lo = smrl.scalar("slice/w_0_96/grad_mean_abs").values
+    hi = smrl.scalar("slice/w_96_192/grad_mean_abs").values
+    half = len(hi) // 2
+    assert np.all(hi[:half] == 0) and np.all(lo[:half] > 0)
+    assert np.all(hi[half:] > 0)
+    assert np.all(demo["data"]["mrl"].scalar("slice/w_96_192/grad_mean_abs").values > 0)
+
+
+def test_loss_components_add_up_to_the_loss(demo):
+    """Per step, loss = causal_lm_loss + hrm · kl_loss, for each HRM run."""
+    for run in RUNS["causal_lm"]:
+        hrm = float(run.split("_", 1)[1])
+        data = demo["data"][run]
+        kl = data.scalar("loss_component/kl_loss")
+        lm = data.scalar("loss_component/causal_lm_loss")
+        loss = data.scalar("step/loss")
+        assert kl is not None and lm is not None
+        np.testing.assert_array_equal(kl.steps, loss.steps)  # one point per step
+        assert np.all(np.isfinite(kl.values)) and np.all(kl.values >= 0)
+        np.testing.assert_allclose(
+            loss.values, lm.values + hrm * kl.values, rtol=1e-4, atol=1e-5
+        )
+    kl_mean = {
+        run: np.mean(demo["data"][run].scalar("loss_component/kl_loss").values)
+        for run in RUNS["causal_lm"]
+    }
+    # A heavier KL weight pushes the KL term down.
+    assert kl_mean["hrm_10.0"] < kl_mean["hrm_0.5"] < kl_mean["hrm_0.001"]
+
+
+def test_minimal_ratio_whole_model_and_per_layer(demo):
+    """function_fit has exact whole-model ratios; MNIST runs per-layer ratios."""
+    ff = demo["data"]["function_fit"]
+    mr = ff.scalar("hessian/min_ratio")
+    assert mr is not None and len(mr) >= 3
+    assert mr.content["method"] == "exact" and mr.content["n_params"] == 1090
+    total = (
+        mr.values
+        + ff.scalar("hessian/zero_ratio").values
+        + ff.scalar("hessian/negative_ratio").values
+    )
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)  # shares of one spectrum
+    assert np.all((mr.values >= 0) & (mr.values <= 1))
+    assert np.all(np.isfinite(ff.scalar("hessian/probe_loss").values))
+    for run in RUNS["seed003"][:8]:
+        layer = demo["data"][run].tensor("hessian_layer/min_ratio")
+        assert layer is not None and len(layer) >= 1, run
+        assert len(layer.names) == 8  # 4 kernels and 4 biases
+        assert np.all((layer.values >= 0) & (layer.values <= 1))
+        assert demo["data"][run].scalar("hessian/min_ratio").content["n_params"] == (
+            16_750
+        )
+
+
+def test_trajectories_of_the_eight_mnist_runs_share_one_projection(demo):
+    """Each MNIST run has a snapshot at step 0 and every epoch, same projection."""
+    seeds = set()
+    finals = []
+    for run in RUNS["seed003"][:8]:
+        t = demo["data"][run].tensor("trajectory/projection")
+        assert t is not None, run
+        epochs = demo["data"][run].last_step // 5  # 1,000 examples / batch 200
+        np.testing.assert_array_equal(t.steps, np.arange(epochs + 1) * 5)
+        assert np.all(np.isfinite(t.values))
+        seeds.add((t.content["seed"], t.content["dim"], t.content["n_params"]))
+        finals.append(t.values[-1])
+    assert len(seeds) == 1 and next(iter(seeds))[2] == 16_750
+    # Different seeds: different end points.
+    assert np.std(np.stack(finals), axis=0).max() > 0
+
+
+# -- the tab's routes serve it -------------------------------------------------------
+
+
+def test_route_runs_lists_every_demo_run(client):
+    """/runs lists the 18 runs."""
+    assert sorted(get_json(client, "runs")) == sorted(ALL_RUNS)
+
+
+def test_route_flags_match_the_diagnosis(client, demo):
+    """/flags gives each seed-004 run its flag, as run_report does."""
+    expect = {
+        "exploding": {"exploding_gradient", "non_finite"},
+        "vanishing": {"vanishing_gradient", "loss_plateau"},
+        "oscillating": {"oscillating_loss"},
+    }
+    for run, wanted in expect.items():
+        body = get_json(client, f"flags?run={run}")
+        assert body == json.loads(json.dumps(diagnosis.run_report(demo["data"][run])))
+        assert {f["kind"] for f in body["flags"]} & wanted, run
+    healthy = get_json(client, "flags?run=healthy")
+    assert not [f for f in healthy["flags"] if f["severity"] in ("error", "warning")]
+
+
+def test_route_slices_serves_both_slices_of_both_runs(client, demo):
+    """/slices?run=mrl&run=smrl serves every point of each slice series."""
+    body = get_json(client, "slices?run=mrl&run=smrl")
+    for run in ("mrl", "smrl"):
+        slices = body["runs"][run]["slices"]
+        assert set(slices) == {"w_0_96", "w_96_192"}
+        for name, entry in slices.items():
+            ref = demo["data"][run].scalar(f"slice/{name}/grad_mean_abs")
+            got = entry["grad_mean_abs"]
+            assert got["steps"] == ref.steps.tolist()
+            np.testing.assert_allclose([number(v) for v in got["values"]], ref.values)
+            assert entry["content"]["variable"] == ref.content["variable"]
+
+
+def test_route_loss_components_serves_kl_and_lm(client):
+    """/loss_components serves both components of the three HRM runs."""
+    q = "&".join(f"run={r}" for r in RUNS["causal_lm"])
+    body = get_json(client, f"loss_components?{q}")
+    for run in RUNS["causal_lm"]:
+        comps = body["runs"][run]
+        assert set(comps) == {"kl_loss", "causal_lm_loss"}
+        assert comps["causal_lm_loss"]["total_points"] > 100
+        assert all(math.isfinite(number(v)) for v in comps["kl_loss"]["values"])
+
+
+def test_route_curvature_serves_min_ratio_against_loss(client, demo):
+    """/curvature?run=function_fit pairs each probe's loss with its minimal ratio."""
+    body = get_json(client, "curvature?run=function_fit")
+    assert body["available"] is True
+    pairs = body["min_ratio_vs_loss"]
+    ff = demo["data"]["function_fit"]
+    assert pairs["steps"] == ff.scalar("hessian/min_ratio").steps.tolist()
+    np.testing.assert_allclose(
+        [number(v) for v in pairs["y"]], ff.scalar("hessian/min_ratio").values
+    )
+    np.testing.assert_allclose(
+        [number(v) for v in pairs["x"]], ff.scalar("hessian/probe_loss").values
+    )
+    layer = get_json(client, "curvature?run=mnist_run0")
+    assert layer["available"] is True and "hessian/min_ratio" in layer["series"]
+
+
+def test_route_trajectory_projects_the_mnist_runs_together(client, demo):
+    """/trajectory over the eight MNIST runs gives each its 2-D path in one PCA."""
+    q = "&".join(f"run={r}" for r in RUNS["seed003"][:8])
+    body = get_json(client, f"trajectory?{q}")
+    assert body["available"] is True
+    assert sorted(body["runs"]) == sorted(RUNS["seed003"][:8])
+    for run, path in body["runs"].items():
+        n = len(demo["data"][run].tensor("trajectory/projection"))
+        assert len(path["xy"]) == n and len(path["steps"]) == n
+        assert all(len(p) == 2 for p in path["xy"])
+    ratio = [number(r) for r in body["explained_variance_ratio"]]
+    assert len(ratio) == 2 and 0 < ratio[1] <= ratio[0] <= 1
+
+
+def test_route_overview_and_layers_serve_seed004(client):
+    """/overview and /layers serve the exploding run's NaN and per-layer norms."""
+    body = get_json(client, "overview?run=exploding")
+    values = body["series"]["step/loss"]["values"]
+    assert "NaN" in values  # the NaN is sent, not dropped
+    layers = get_json(client, "layers?run=vanishing&stat=grad_norm")
+    assert len(layers["update_ratio"]["variables"]) == 14  # 7 dense layers
