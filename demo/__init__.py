@@ -47,6 +47,10 @@ class Settings:
         quick: Whether this is the ``--quick`` demo (fewer epochs, the same
             experiments).
         verbose: Keras's ``fit`` verbosity (``2`` = one line per epoch).
+
+    Example:
+        >>> Settings(quick=True).epochs(full=30, quick=10)
+        10
     """
 
     quick: bool = False

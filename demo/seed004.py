@@ -99,6 +99,11 @@ class Plan:
         input_scale: Factor on the inputs (1 = normalised).
         batch_size: Examples per step.
         epochs: Epochs.
+
+    Example:
+        >>> plan = build("healthy", Settings(quick=True))  # doctest: +SKIP
+        >>> plan.batch_size, plan.epochs  # doctest: +SKIP
+        (50, 8)
     """
 
     model: keras.Model
