@@ -12,7 +12,7 @@ Seed 004 shows the logs of three trainings of a binary classifier:
 Each is reproduced here with its textbook cause, on the same generated data
 set, next to a ``healthy`` run of the same classifier:
 
-* exploding: a deep ReLU network trained with plain SGD under a learning rate
+* exploding: a deep leaky-ReLU network trained with plain SGD under a rate
   that grows every step (a warm-up without an end: 1e-2 → 100);
 * vanishing: a deep sigmoid network with a tiny initialisation, so that every
   unit sits at 0.5, the output stays at the prior and the gradient dies on its
@@ -130,7 +130,9 @@ def build(kind: str, settings: Settings) -> Plan:
     epochs = settings.epochs(full=50, quick=8)  # seed 004 trains 50 epochs
     noise, scale, batch = 0.0, 1.0, BATCH
     if kind == "exploding":
-        model = _mlp([64, 64, 64, 64], "relu", name="exploding")
+        # Leaky ReLU: with plain ReLU a huge step can kill every unit first,
+        # and a dead network has a zero gradient instead of an exploding one.
+        model = _mlp([64, 64, 64, 64], "leaky_relu", name="exploding")
         # The rate grows 10,000x over the run (1e-2 → 100): stable, then not.
         steps = epochs * (N_EXAMPLES // BATCH)
         lr = keras.optimizers.schedules.ExponentialDecay(
