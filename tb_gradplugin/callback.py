@@ -178,12 +178,6 @@ class _Monitor:
         self.model = model
         self.optimizer = model.optimizer
         self.strategy = model.distribute_strategy
-        variables = list(model.trainable_variables)
-        self.variables = variables
-        self.var_ids = {id(v): i for i, v in enumerate(variables)}
-        self.layout = stats.Layout(
-            [v.path for v in variables], [v.shape for v in variables], callback.slices
-        )
         self.is_lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         self.loss_metric = getattr(model, "_loss_tracker", None)
         metrics = {m.name: m for m in _all_metrics(model)}
@@ -196,11 +190,6 @@ class _Monitor:
         self.epoch_components = [
             n for n in callback.loss_components if n not in self.step_components
         ]
-        self.row = _RowLayout(
-            self.layout.num_variables,
-            len(self.step_components),
-            len(self.layout.slices),
-        )
         freq = callback.update_freq
         self.epoch_mode = freq == "epoch"
         self.freq = 1 if self.epoch_mode else int(freq)
@@ -220,7 +209,11 @@ class _Monitor:
         window = callback.variance_window
         self.window_epoch = window == "epoch"
         self.window = 0 if self.window_epoch else int(window)
-        self._make_variables()
+        self.layout = None
+        self.writer = None
+        self._writer_fns = None
+        if model.trainable_variables:
+            self._setup(list(model.trainable_variables))
         self.probe = None
         if callback.hessian_freq and callback.probe_data is None:
             if self.strategy.num_replicas_in_sync > 1:
@@ -246,6 +239,25 @@ class _Monitor:
         self.active = False
 
     # -- state -------------------------------------------------------------
+    def _setup(self, variables):
+        """Lays out the variables and creates the state (once they exist).
+
+        A subclassed model may be built only by its first train step (Keras
+        defers the build without a distribution strategy); then this runs while
+        that step is traced, lifted out of the graph.
+        """
+        self.variables = variables
+        self.var_ids = {id(v): i for i, v in enumerate(variables)}
+        self.layout = stats.Layout(
+            [v.path for v in variables], [v.shape for v in variables], self.cb.slices
+        )
+        self.row = _RowLayout(
+            self.layout.num_variables,
+            len(self.step_components),
+            len(self.layout.slices),
+        )
+        self._make_variables()
+
     def _var(self, value, dtype=tf.float32, name=None):
         return tf.Variable(
             tf.constant(value, dtype),
@@ -292,7 +304,7 @@ class _Monitor:
         includes the shims (pitfall 11: a traced function keeps what it saw).
         """
         model, opt = self.model, self.optimizer
-        if not opt.built:
+        if not opt.built and self.layout is not None:
             # The shim reads optimizer state (the loss scale) before the first
             # apply, which is where Keras would build it.
             with self.strategy.scope():
@@ -401,6 +413,12 @@ class _Monitor:
             else list(self.optimizer._trainable_variables)
         )
         grads = list(grads)
+        if self.layout is None or not self.optimizer.built:
+            with tf.init_scope():
+                if self.layout is None:
+                    self._setup(variables)
+                if not self.optimizer.built:
+                    self.optimizer.build(variables)
         by_index = {}
         for g, v in zip(grads, variables, strict=False):
             i = self.var_ids.get(id(v))
@@ -590,7 +608,7 @@ class _Monitor:
     # -- host side ---------------------------------------------------------
     def after_execution(self):
         self.calls += 1
-        if not self.active:
+        if not self.active or self.layout is None:
             return
         if self.calls % self.calls_per_write == 0 and not self.epoch_mode:
             self.cb._guarded(self.write_async)
@@ -605,13 +623,14 @@ class _Monitor:
         The snapshot is taken between two executions, so it is consistent; the
         summary ops then run beside the next steps instead of before them.
         """
+        fns = self._fns()
         self.drain()
-        rows = self.snapshot()
+        rows = fns["snapshot"]()
         if self.executor is None:
             self.executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="gradient_health_writer"
             )
-        self.future = self.executor.submit(self.write_snapshot, *rows)
+        self.future = self.executor.submit(fns["write_snapshot"], *rows)
 
     def drain(self):
         """Waits for the write in flight; re-raises its error, if any."""
@@ -620,7 +639,42 @@ class _Monitor:
             future.result()
 
     def build_writer_functions(self, writer):
-        self.writer = writer
+        """Sets the writer; its functions are made once the layout exists."""
+        if writer is not self.writer:
+            self.writer = writer
+            self._writer_fns = None
+
+    def _fns(self):
+        """The writer functions, made on first use (None before any step)."""
+        if self._writer_fns is None and self.layout is not None:
+            self._writer_fns = self._make_writer_functions(self.writer)
+        return self._writer_fns
+
+    def write_rows(self):
+        """Writes the due rows now (after any write still in flight)."""
+        fns = self._fns()
+        if fns is not None:
+            self.drain()
+            fns["write_snapshot"](*fns["snapshot"]())
+
+    def close_epoch_window(self):
+        """Writes the epoch's window statistics and starts a new window."""
+        fns = self._fns()
+        if fns is not None:
+            fns["close_epoch_window"]()
+
+    def reset_pending(self):
+        """Zeroes the counts since the last logged step."""
+        fns = self._fns()
+        if fns is not None:
+            fns["reset_pending"]()
+
+    @property
+    def tags(self) -> dict[str, bytes]:
+        """The serialized metadata of every tag."""
+        return self._fns()["tags"]
+
+    def _make_writer_functions(self, writer):
         tags = self._tag_metadata()
         row = self.row
 
@@ -705,22 +759,24 @@ class _Monitor:
         def write_snapshot(rows, row_steps, start):
             with writer.as_default():
                 last = self.last_written.read_value()
+
                 # Oldest slot first: TensorBoard drops data written out of step
-                # order (it reads a smaller step as a restart and purges).
-                for k in range(self.ring):
+                # order (it reads a smaller step as a restart and purges). A
+                # loop, not an unrolled one: tracing 18 rows took seconds.
+                def body(k):
                     r = (start + k) % self.ring
-                    step = row_steps[r]
+                    step = tf.gather(row_steps, r)
                     tf.cond(
                         step > last,
-                        lambda r=r, step=step: write_row(rows[r], step),
+                        lambda: write_row(tf.gather(rows, r), step),
                         lambda: tf.constant(False),
                     )
-                self.last_written.assign(tf.maximum(last, tf.reduce_max(row_steps)))
+                    return (k + 1,)
 
-        def write_rows():
-            """Writes the due rows now (after any write still in flight)."""
-            self.drain()
-            write_snapshot(*snapshot())
+                tf.while_loop(
+                    lambda k: k < self.ring, body, (tf.constant(0, tf.int64),)
+                )
+                self.last_written.assign(tf.maximum(last, tf.reduce_max(row_steps)))
 
         @tf.function(autograph=False)
         def close_epoch_window():
@@ -745,12 +801,13 @@ class _Monitor:
             self.pending_nonfinite_loss.assign(0.0)
             self.pending_skipped.assign(0.0)
 
-        self.write_rows = write_rows
-        self.snapshot = snapshot
-        self.write_snapshot = write_snapshot
-        self.close_epoch_window = close_epoch_window
-        self.reset_pending = reset_pending
-        self.tags = tags
+        return {
+            "snapshot": snapshot,
+            "write_snapshot": write_snapshot,
+            "close_epoch_window": close_epoch_window,
+            "reset_pending": reset_pending,
+            "tags": tags,
+        }
 
     def _write_window(self, w, step, tags):
         for stat in metadata.WINDOW_SCALARS:

@@ -592,3 +592,22 @@ def test_trajectory_snapshots_project_the_weights(tmp_path):
     np.testing.assert_allclose(series.values[0], start, rtol=1e-6)
     np.testing.assert_allclose(series.values[-1], end, rtol=1e-6)
     assert series.content["seed"] == 3 and series.content["dim"] == 32
+
+
+def test_unbuilt_subclassed_model_is_laid_out_at_its_first_step(tmp_path):
+    """A subclassed model first built by its train step still gets every statistic."""
+    x, y = data()
+    keras.utils.set_random_seed(1)
+    model = Subclassed()
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
+    assert not model.trainable_variables
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    assert run.scalars["step/loss"].steps.tolist() == list(range(1, 9))
+    assert run.tensors["layer/grad_norm"].names == [
+        v.path for v in model.trainable_variables
+    ]
+    assert np.all(np.isfinite(run.scalars["step/grad_norm"].values))
