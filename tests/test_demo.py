@@ -362,3 +362,97 @@ def test_route_overview_and_layers_serve_seed004(client):
     assert "NaN" in values  # the NaN is sent, not dropped
     layers = get_json(client, "layers?run=vanishing&stat=grad_norm")
     assert len(layers["update_ratio"]["variables"]) == 14  # 7 dense layers
+
+
+# Each view of the tab with the demo run that shows it best.
+VIEW_RUNS = [
+    ("overview", "exploding"),
+    ("layers", "vanishing"),
+    ("slices", "smrl"),
+    ("loss_components", "hrm_0.5"),
+    ("curvature", "mnist_run0"),
+    ("flags", "exploding"),
+]
+
+
+def _drawn_points(frame) -> int:
+    """Counts the data points of every chart the tab has drawn."""
+    return frame.evaluate(
+        """() => Object.values(window.__gradHealth.charts).reduce((n, c) => {
+             if (!c || c.isDisposed && c.isDisposed()) return n;
+             const series = (c.getOption() || {}).series || [];
+             return n + series.reduce((m, s) => m + ((s.data || []).length), 0);
+           }, 0)"""
+    )
+
+
+@pytest.mark.browser
+def test_every_view_shows_the_demo_in_a_real_tab(demo, tmp_path):
+    """A real TensorBoard on the demo draws every view with data; docs screenshots."""
+    import shutil
+    import time
+    import urllib.request
+
+    from tests import gh_logdirs
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    port = gh_logdirs.free_port()
+    proc = gh_logdirs.start_tensorboard(demo["logdir"], port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}{PREFIX}runs", timeout=10) as r:
+                    if len(json.loads(r.read())) == len(ALL_RUNS):
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline and proc.poll() is None, "no tensorboard"
+            time.sleep(0.5)
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                headless=True,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                ],
+            )
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/#gradient_health")
+            frame = page.wait_for_selector("iframe", timeout=60000).content_frame()
+            frame.wait_for_function(
+                "() => window.__gradHealth && window.__gradHealth.renders > 0",
+                timeout=60000,
+            )
+            for view, run in VIEW_RUNS:
+                n = frame.evaluate("() => window.__gradHealth.renders")
+                frame.select_option("#gh-run", value=run)
+                frame.click(f"button[data-view={view}]")
+                frame.wait_for_function(
+                    """([n, view, run]) => {
+                      const d = window.__gradHealth;
+                      return d.renders > n && d.lastRender && d.lastRender.view === view
+                        && d.lastRender.run === run;
+                    }""",
+                    arg=[n, view, run],
+                    timeout=60000,
+                )
+                if view == "flags":
+                    assert frame.locator("#gh-flags li").count() >= 2, view
+                else:
+                    assert _drawn_points(frame) > 0, view
+                shot = tmp_path / f"screenshot-{view}.png"
+                page.screenshot(path=str(shot))
+                shutil.copyfile(
+                    shot, os.path.join(ROOT, "docs", f"screenshot-{view}.png")
+                )
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
