@@ -183,8 +183,6 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     shot = tmp_path / "screenshot-overview.png"
     tab.page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
-    os.makedirs(REPO / "docs", exist_ok=True)
-    shutil.copyfile(shot, REPO / "docs" / "screenshot-overview.png")
 
 
 def test_nan_and_spike_are_drawn_as_markers(tab):
