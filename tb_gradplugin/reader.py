@@ -111,6 +111,14 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _scalar_values(datums) -> np.ndarray:
+    return np.array([d.value for d in datums], dtype=np.float64)
+
+
+def _tensor_values(datums) -> np.ndarray:
+    return _stack([d.numpy for d in datums])
+
+
 def list_runs(
     provider: tb_provider.DataProvider, ctx=None, *, experiment_id: str = ""
 ) -> list[str]:
@@ -162,35 +170,24 @@ def read_run(
     filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
     data = RunData(run=run)
     kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
-    scalar_meta = provider.list_scalars(ctx, run_tag_filter=filt, **kw).get(run, {})
-    if scalar_meta:
-        points = provider.read_scalars(
-            ctx, downsample=downsample, run_tag_filter=filt, **kw
-        ).get(run, {})
-        for tag, datums in points.items():
+    kinds = (
+        (provider.list_scalars, provider.read_scalars, data.scalars, _scalar_values),
+        (provider.list_tensors, provider.read_tensors, data.tensors, _tensor_values),
+    )
+    for list_fn, read_fn, target, values in kinds:
+        meta = list_fn(ctx, run_tag_filter=filt, **kw).get(run, {})
+        if not meta:
+            continue
+        points = read_fn(ctx, downsample=downsample, run_tag_filter=filt, **kw)
+        for tag, datums in points.get(run, {}).items():
             key = _key(tag)
-            if key is None or tag not in scalar_meta:
+            if key is None or tag not in meta:
                 continue
-            data.scalars[key] = Series(
+            target[key] = Series(
                 steps=np.array([d.step for d in datums], dtype=np.int64),
-                values=np.array([d.value for d in datums], dtype=np.float64),
+                values=values(datums),
                 wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
-                content=_content(scalar_meta[tag]),
-            )
-    tensor_meta = provider.list_tensors(ctx, run_tag_filter=filt, **kw).get(run, {})
-    if tensor_meta:
-        points = provider.read_tensors(
-            ctx, downsample=downsample, run_tag_filter=filt, **kw
-        ).get(run, {})
-        for tag, datums in points.items():
-            key = _key(tag)
-            if key is None or tag not in tensor_meta:
-                continue
-            data.tensors[key] = Series(
-                steps=np.array([d.step for d in datums], dtype=np.int64),
-                values=_stack([d.numpy for d in datums]),
-                wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
-                content=_content(tensor_meta[tag]),
+                content=_content(meta[tag]),
             )
     return data
 
