@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import math
 import os
 import time
 import warnings
@@ -25,13 +24,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tb_gradplugin import metadata, stats
+from tb_gradplugin import metadata, reducer, ring, stats
 
 logger = logging.getLogger(__name__)
 
 _FLUSH_SECS = 10.0  # s between host flushes; TensorBoard reloads every 5 s.
 _MAX_QUEUE = 10_000  # events held before the writer flushes by itself.
-_MIN_STEPS_PER_WRITE = 16  # optimizer steps between two calls of the writer.
+_MAX_WRITE_DELAY_S = 2.0  # s a recorded step may wait for its block (slow steps).
 
 
 def _is_mean_metric(metric: Any) -> bool:
@@ -54,75 +53,6 @@ def _event_files(log_dir: str) -> list[str]:
         return [f for f in os.listdir(log_dir) if ".tfevents." in f]
     except OSError:
         return []
-
-
-# Written every logged step (update_ratio is derived when writing; the loss
-# scale and skipped steps only under mixed precision).
-_STEP_STATS = (
-    "loss",
-    "grad_norm",
-    "param_norm",
-    "update_norm",
-    "learning_rate",
-    "nonfinite_grads",
-    "nonfinite_loss",
-)
-_LAYER_STATS = (
-    "grad_norm",
-    "grad_mean_abs",
-    "param_norm",
-    "update_norm",
-    "zero_fraction",
-    "nonfinite_grads",
-)
-
-
-class _RowLayout:
-    """Positions of each field in a logged row (one float32 vector per step)."""
-
-    SCALARS = (
-        *_STEP_STATS,
-        "skipped_steps",
-        "loss_scale",
-        "window_closed",
-        "w_window_steps",
-        "w_grad_variance",
-        "w_grad_mean_abs",
-        "w_noise_scale",
-        "w_grad_snr",
-    )
-    VECTORS = (
-        *_LAYER_STATS,
-        "w_grad_variance",
-        "w_grad_mean_abs",
-    )
-
-    def __init__(self, num_vars: int, num_components: int, num_slices: int):
-        self.index: dict[str, slice] = {}
-        pos = 0
-        for name in self.SCALARS:
-            self.index[name] = slice(pos, pos + 1)
-            pos += 1
-        self.index["components"] = slice(pos, pos + num_components)
-        pos += num_components
-        for name in self.VECTORS:
-            self.index["v_" + name] = slice(pos, pos + num_vars)
-            pos += num_vars
-        for name in ("s_grad_mean_abs", "s_grad_variance"):
-            self.index[name] = slice(pos, pos + num_slices)
-            pos += num_slices
-        self.width = pos
-
-    def pack(self, fields: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        parts = []
-        for key, sl in sorted(self.index.items(), key=lambda kv: kv[1].start):
-            n = sl.stop - sl.start
-            value = fields.get(key)
-            if value is None:
-                parts.append(tf.zeros([n], tf.float32))
-            else:
-                parts.append(tf.reshape(tf.cast(value, tf.float32), [n]))
-        return tf.concat(parts, axis=0)
 
 
 class _ProbeCapture:
@@ -171,7 +101,11 @@ class _ProbeCapture:
 
 
 class _Monitor:
-    """Per-model state: variables, the shims and the writer function."""
+    """Per model: the shims that fill the step ring, and the host side.
+
+    The host side hands full blocks of the ring to a writer thread, which
+    reduces and writes them beside the training.
+    """
 
     def __init__(self, callback: GradientHealthCallback, model: keras.Model):
         self.cb = callback
@@ -179,6 +113,8 @@ class _Monitor:
         self.optimizer = model.optimizer
         self.strategy = model.distribute_strategy
         self.is_lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        factor = getattr(self.optimizer, "loss_scale_factor", None)
+        self.unscale = self.is_lso or bool(factor)
         self.loss_metric = getattr(model, "_loss_tracker", None)
         metrics = {m.name: m for m in _all_metrics(model)}
         if self.loss_metric is None and _is_mean_metric(metrics.get("loss")):
@@ -190,28 +126,12 @@ class _Monitor:
         self.epoch_components = [
             n for n in callback.loss_components if n not in self.step_components
         ]
-        freq = callback.update_freq
-        self.epoch_mode = freq == "epoch"
-        self.freq = 1 if self.epoch_mode else int(freq)
-        spe = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
-        self.spe = spe
-        # Host calls the writer every `calls_per_write` executions, at least
-        # _MIN_STEPS_PER_WRITE steps apart (a call costs ~0.1 ms, a 2 ms step
-        # can't pay it each time); the ring holds every row made in between,
-        # plus slack for a short last execution.
-        steps = max(self.freq, _MIN_STEPS_PER_WRITE)
-        self.calls_per_write = 1 if self.epoch_mode else max(1, steps // spe)
-        self.ring = (
-            1
-            if self.epoch_mode
-            else (math.ceil(self.calls_per_write * spe / self.freq) + 2)
-        )
-        window = callback.variance_window
-        self.window_epoch = window == "epoch"
-        self.window = 0 if self.window_epoch else int(window)
+        self.spe = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
         self.layout = None
+        self.ring = None
+        self.reducer = None
         self.writer = None
-        self._writer_fns = None
+        self._tags = None
         if model.trainable_variables:
             self._setup(list(model.trainable_variables))
         self.probe = None
@@ -224,15 +144,16 @@ class _Monitor:
                 )
             else:
                 self.probe = _ProbeCapture()
-        self.calls = 0
+        self.since = 0
+        self.last_submit = time.monotonic()
+        self.done = 0
         self.executor = None
         self.future = None
         self.trace_warned = False
         self.active = False
 
-    # -- state -------------------------------------------------------------
     def _setup(self, variables):
-        """Lays out the variables and creates the state (once they exist).
+        """Lays out the variables and creates the ring (once they exist).
 
         A subclassed model may be built only by its first train step (Keras
         defers the build without a distribution strategy); then this runs while
@@ -243,49 +164,23 @@ class _Monitor:
         self.layout = stats.Layout(
             [v.path for v in variables], [v.shape for v in variables], self.cb.slices
         )
-        self.row = _RowLayout(
-            self.layout.num_variables,
-            len(self.step_components),
-            len(self.layout.slices),
+        block = ring.block_steps(self.layout.size, self.spe, ring.DEFAULT_BUDGET_BYTES)
+        self.executions_per_block = block // self.spe
+        self.ring = ring.StepRing(
+            self.layout.size, len(self.step_components), 2 * block + 2, self.strategy
         )
-        self._make_variables()
-
-    def _var(self, value, dtype=tf.float32):
-        return tf.Variable(
-            tf.constant(value, dtype),
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_WRITE,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        self.reducer = reducer.BlockReducer(
+            self.layout,
+            self.ring,
+            self.step_components,
+            self.cb.update_freq,
+            self.cb.variance_window,
+            self.is_lso,
         )
+        self.reducer.start(self._flat_params())
 
-    def _make_variables(self):
-        p, v = self.layout.size, self.layout.num_variables
-        s = len(self.layout.slices)
-        with self.strategy.scope():
-            self.rows = self._var(np.zeros([self.ring, self.row.width], np.float32))
-            self.row_steps = self._var(np.full([self.ring], -1, np.int64), tf.int64)
-            self.row_count = self._var(0, tf.int64)
-            self.last_row_step = self._var(-1, tf.int64)
-            self.last_written = self._var(-1, tf.int64)
-            self.pending_nonfinite = self._var(np.zeros([v], np.float32))
-            self.pending_nonfinite_loss = self._var(0.0)
-            self.pending_skipped = self._var(0.0)
-            self.nan_seen = self._var(0, tf.int32)
-            self.w_shift = self._var(np.zeros([p], np.float32))
-            self.w_sum1 = self._var(np.zeros([p], np.float32))
-            self.w_sum2 = self._var(np.zeros([p], np.float32))
-            self.w_count = self._var(0.0)
-            self.w_abs = self._var(np.zeros([v], np.float32))
-            self.w_slice_abs = self._var(np.zeros([s], np.float32))
-            self.batch_size = self._var(0.0)
-        self.window_vars = [
-            self.w_shift,
-            self.w_sum1,
-            self.w_sum2,
-            self.w_count,
-            self.w_abs,
-            self.w_slice_abs,
-        ]
+    def _flat_params(self):
+        return stats.flatten([v.value for v in self.variables])
 
     # -- in-graph shims ----------------------------------------------------
     def install(self):
@@ -300,24 +195,20 @@ class _Monitor:
             # apply, which is where Keras would build it.
             with self.strategy.scope():
                 opt.build(self.variables)
-        if not getattr(model.train_step, "_gradient_health", False):
-            orig_step = model.train_step
+        orig_step = getattr(model.train_step, "_original", model.train_step)
 
-            def train_step(data):
-                return self._train_step(orig_step, data)
+        def train_step(data):
+            return self._train_step(orig_step, data)
 
-            train_step._gradient_health = True
-            train_step._original = orig_step
-            model.train_step = train_step
-        if not getattr(opt.apply, "_gradient_health", False):
-            orig_apply = opt.apply
+        train_step._original = orig_step
+        model.train_step = train_step
+        orig_apply = getattr(opt.apply, "_original", opt.apply)
 
-            def apply(grads, trainable_variables=None):
-                return self._apply(orig_apply, grads, trainable_variables)
+        def apply(grads, trainable_variables=None):
+            return self._apply(orig_apply, grads, trainable_variables)
 
-            apply._gradient_health = True
-            apply._original = orig_apply
-            opt.apply = apply
+        apply._original = orig_apply
+        opt.apply = apply
         model.make_train_function(force=True)
         orig_fn = model.train_function
 
@@ -375,22 +266,8 @@ class _Monitor:
             )
         ]
         components = tf.stack(components) if components else tf.zeros([0])
-        # Plain graph ops in the step (inlined into the model's XLA cluster
-        # under jit_compile). A separate XLA cluster for them measured slower
-        # on CPU: +0.60 ms against +0.29 ms a step on the 784-20-20-10 MLP
-        # (1.36 ms plain), for its launch and state copies.
-        self._commit(
-            pending["grads"],
-            pending["before"],
-            pending["after"],
-            tf.cast(loss, tf.float32),
-            tf.cast(components, tf.float32),
-            batch_size,
-            pending["lr"],
-            pending["step"],
-            pending["skipped"],
-            pending["loss_scale"],
-        )
+        loss = tf.cast(loss, tf.float32)
+        self._record(pending, loss, tf.cast(components, tf.float32), batch_size)
         return logs
 
     def _metric_state(self):
@@ -419,19 +296,21 @@ class _Monitor:
             i = self.var_ids.get(id(v))
             if i is not None and g is not None:
                 by_index[i] = g
-        ctx = tf.distribute.get_replica_context()
         full = [
             by_index.get(i, tf.zeros(self.layout.shapes[i], tf.float32))
             for i in range(self.layout.num_variables)
         ]
-        full = [
-            tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-            for g in full
-        ]
+        ctx = tf.distribute.get_replica_context()
         if ctx is not None and ctx.num_replicas_in_sync > 1:
             # Replica gradients are scaled by 1/replicas before the all-reduce
             # (pitfall 8); the statistics are of the summed, global gradient.
-            full = ctx.all_reduce(tf.distribute.ReduceOp.SUM, full)
+            full = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM,
+                [
+                    tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                    for g in full
+                ],
+            )
         if self.is_lso:
             scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
         else:
@@ -439,15 +318,12 @@ class _Monitor:
             scale = tf.constant(float(factor or 1.0), tf.float32)
         iteration = tf.cast(self.optimizer.iterations, tf.int64)
         lr = tf.cast(self.optimizer.learning_rate, tf.float32)
-        before = [tf.identity(v.value) for v in self.variables]
-        with tf.control_dependencies(before):
-            result = orig_apply(grads, trainable_variables)
+        result = orig_apply(grads, trainable_variables)
         with tf.control_dependencies([result] if result is not None else []):
             after = [tf.identity(v.value) for v in self.variables]
             iteration_after = tf.cast(self.optimizer.iterations, tf.int64)
         self._pending = {
             "grads": full,
-            "before": before,
             "after": after,
             "lr": lr,
             "step": iteration_after,
@@ -460,406 +336,133 @@ class _Monitor:
         }
         return result
 
-    def _commit(
-        self,
-        grads,
-        before,
-        after,
-        loss,
-        components,
-        batch_size,
-        lr,
-        step,
-        skipped,
-        scale,
-    ):
-        """Accumulates one step and stores its row when the step is logged."""
-        layout = self.layout
-        grads = [tf.cast(g, tf.float32) / scale for g in grads]
-        grad = stats.flatten(grads)
-        sums = stats.variable_sums(grads, before, after)
-        loss_bad = tf.logical_not(tf.math.is_finite(loss))
-        nonfinite = sums["grad_nonfinite"]
-        pending_nf = self.pending_nonfinite + nonfinite
-        pending_nl = self.pending_nonfinite_loss + tf.cast(loss_bad, tf.float32)
-        pending_sk = self.pending_skipped + tf.cast(skipped, tf.float32)
-        any_bad = tf.logical_or(loss_bad, tf.reduce_sum(nonfinite) > 0)
-        if self.is_lso:
-            any_bad = tf.logical_and(loss_bad, tf.logical_not(skipped))
-        updates = [
-            self.nan_seen.assign(tf.maximum(self.nan_seen, tf.cast(any_bad, tf.int32))),
-            self.batch_size.assign(batch_size),
-        ]
-        # Window moments: a skipped (overflowed) step is no gradient sample.
-        take = tf.logical_not(skipped)
-        g = grad
-        first = tf.equal(self.w_count, 0.0)
-        shift = tf.where(first, g, self.w_shift)
-        d = g - shift
-        w_sum1 = self.w_sum1 + d
-        w_sum2 = self.w_sum2 + tf.square(d)
-        w_count = self.w_count + 1.0
-        w_abs = self.w_abs + sums["grad_abs"]
-        w_slice = self.w_slice_abs + stats.slice_abs_sums(layout, tf.abs(g))
-        new_window = [shift, w_sum1, w_sum2, w_count, w_abs, w_slice]
-        if self.is_lso:
-            new_window = [
-                tf.where(take, new, old)
-                for new, old in zip(
-                    new_window, [v.value() for v in self.window_vars], strict=True
-                )
-            ]
-
-        if self.epoch_mode:
-            log_now = tf.constant(True)
-        else:
-            # A skipped (overflowed) step leaves `iterations` as it was: it gets
-            # no row of its own, its counts go to the next logged step.
-            log_now = tf.logical_and(
-                tf.logical_or(tf.equal(step % self.freq, 0), tf.equal(step, 1)),
-                tf.logical_and(
-                    tf.not_equal(step, self.last_row_step), tf.logical_not(skipped)
+    def _record(self, pending, loss, components, batch_size):
+        """Copies the step's raw figures into the ring (no statistics here)."""
+        scale = pending["loss_scale"]
+        grad = stats.flatten(pending["grads"])
+        if self.unscale:
+            grad = grad / scale
+        skipped = pending["skipped"]
+        scalars = tf.concat(
+            [
+                tf.stack(
+                    [
+                        loss,
+                        pending["lr"],
+                        scale,
+                        tf.cast(skipped, tf.float32),
+                        batch_size,
+                    ]
                 ),
-            )
-        close_now = tf.constant(False)
-        if not self.window_epoch:
-            close_now = tf.logical_and(
-                log_now, tf.logical_and(tf.equal(step % self.window, 0), step > 0)
-            )
-        # Only the steps of an epoch window never close it in the graph: no
-        # cond and no selects for them (a few ops less per step).
-        final_window = new_window
-        wstats = stats.empty_window_statistics(layout)
-        if not self.window_epoch:
-            moments = stats.WindowMoments(*new_window)
-            wstats = tf.cond(
-                close_now,
-                lambda: stats.window_statistics(layout, moments, batch_size),
-                lambda: stats.empty_window_statistics(layout),
-            )
-            final_window = [
-                tf.where(close_now, tf.zeros_like(w), w) for w in new_window
-            ]
-        updates += [
-            v.assign(w) for v, w in zip(self.window_vars, final_window, strict=True)
-        ]
-
-        sizes = tf.constant(layout.sizes_array)
-        fields = {
-            "loss": loss,
-            "grad_norm": tf.sqrt(tf.reduce_sum(sums["grad_sq"])),
-            "param_norm": tf.sqrt(tf.reduce_sum(sums["param_sq"])),
-            "update_norm": tf.sqrt(tf.reduce_sum(sums["update_sq"])),
-            "learning_rate": lr,
-            "nonfinite_grads": tf.reduce_sum(pending_nf),
-            "nonfinite_loss": pending_nl,
-            "skipped_steps": pending_sk,
-            "loss_scale": scale,
-            "window_closed": tf.cast(close_now, tf.float32),
-            "w_window_steps": wstats["window_steps"],
-            "w_grad_variance": wstats["grad_variance"],
-            "w_grad_mean_abs": wstats["grad_mean_abs"],
-            "w_noise_scale": wstats["noise_scale"],
-            "w_grad_snr": wstats["grad_snr"],
-            "components": components,
-            "v_grad_norm": tf.sqrt(sums["grad_sq"]),
-            "v_grad_mean_abs": sums["grad_abs"] / sizes,
-            "v_param_norm": tf.sqrt(sums["param_sq"]),
-            "v_update_norm": tf.sqrt(sums["update_sq"]),
-            "v_zero_fraction": sums["grad_zero"] / sizes,
-            "v_nonfinite_grads": pending_nf,
-            "v_w_grad_variance": wstats["layer_grad_variance"],
-            "v_w_grad_mean_abs": wstats["layer_grad_mean_abs"],
-            "s_grad_mean_abs": wstats["slice_grad_mean_abs"],
-            "s_grad_variance": wstats["slice_grad_variance"],
-        }
-        row = self.row.pack(fields)
-        slot = self.row_count % self.ring
-        reset = tf.logical_and(log_now, tf.constant(not self.epoch_mode))
-        updates += [
-            self.rows.assign(
-                tf.where(
-                    log_now,
-                    tf.tensor_scatter_nd_update(self.rows, [[slot]], [row]),
-                    self.rows,
+                components,
+            ],
+            axis=0,
+        )
+        bad = None
+        if self.cb.stop_on_nan:
+            bad = tf.logical_not(tf.math.is_finite(loss))
+            if self.is_lso:
+                bad = tf.logical_and(bad, tf.logical_not(skipped))
+            else:
+                bad = tf.logical_or(
+                    bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(grad)))
                 )
-            ),
-            self.row_steps.assign(
-                tf.where(
-                    log_now,
-                    tf.tensor_scatter_nd_update(self.row_steps, [[slot]], [step]),
-                    self.row_steps,
-                )
-            ),
-            self.row_count.assign(
-                self.row_count
-                + tf.cast(tf.logical_and(log_now, not self.epoch_mode), tf.int64)
-            ),
-            self.last_row_step.assign(tf.where(log_now, step, self.last_row_step)),
-            self.pending_nonfinite.assign(
-                tf.where(reset, tf.zeros_like(pending_nf), pending_nf)
-            ),
-            self.pending_nonfinite_loss.assign(tf.where(reset, 0.0, pending_nl)),
-            self.pending_skipped.assign(tf.where(reset, 0.0, pending_sk)),
-        ]
-        tf.group(updates)
+        self.ring.record(
+            grad, stats.flatten(pending["after"]), scalars, pending["step"], bad
+        )
 
     # -- host side ---------------------------------------------------------
     def after_execution(self):
-        self.calls += 1
+        """After each execution of the train function: hand a full block over."""
         if not self.active or self.layout is None:
             return
-        if self.calls % self.calls_per_write == 0 and not self.epoch_mode:
-            self.cb._guarded(self.write_async)
-        if self.cb.stop_on_nan and int(self.nan_seen.numpy()):
+        self.since += 1
+        if (
+            self.since >= self.executions_per_block
+            or time.monotonic() - self.last_submit > _MAX_WRITE_DELAY_S
+        ):
+            self.cb._guarded(self.submit)
+        if self.cb.stop_on_nan and int(self.ring.nan_seen.numpy()):
             logger.warning("GradientHealthCallback: NaN/Inf seen; stopping training.")
             self.model.stop_training = True
         self.cb._maybe_flush()
 
-    def write_async(self):
-        """Snapshots the ring here, writes it on the writer thread.
+    def _take_rows(self) -> tuple[int, int]:
+        """Rows recorded since the last block: ``(start, stop)``."""
+        stop = int(self.ring.count.numpy())
+        start = max(self.done, stop - self.ring.rows)
+        self.done = stop
+        return start, stop
 
-        The snapshot is taken between two executions, so it is consistent; the
-        summary ops then run beside the next steps instead of before them.
+    def submit(self):
+        """Has the rows recorded so far reduced and written on the writer thread.
+
+        Waits for the previous block first: the ring holds two blocks, so the
+        rows handed over are not overwritten while they are read.
         """
-        fns = self._fns()
+        self.since = 0
+        self.last_submit = time.monotonic()
         self.drain()
-        rows = fns["snapshot"]()
-        if self.executor is None:
-            self.executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="gradient_health_writer"
-            )
-        self.future = self.executor.submit(fns["write_snapshot"], *rows)
+        start, stop = self._take_rows()
+        if stop > start and self._ready():
+            if self.executor is None:
+                self.executor = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="gradient_health_writer"
+                )
+            self.future = self.executor.submit(self.reducer.reduce, start, stop, False)
+
+    def flush(self, final: bool) -> None:
+        """Reduces and writes every recorded row now.
+
+        Args:
+            final: Whether an epoch ends here (closes an epoch window; logs the
+                epoch's last step under ``update_freq="epoch"``).
+        """
+        self.drain()
+        if self.layout is None:
+            return
+        start, stop = self._take_rows()
+        if (stop > start or final) and self._ready():
+            self.reducer.reduce(start, stop, final)
+
+    def start(self):
+        """At each ``fit``: takes the weights as they are, skips stale rows."""
+        self.drain()
+        if self.layout is not None:
+            self.done = int(self.ring.count.numpy())
+            self.reducer.start(self._flat_params())
+        self.since = 0
+        self.last_submit = time.monotonic()
 
     def drain(self):
-        """Waits for the write in flight; re-raises its error, if any."""
+        """Waits for the block in flight; re-raises its error, if any."""
         future, self.future = self.future, None
         if future is not None:
             future.result()
 
-    def build_writer_functions(self, writer):
-        """Sets the writer; its functions are made once the layout exists."""
-        if writer is not self.writer:
-            self.writer = writer
-            self._writer_fns = None
+    def set_writer(self, writer):
+        """Sets the summary writer (the tags are made once the layout exists)."""
+        self.writer = writer
+        self._ready()
 
-    def _fns(self):
-        """The writer functions, made on first use (None before any step)."""
-        if self._writer_fns is None and self.layout is not None:
-            self._writer_fns = self._make_writer_functions(self.writer)
-        return self._writer_fns
-
-    def write_rows(self):
-        """Writes the due rows now (after any write still in flight)."""
-        fns = self._fns()
-        if fns is not None:
-            self.drain()
-            fns["write_snapshot"](*fns["snapshot"]())
-
-    def close_epoch_window(self):
-        """Writes the epoch's window statistics and starts a new window."""
-        fns = self._fns()
-        if fns is not None:
-            fns["close_epoch_window"]()
-
-    def reset_pending(self):
-        """Zeroes the counts since the last logged step."""
-        fns = self._fns()
-        if fns is not None:
-            fns["reset_pending"]()
+    def _ready(self) -> bool:
+        if self.layout is None or self.writer is None:
+            return False
+        self.reducer.set_writer(self.writer, self.tags)
+        return True
 
     @property
     def tags(self) -> dict[str, bytes]:
         """The serialized metadata of every tag."""
-        return self._fns()["tags"]
-
-    def _make_writer_functions(self, writer):
-        tags = self._tag_metadata()
-        row = self.row
-
-        def write_row(values, step):
-            def field(name):
-                return values[row.index[name]]
-
-            def scalar(name):
-                return field(name)[0]
-
-            for stat in _STEP_STATS:
-                tf.summary.write(
-                    metadata.step_tag(stat),
-                    scalar(stat),
-                    step=step,
-                    metadata=tags[metadata.step_tag(stat)],
-                )
-            tf.summary.write(
-                metadata.step_tag("update_ratio"),
-                tf.math.divide_no_nan(scalar("update_norm"), scalar("param_norm")),
-                step=step,
-                metadata=tags[metadata.step_tag("update_ratio")],
+        if self._tags is None:
+            self._tags = reducer.tag_metadata(
+                self.layout,
+                self.cb.update_freq,
+                self.cb.variance_window,
+                self.cb.loss_components,
+                self.step_components,
             )
-            if self.is_lso:
-                for stat in ("skipped_steps", "loss_scale"):
-                    tf.summary.write(
-                        metadata.step_tag(stat),
-                        scalar(stat),
-                        step=step,
-                        metadata=tags[metadata.step_tag(stat)],
-                    )
-            comps = field("components")
-            for i, name in enumerate(self.step_components):
-                tag = metadata.loss_component_tag(name)
-                tf.summary.write(tag, comps[i], step=step, metadata=tags[tag])
-            for stat in _LAYER_STATS:
-                tag = metadata.layer_tag(stat)
-                tf.summary.write(tag, field("v_" + stat), step=step, metadata=tags[tag])
-            tag = metadata.layer_tag("update_ratio")
-            tf.summary.write(
-                tag,
-                tf.math.divide_no_nan(field("v_update_norm"), field("v_param_norm")),
-                step=step,
-                metadata=tags[tag],
-            )
-
-            def write_window():
-                self._write_window(
-                    {
-                        "window_steps": scalar("w_window_steps"),
-                        "grad_variance": scalar("w_grad_variance"),
-                        "grad_mean_abs": scalar("w_grad_mean_abs"),
-                        "noise_scale": scalar("w_noise_scale"),
-                        "grad_snr": scalar("w_grad_snr"),
-                        "layer_grad_variance": field("v_w_grad_variance"),
-                        "layer_grad_mean_abs": field("v_w_grad_mean_abs"),
-                        "slice_grad_mean_abs": field("s_grad_mean_abs"),
-                        "slice_grad_variance": field("s_grad_variance"),
-                    },
-                    step,
-                    tags,
-                )
-                return tf.constant(True)
-
-            if not self.window_epoch:
-                tf.cond(
-                    scalar("window_closed") > 0,
-                    write_window,
-                    lambda: tf.constant(False),
-                )
-            return tf.constant(True)
-
-        @tf.function(autograph=False)
-        def snapshot():
-            return (
-                self.rows.read_value(),
-                self.row_steps.read_value(),
-                self.row_count.read_value(),
-            )
-
-        @tf.function(autograph=False)
-        def write_snapshot(rows, row_steps, start):
-            with writer.as_default():
-                last = self.last_written.read_value()
-
-                # Oldest slot first: TensorBoard drops data written out of step
-                # order (it reads a smaller step as a restart and purges). A
-                # loop, not an unrolled one: tracing 18 rows took seconds.
-                def body(k):
-                    r = (start + k) % self.ring
-                    step = tf.gather(row_steps, r)
-                    tf.cond(
-                        step > last,
-                        lambda: write_row(tf.gather(rows, r), step),
-                        lambda: tf.constant(False),
-                    )
-                    return (k + 1,)
-
-                tf.while_loop(
-                    lambda k: k < self.ring, body, (tf.constant(0, tf.int64),)
-                )
-                self.last_written.assign(tf.maximum(last, tf.reduce_max(row_steps)))
-
-        @tf.function(autograph=False)
-        def close_epoch_window():
-            moments = stats.WindowMoments(*[v.value() for v in self.window_vars])
-            wstats = stats.window_statistics(
-                self.layout, moments, self.batch_size.value()
-            )
-            step = tf.cast(self.optimizer.iterations, tf.int64)
-            with writer.as_default():
-
-                def write():
-                    self._write_window(wstats, step, tags)
-                    return tf.constant(True)
-
-                tf.cond(self.w_count > 0, write, lambda: tf.constant(False))
-            for v in self.window_vars:
-                v.assign(tf.zeros_like(v))
-
-        @tf.function(autograph=False)
-        def reset_pending():
-            self.pending_nonfinite.assign(tf.zeros_like(self.pending_nonfinite))
-            self.pending_nonfinite_loss.assign(0.0)
-            self.pending_skipped.assign(0.0)
-
-        return {
-            "snapshot": snapshot,
-            "write_snapshot": write_snapshot,
-            "close_epoch_window": close_epoch_window,
-            "reset_pending": reset_pending,
-            "tags": tags,
-        }
-
-    def _write_window(self, w, step, tags):
-        for stat in metadata.WINDOW_SCALARS:
-            tag = metadata.window_tag(stat)
-            tf.summary.write(tag, w[stat], step=step, metadata=tags[tag])
-        for stat in metadata.WINDOW_LAYER_STATS:
-            tag = metadata.window_layer_tag(stat)
-            tf.summary.write(tag, w["layer_" + stat], step=step, metadata=tags[tag])
-        for i, s in enumerate(self.layout.slices):
-            for stat in metadata.SLICE_STATS:
-                tag = metadata.slice_tag(s.name, stat)
-                tf.summary.write(
-                    tag, w["slice_" + stat][i], step=step, metadata=tags[tag]
-                )
-
-    def _tag_metadata(self) -> dict[str, bytes]:
-        variables = {"variables": self.layout.paths}
-        common = {"update_freq": self.cb.update_freq}
-        tags: dict[str, Any] = {}
-        for stat, text in metadata.STEP_SCALARS.items():
-            tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(
-                text, common
-            )
-        for stat, text in metadata.LAYER_STATS.items():
-            tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
-                text, variables, tensor=True
-            )
-        window = {"window": self.cb.variance_window}
-        for stat, text in metadata.WINDOW_SCALARS.items():
-            tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(
-                text, window
-            )
-        for stat, text in metadata.WINDOW_LAYER_STATS.items():
-            tags[metadata.window_layer_tag(stat)] = metadata.create_summary_metadata(
-                text, {**variables, **window}, tensor=True
-            )
-        for s in self.layout.slices:
-            content = {
-                "variable": s.variable,
-                "start": s.start,
-                "stop": s.stop,
-                **window,
-            }
-            for stat, text in metadata.SLICE_STATS.items():
-                tags[metadata.slice_tag(s.name, stat)] = (
-                    metadata.create_summary_metadata(text, content)
-                )
-        for name in self.cb.loss_components:
-            tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
-                f"loss component {name}",
-                {"per_step": name in self.step_components},
-            )
-        return {k: v.SerializeToString() for k, v in tags.items()}
+        return self._tags
 
 
 class GradientHealthCallback(keras.callbacks.Callback):
@@ -1010,6 +613,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._write_failed = False
         self._guarded(self._open_writer)
         monitor.active = self._writer is not None
+        if monitor.active:
+            self._guarded(monitor.start)
         first_step = int(model.optimizer.iterations.numpy()) == 0
         if monitor.active and self.trajectory_freq and first_step:
             self._guarded(self._trajectory)
@@ -1038,7 +643,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         """
         mon = self._monitor
         if mon is not None and mon.active:
-            self._guarded(mon.write_rows)
+            self._guarded(mon.flush, False)
             self._guarded(self._flush)
             mon.active = False
 
@@ -1058,16 +663,12 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._writer.flush()
             new = sorted(set(_event_files(self.log_dir)) - existing)
             self._event_file = os.path.join(self.log_dir, new[-1]) if new else None
-        if getattr(self._monitor, "writer", None) is not self._writer:
-            self._monitor.build_writer_functions(self._writer)
+        if self._monitor.writer is not self._writer:
+            self._monitor.set_writer(self._writer)
 
     def _epoch_end_writes(self, epoch, logs):
         mon = self._monitor
-        mon.write_rows()
-        if mon.epoch_mode:
-            mon.reset_pending()
-        if mon.window_epoch:
-            mon.close_epoch_window()
+        mon.flush(final=True)
         if mon.epoch_components:
             step = int(mon.optimizer.iterations.numpy())
             with self._writer.as_default():

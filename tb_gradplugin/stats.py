@@ -1,10 +1,10 @@
-"""In-graph gradient statistics: per-variable reductions over one flat vector.
+"""Gradient statistics of a block of training steps, in TensorFlow.
 
-Everything here is plain TensorFlow that runs inside the compiled train step (XLA
-included). The costs are a handful of large ops per step whatever the number of
-variables: the gradients, the parameters before and after the step are each
-concatenated once, and the per-variable sums come out of one segment reduction
-(DESIGN.md pitfall 14: many small ops per variable cost up to 10 %).
+The compiled train step only copies each step's flat gradient and parameters
+into a ring (``ring.py``); the functions here reduce a block of ``n`` such rows
+at once, ``[n, P]`` in, ``[n, V]`` out, so that each op is paid once per block
+rather than once per step (DESIGN.md pitfall 14: one small op per variable per
+statistic per step cost ~10 % of a 1 ms step). Pure functions, no state.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-# Columns of the per-variable segment sums, in this order.
-_SUM_COLUMNS = (
+# Per-variable sums of one step, the keys of :func:`block_sums`.
+SUM_COLUMNS = (
     "grad_sq",
     "grad_abs",
     "grad_zero",
@@ -123,42 +123,66 @@ def flatten(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
     return tf.concat(parts, axis=0)
 
 
-def variable_sums(
-    grads: Sequence[tf.Tensor], before: Sequence[tf.Tensor], after: Sequence[tf.Tensor]
+def block_sums(
+    layout: Layout, grads: tf.Tensor, params: tf.Tensor, prev_params: tf.Tensor
 ) -> dict[str, tf.Tensor]:
-    """Per-variable sums of one step.
-
-    One reduction per variable and column; under XLA they fuse into a few loops
-    (measured 2x faster than one segment sum over the flat vector on CPU).
+    """Per-step, per-variable sums of a block of consecutive steps.
 
     Args:
-        grads: The gradients, float32, one per variable.
-        before: The variables' values before the step.
-        after: The variables' values after the step.
+        layout: The variables' layout.
+        grads: The flat gradients, float32 ``[n, P]``, one row per step.
+        params: The flat parameters after each step, float32 ``[n, P]``.
+        prev_params: The flat parameters before the block's first step, ``[P]``.
 
     Returns:
-        ``{column: float32 [V]}`` for the columns ``grad_sq``, ``grad_abs``,
-        ``grad_zero``, ``grad_nonfinite``, ``param_sq``, ``update_sq``.
+        ``{column: float32 [n, V]}`` for the columns of :data:`SUM_COLUMNS`
+        (``update_sq`` is the squared change made by each step), and
+        ``slice_abs``: float32 ``[n, S]``, the sums of ``|g|`` over each slice.
     """
-    rows = []
-    for g, b, a in zip(grads, before, after, strict=True):
-        g, b, a = (tf.cast(t, tf.float32) for t in (g, b, a))
-        rows.append(
-            tf.stack(
-                [
-                    tf.reduce_sum(tf.square(g)),
-                    tf.reduce_sum(tf.abs(g)),
-                    tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32)),
-                    tf.reduce_sum(
-                        tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32)
-                    ),
-                    tf.reduce_sum(tf.square(a)),
-                    tf.reduce_sum(tf.square(a - b)),
-                ]
+    prev = tf.concat([prev_params[None], params[:-1]], axis=0)
+    updates = params - prev
+    abs_g = tf.abs(grads)
+    columns = {name: [] for name in SUM_COLUMNS}
+    parts = zip(
+        tf.split(grads, layout.sizes, axis=1),
+        tf.split(abs_g, layout.sizes, axis=1),
+        tf.split(params, layout.sizes, axis=1),
+        tf.split(updates, layout.sizes, axis=1),
+        strict=True,
+    )
+    for g, a, p, u in parts:
+        columns["grad_sq"].append(tf.reduce_sum(tf.square(g), axis=1))
+        columns["grad_abs"].append(tf.reduce_sum(a, axis=1))
+        columns["grad_zero"].append(
+            tf.reduce_sum(tf.cast(tf.equal(g, 0.0), tf.float32), axis=1)
+        )
+        columns["grad_nonfinite"].append(
+            tf.reduce_sum(
+                tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32), axis=1
             )
         )
-    sums = tf.stack(rows) if rows else tf.zeros([0, len(_SUM_COLUMNS)])
-    return {name: sums[:, i] for i, name in enumerate(_SUM_COLUMNS)}
+        columns["param_sq"].append(tf.reduce_sum(tf.square(p), axis=1))
+        columns["update_sq"].append(tf.reduce_sum(tf.square(u), axis=1))
+    n = tf.shape(grads)[0]
+    out = {
+        name: tf.stack(cols, axis=1) if cols else tf.zeros([n, 0])
+        for name, cols in columns.items()
+    }
+    out["slice_abs"] = _slice_sums(layout, abs_g)
+    return out
+
+
+def _slice_sums(layout: Layout, values: tf.Tensor) -> tf.Tensor:
+    """Sums of ``values`` ``[k, P]`` over each named slice's entries, ``[k, S]``."""
+    if not layout.slices:
+        return tf.zeros([tf.shape(values)[0], 0])
+    return tf.stack(
+        [
+            tf.reduce_sum(tf.gather(values, tf.constant(s.flat_indices), axis=1), 1)
+            for s in layout.slices
+        ],
+        axis=1,
+    )
 
 
 def safe_ratio(num: tf.Tensor, den: tf.Tensor) -> tf.Tensor:
@@ -168,18 +192,19 @@ def safe_ratio(num: tf.Tensor, den: tf.Tensor) -> tf.Tensor:
 
 @dataclasses.dataclass
 class WindowMoments:
-    """Per-entry first and second moments of the gradient over a window.
+    """Per-entry first and second moments of the gradient over ``k`` windows.
 
-    Shifted sums (by the window's first gradient) keep float32 accurate when the
-    mean is large against the spread.
+    Sums are shifted by one gradient of the windows' time (``shift``), which
+    keeps float32 accurate when the mean is large against the spread.
 
     Attributes:
-        shift: The window's first gradient, ``[P]``.
-        sum1: Sum of ``g - shift`` over the window's steps, ``[P]``.
-        sum2: Sum of ``(g - shift)**2``, ``[P]``.
-        count: Number of steps, scalar.
-        abs_sum: Per-variable sums of ``|g|`` over the window, ``[V]``.
-        slice_abs_sum: Per-slice sums of ``|g|`` over the window, ``[S]``.
+        shift: The gradient the sums are taken around, ``[P]``.
+        sum1: Sum of ``g - shift`` over each window's steps, ``[k, P]``.
+        sum2: Sum of ``(g - shift)**2``, ``[k, P]``.
+        count: Number of steps of each window, ``[k]``.
+        abs_sum: Per-variable sums of ``|g|`` over each window, ``[k, V]``.
+        slice_abs_sum: Per-slice sums of ``|g|`` over each window, ``[k, S]``.
+        batch_sum: Sum of the examples per step over each window, ``[k]``.
     """
 
     shift: tf.Tensor
@@ -188,86 +213,106 @@ class WindowMoments:
     count: tf.Tensor
     abs_sum: tf.Tensor
     slice_abs_sum: tf.Tensor
+    batch_sum: tf.Tensor
+
+    def fields(self) -> list[tf.Tensor]:
+        """The attributes in order (to keep them in variables)."""
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
 
-def slice_abs_sums(layout: Layout, grad_abs: tf.Tensor) -> tf.Tensor:
-    """Per-slice sums of ``|g|`` of one step, float32 ``[S]``."""
-    if not layout.slices:
-        return tf.zeros([0], tf.float32)
-    return tf.stack(
-        [
-            tf.reduce_sum(tf.gather(grad_abs, tf.constant(s.flat_indices)))
-            for s in layout.slices
-        ]
+def segment_moments(
+    grads: tf.Tensor,
+    weights: tf.Tensor,
+    segment_ids: tf.Tensor,
+    num_segments: tf.Tensor,
+    shift: tf.Tensor,
+    abs_sums: tf.Tensor,
+    slice_abs_sums: tf.Tensor,
+    batch: tf.Tensor,
+) -> WindowMoments:
+    """Window moments of the rows of a block, grouped by window.
+
+    Args:
+        grads: The flat gradients ``[n, P]``.
+        weights: 1.0 for a row that counts, 0.0 for one that does not (a
+            skipped loss-scale overflow step), ``[n]``.
+        segment_ids: The window of each row, non-decreasing int32 ``[n]``.
+        num_segments: ``k``, the number of windows (the last may hold no row).
+        shift: The gradient to take the sums around, ``[P]``.
+        abs_sums: Per-variable sums of ``|g|`` of each row, ``[n, V]``.
+        slice_abs_sums: Per-slice sums of ``|g|`` of each row, ``[n, S]``.
+        batch: Examples per row, ``[n]``.
+
+    Returns:
+        The moments of the ``k`` windows.
+    """
+    keep = weights > 0
+    d = tf.where(keep[:, None], grads - shift[None], 0.0)
+
+    def seg(x):
+        # The sorted segment sum adds whole rows (18 µs for [64, 16330] here);
+        # the unsorted one scatters (500 µs), a cumsum over rows takes 4 ms.
+        mask = tf.reshape(keep, [-1] + [1] * (len(x.shape) - 1))
+        x = tf.where(mask, x, tf.zeros_like(x))
+        out = tf.math.segment_sum(x, segment_ids)
+        missing = num_segments - tf.shape(out)[0]
+        pad = tf.zeros(tf.concat([[missing], tf.shape(x)[1:]], axis=0), x.dtype)
+        return tf.concat([out, pad], axis=0)
+
+    return WindowMoments(
+        shift=shift,
+        sum1=seg(d),
+        sum2=seg(tf.square(d)),
+        count=seg(weights),
+        abs_sum=seg(abs_sums),
+        slice_abs_sum=seg(slice_abs_sums),
+        batch_sum=seg(batch),
     )
 
 
-def window_statistics(
-    layout: Layout, m: WindowMoments, batch_size: tf.Tensor
-) -> dict[str, tf.Tensor]:
-    """Turns window moments into the window's statistics.
+def window_statistics(layout: Layout, m: WindowMoments) -> dict[str, tf.Tensor]:
+    """Turns the moments of ``k`` windows into the windows' statistics.
 
     Args:
         layout: The variables' layout.
-        m: The window's accumulated moments.
-        batch_size: Examples per step (float32 scalar), for the noise scale.
+        m: The windows' accumulated moments.
 
     Returns:
-        Per variable (``[V]``): ``grad_variance`` (per-entry variance over the
-        window's steps, averaged over the variable's entries) and
-        ``grad_mean_abs``. Whole model (scalars): ``grad_variance``,
+        Per variable (``[k, V]``): ``layer_grad_variance`` (per-entry variance
+        over the window's steps, averaged over the variable's entries) and
+        ``layer_grad_mean_abs``. Whole model (``[k]``): ``grad_variance``,
         ``grad_mean_abs``, ``noise_scale`` (B_simple of McCandlish et al. 2018,
-        ``B tr(Sigma_B) / |G|^2``), ``grad_snr`` (``|G|^2 / tr(Sigma_B)``),
-        ``window_steps``. Per slice (``[S]``): ``slice_grad_mean_abs`` and
-        ``slice_grad_variance``.
+        ``B tr(Sigma_B) / |G|^2`` with ``B`` the mean examples per step),
+        ``grad_snr`` (``|G|^2 / tr(Sigma_B)``), ``window_steps``. Per slice
+        (``[k, S]``): ``slice_grad_mean_abs`` and ``slice_grad_variance``.
     """
-    n = tf.maximum(m.count, 1.0)
+    n = tf.maximum(m.count, 1.0)[:, None]
     mean_d = m.sum1 / n
     # Population variance over the window's steps; clamp the float32 rounding.
     var = tf.maximum(m.sum2 / n - tf.square(mean_d), 0.0)
-    mean_g = m.shift + mean_d
-    seg = tf.constant(layout.segment_ids)
-    var_sum = tf.math.unsorted_segment_sum(var, seg, layout.num_variables)
-    sizes = tf.constant(layout.sizes_array)
+    mean_g = m.shift[None] + mean_d
+    sizes = tf.constant(layout.sizes_array)[None]
+    if layout.num_variables:
+        var_sum = tf.stack(
+            [tf.reduce_sum(v, axis=1) for v in tf.split(var, layout.sizes, axis=1)],
+            axis=1,
+        )
+    else:
+        var_sum = tf.zeros([tf.shape(var)[0], 0])
     total = float(max(layout.size, 1))
-    tr_sigma = tf.reduce_sum(var)
-    g_sq = tf.reduce_sum(tf.square(mean_g))
-    out = {
+    tr_sigma = tf.reduce_sum(var, axis=1)
+    g_sq = tf.reduce_sum(tf.square(mean_g), axis=1)
+    batch = m.batch_sum / n[:, 0]
+    counts = [float(max(s.flat_indices.size, 1)) for s in layout.slices]
+    slice_sizes = tf.constant(counts or [1.0])[None, : len(counts)]
+    return {
         "layer_grad_variance": var_sum / sizes,
         "layer_grad_mean_abs": m.abs_sum / (sizes * n),
         "grad_variance": tr_sigma / total,
-        "grad_mean_abs": tf.reduce_sum(m.abs_sum) / (total * n),
-        "noise_scale": safe_ratio(batch_size * tr_sigma, g_sq),
+        "grad_mean_abs": tf.reduce_sum(m.abs_sum, axis=1) / (total * n[:, 0]),
+        "noise_scale": safe_ratio(batch * tr_sigma, g_sq),
         "grad_snr": safe_ratio(g_sq, tr_sigma),
         "window_steps": m.count,
-    }
-    counts = [float(max(s.flat_indices.size, 1)) for s in layout.slices]
-    slice_var = [
-        tf.reduce_sum(tf.gather(var, tf.constant(s.flat_indices))) / k
-        for s, k in zip(layout.slices, counts, strict=True)
-    ]
-    out["slice_grad_variance"] = tf.stack(slice_var) if slice_var else tf.zeros([0])
-    out["slice_grad_mean_abs"] = m.slice_abs_sum / (
-        tf.constant(counts or [1.0])[: len(counts)] * n
-    )
-    return out
-
-
-def empty_window_statistics(layout: Layout) -> dict[str, tf.Tensor]:
-    """Zeros shaped like the result of :func:`window_statistics`.
-
-    Used on the steps that close no window, so that nothing of size ``P`` runs.
-    """
-    v, s = layout.num_variables, len(layout.slices)
-    zero = tf.constant(0.0)
-    return {
-        "layer_grad_variance": tf.zeros([v]),
-        "layer_grad_mean_abs": tf.zeros([v]),
-        "grad_variance": zero,
-        "grad_mean_abs": zero,
-        "noise_scale": zero,
-        "grad_snr": zero,
-        "window_steps": zero,
-        "slice_grad_mean_abs": tf.zeros([s]),
-        "slice_grad_variance": tf.zeros([s]),
+        "slice_grad_variance": _slice_sums(layout, var) / slice_sizes,
+        "slice_grad_mean_abs": m.slice_abs_sum / (slice_sizes * n),
     }

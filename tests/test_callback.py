@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tb_gradplugin import GradientHealthCallback, reader
+from tb_gradplugin import callback as callback_module
 
 BATCH = 16
 N = 64  # examples: 4 steps per epoch
@@ -246,6 +247,24 @@ def test_epoch_window_variance_and_slices_match_numpy(tmp_path):
             )
     content = run.scalars["slice/lo/grad_variance"].content
     assert (content["variable"], content["start"], content["stop"]) == (kernel, 0, 4)
+
+
+@pytest.mark.parametrize("update_freq", [1, 2, "epoch"])
+def test_blocks_of_one_step_give_the_same_series(tmp_path, monkeypatch, update_freq):
+    """Handing the ring over after every step (empty epoch-end blocks) loses nothing."""
+    _, _, whole, _, _ = fit_and_read(
+        tmp_path / "a", sequential, update_freq=update_freq
+    )
+    monkeypatch.setattr(callback_module, "_MAX_WRITE_DELAY_S", 0.0)
+    _, _, split, _, _ = fit_and_read(
+        tmp_path / "b", sequential, update_freq=update_freq
+    )
+    assert sorted(split.scalars) == sorted(whole.scalars)
+    assert sorted(split.tensors) == sorted(whole.tensors)
+    for key, series in [*whole.scalars.items(), *whole.tensors.items()]:
+        other = split.scalars.get(key) or split.tensors[key]
+        np.testing.assert_array_equal(other.steps, series.steps, err_msg=key)
+        np.testing.assert_allclose(other.values, series.values, rtol=1e-5, err_msg=key)
 
 
 def test_step_window_closes_every_update_freq(tmp_path):

@@ -44,69 +44,96 @@ def test_layout_rejects_bad_slices(spec, match):
         stats.Layout(["a", "b", "c"], SHAPES, {"s": spec})
 
 
-def test_variable_sums_match_numpy():
-    """Per-variable sums of squares, |g|, zeros, NaN/Inf and updates match numpy."""
-    g, before, after = _arrays(0), _arrays(1), _arrays(2)
-    g[0][0, :2] = 0.0
-    g[2][1, 1] = np.nan
-    g[2][2, 2] = np.inf
-    sums = {k: v.numpy() for k, v in stats.variable_sums(g, before, after).items()}
-    finite = [np.where(np.isfinite(t), t, 0) for t in g]
-    np.testing.assert_allclose(sums["grad_sq"][:2], [np.sum(t**2) for t in g[:2]], 1e-5)
-    assert np.isnan(sums["grad_sq"][2])
-    np.testing.assert_allclose(
-        sums["grad_abs"][:2], [np.abs(t).sum() for t in finite[:2]], 1e-5
-    )
-    np.testing.assert_array_equal(sums["grad_zero"], [2, 0, 0])
-    np.testing.assert_array_equal(sums["grad_nonfinite"], [0, 0, 2])
-    np.testing.assert_allclose(sums["param_sq"], [np.sum(t**2) for t in after], 1e-5)
-    np.testing.assert_allclose(
-        sums["update_sq"],
-        [np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True)],
-        1e-5,
-    )
+def _flat(arrays):
+    return np.concatenate([t.ravel() for t in arrays])
 
 
-def test_window_statistics_match_numpy_over_steps():
-    """Window variance, mean |g|, noise scale and slice figures equal numpy's."""
+def test_block_sums_match_numpy():
+    """Per-step sums of squares, |g|, zeros, NaN/Inf and updates match numpy."""
     layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
-    steps = [np.concatenate([t.ravel() for t in _arrays(s)]) + 3.0 for s in range(6)]
-    shift = steps[0]
-    d = np.stack(steps) - shift
-    abs_sum = sum(
-        np.array([np.abs(g[o:e]).sum() for o, e in _bounds(layout)]) for g in steps
-    )
-    slice_abs = sum(np.abs(g[layout.slices[0].flat_indices]).sum() for g in steps)
-    m = stats.WindowMoments(
-        shift=tf.constant(shift, tf.float32),
-        sum1=tf.constant(d.sum(0), tf.float32),
-        sum2=tf.constant((d**2).sum(0), tf.float32),
-        count=tf.constant(6.0),
-        abs_sum=tf.constant(abs_sum, tf.float32),
-        slice_abs_sum=tf.constant([slice_abs], tf.float32),
-    )
+    g = [_arrays(0), _arrays(3)]
+    g[0][0][0, :2] = 0.0
+    g[1][2][1, 1] = np.nan
+    g[1][2][2, 2] = np.inf
+    params = [_arrays(1), _arrays(2)]
+    prev = _flat(_arrays(4))
     out = {
         k: v.numpy()
-        for k, v in stats.window_statistics(layout, m, tf.constant(32.0)).items()
+        for k, v in stats.block_sums(
+            layout,
+            tf.constant(np.stack([_flat(t) for t in g])),
+            tf.constant(np.stack([_flat(t) for t in params])),
+            tf.constant(prev),
+        ).items()
     }
-    g = np.stack(steps).astype(np.float64)
-    var = g.var(axis=0)
-    per_var = [var[o:e].mean() for o, e in _bounds(layout)]
-    np.testing.assert_allclose(out["layer_grad_variance"], per_var, rtol=1e-4)
-    np.testing.assert_allclose(out["grad_variance"], var.mean(), rtol=1e-4)
-    np.testing.assert_allclose(out["grad_mean_abs"], np.abs(g).mean(), rtol=1e-5)
+    bounds = list(_bounds(layout))
+    before = [prev, _flat(params[0])]
+    for r in range(2):
+        flat_p = _flat(params[r])
+        update = flat_p - before[r]
+        np.testing.assert_allclose(
+            out["param_sq"][r], [np.sum(flat_p[o:e] ** 2) for o, e in bounds], 1e-5
+        )
+        np.testing.assert_allclose(
+            out["update_sq"][r], [np.sum(update[o:e] ** 2) for o, e in bounds], 1e-5
+        )
     np.testing.assert_allclose(
-        out["noise_scale"], 32.0 * var.sum() / np.sum(g.mean(0) ** 2), rtol=1e-4
+        out["grad_sq"][0], [np.sum(t**2) for t in g[0]], rtol=1e-5
     )
+    assert np.isnan(out["grad_sq"][1, 2])
+    np.testing.assert_allclose(
+        out["grad_abs"][0], [np.abs(t).sum() for t in g[0]], rtol=1e-5
+    )
+    np.testing.assert_array_equal(out["grad_zero"], [[2, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(out["grad_nonfinite"], [[0, 0, 0], [0, 0, 2]])
     idx = layout.slices[0].flat_indices
-    np.testing.assert_allclose(out["slice_grad_variance"], [var[idx].mean()], rtol=1e-4)
     np.testing.assert_allclose(
-        out["slice_grad_mean_abs"], [np.abs(g[:, idx]).mean()], 1e-5
+        out["slice_abs"][0], [np.abs(_flat(g[0])[idx]).sum()], rtol=1e-5
     )
-    empty = stats.empty_window_statistics(layout)
-    assert {k: tuple(v.shape) for k, v in empty.items()} == {
-        k: tuple(np.shape(v)) for k, v in out.items()
-    }
+
+
+def test_windows_of_a_block_match_numpy_over_steps():
+    """Two windows of one block: variance, mean |g|, noise scale, slices as numpy."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    steps = np.stack([_flat(_arrays(s)) + 3.0 for s in range(7)]).astype(np.float32)
+    weights = np.ones(7, np.float32)
+    weights[5] = 0.0  # a skipped step: no sample
+    steps[5] = np.nan
+    ids = np.array([0, 0, 0, 1, 1, 1, 1], np.int32)
+    batch = np.array([32, 32, 32, 16, 16, 0, 16], np.float32)
+    grads = tf.constant(steps)
+    sums = stats.block_sums(layout, grads, grads, grads[0])
+    m = stats.segment_moments(
+        grads,
+        tf.constant(weights),
+        tf.constant(ids),
+        tf.constant(3),
+        grads[0],
+        sums["grad_abs"],
+        sums["slice_abs"],
+        tf.constant(batch),
+    )
+    out = {k: v.numpy() for k, v in stats.window_statistics(layout, m).items()}
+    idx = layout.slices[0].flat_indices
+    for w, rows, b in ((0, [0, 1, 2], 32.0), (1, [3, 4, 6], 16.0)):
+        g = steps[rows].astype(np.float64)
+        var = g.var(axis=0)
+        per_var = [var[o:e].mean() for o, e in _bounds(layout)]
+        np.testing.assert_allclose(out["layer_grad_variance"][w], per_var, rtol=1e-4)
+        np.testing.assert_allclose(out["grad_variance"][w], var.mean(), rtol=1e-4)
+        np.testing.assert_allclose(out["grad_mean_abs"][w], np.abs(g).mean(), 1e-5)
+        np.testing.assert_allclose(
+            out["noise_scale"][w], b * var.sum() / np.sum(g.mean(0) ** 2), rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            out["slice_grad_variance"][w], [var[idx].mean()], rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            out["slice_grad_mean_abs"][w], [np.abs(g[:, idx]).mean()], 1e-5
+        )
+        assert out["window_steps"][w] == 3
+    assert out["window_steps"][2] == 0  # the open, empty window
+    assert np.all(np.isfinite(out["grad_variance"]))
 
 
 def test_flatten_densifies_indexed_slices():
