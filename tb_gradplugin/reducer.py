@@ -139,6 +139,12 @@ class BlockReducer:
         self._described = {"rows": False, "windows": False}
 
     # -- state ---------------------------------------------------------------
+    def _ensure_state(self):
+        """Creates the carried state once (lifted out of any graph being traced)."""
+        if not self._state_made:
+            with tf.init_scope():
+                self._make_state()
+
     def _make_state(self):
         p, v, s = self.layout.size, self.layout.num_variables, len(self.layout.slices)
 
@@ -169,9 +175,7 @@ class BlockReducer:
         Args:
             params: The flat parameters ``[P]``.
         """
-        if not self._state_made:
-            with tf.init_scope():
-                self._make_state()
+        self._ensure_state()
         self.prev_params.assign(params)
 
     def set_writer(self, writer, tags: Mapping[str, bytes]) -> None:
@@ -192,9 +196,7 @@ class BlockReducer:
                 window; logs the epoch's last step under ``update_freq="epoch"``).
         """
         if self._fn is None:
-            if not self._state_made:
-                with tf.init_scope():
-                    self._make_state()
+            self._ensure_state()
             self._fn = tf.function(
                 self._reduce,
                 input_signature=[tf.TensorSpec([], tf.int64)] * 2
