@@ -13,6 +13,7 @@ defines no batch hooks (Keras would then convert every batch's logs to numpy).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import time
@@ -53,6 +54,18 @@ def _event_files(log_dir: str) -> list[str]:
         return [f for f in os.listdir(log_dir) if ".tfevents." in f]
     except OSError:
         return []
+
+
+def _idle_priority() -> None:
+    """Lets the writer thread run only on CPU time the training leaves idle.
+
+    Measured on the 2-core dev machine with a synthetic 12 % CPU load beside a
+    1 ms-step fit: +10-11 % wall time at normal priority, +7 % at SCHED_IDLE.
+    The reduction is numpy on this thread, so the priority applies to it.
+    """
+    # Not Linux, or not permitted: the thread runs at normal priority.
+    with contextlib.suppress(AttributeError, OSError):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 class _ProbeCapture:
@@ -180,7 +193,7 @@ class _Monitor:
         self.reducer.start(self._flat_params())
 
     def _flat_params(self):
-        return stats.flatten([v.value for v in self.variables])
+        return stats.flatten([v.value for v in self.variables]).numpy()
 
     # -- in-graph shims ----------------------------------------------------
     def install(self):
@@ -407,7 +420,9 @@ class _Monitor:
         if stop > start and self._ready():
             if self.executor is None:
                 self.executor = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=1, thread_name_prefix="gradient_health_writer"
+                    max_workers=1,
+                    thread_name_prefix="gradient_health_writer",
+                    initializer=_idle_priority,
                 )
             self.future = self.executor.submit(self.reducer.reduce, start, stop, False)
 
@@ -461,6 +476,7 @@ class _Monitor:
                 self.cb.variance_window,
                 self.cb.loss_components,
                 self.step_components,
+                self.is_lso,
             )
         return self._tags
 

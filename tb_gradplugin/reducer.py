@@ -1,46 +1,52 @@
 """Reduces blocks of ring rows to gradient statistics and writes them.
 
-One ``tf.function`` call per block (up to 64 steps) gathers the rows from the
-:class:`~tb_gradplugin.ring.StepRing`, computes every per-step and per-window
-statistic with block-wide ops (``stats.py``) and writes the logged steps and
-closed windows with ``tf.summary``. The callback runs it on a writer thread,
-beside the training, so the step itself pays only for its ring row.
+Per block (up to 64 steps): one ``tf.function`` call gathers the rows from the
+:class:`~tb_gradplugin.ring.StepRing`, numpy computes every per-step and
+per-window statistic with block-wide array operations (``stats.py``), and one
+more ``tf.function`` call writes the logged steps and closed windows with
+``tf.summary``. The callback runs this on its writer thread, beside the
+training, so the step itself pays only for its ring row.
 
-State carried from block to block: the parameters before the next row (for the
-update norm), the NaN/Inf and skipped-step counts since the last logged step,
-and the moments of the window still open.
+State carried from block to block (numpy, on the host): the parameters before
+the next row (for the update norm), the NaN/Inf and skipped-step counts since
+the last logged step, the moments of the window still open, and the epoch's
+last row (for ``update_freq="epoch"``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tb_gradplugin import metadata, ring, stats
 
-# Whole-model per-step scalars written every logged step, in this order
-# (update_ratio is derived when writing; the loss scale and skipped steps only
-# under mixed precision).
+# Whole-model per-step scalars, in their column order; the loss scale and
+# skipped steps are written only under mixed precision.
 STEP_STATS = (
     "loss",
     "grad_norm",
     "param_norm",
     "update_norm",
+    "update_ratio",
     "learning_rate",
     "nonfinite_grads",
     "nonfinite_loss",
+    "skipped_steps",
+    "loss_scale",
 )
-_WINDOW_PREFIXES = tuple(
-    metadata.TAG_PREFIX + p for p in ("window/", "window_layer/", "slice/")
-)
+_MIXED_PRECISION_ONLY = ("skipped_steps", "loss_scale")
+_STEP_TAG = metadata.packed_tag("packed/step")
+_LAYER_TAG = metadata.packed_tag("packed/layer")
+_WINDOW_TAG = metadata.packed_tag("packed/window")
+# Per-variable per-step statistics, in their column order.
 LAYER_STATS = (
     "grad_norm",
     "grad_mean_abs",
     "param_norm",
     "update_norm",
+    "update_ratio",
     "zero_fraction",
     "nonfinite_grads",
 )
@@ -66,7 +72,7 @@ class Packing:
             pos += int(width)
         self.width = pos
 
-    def pack(self, fields: Mapping[str, tf.Tensor], rows: tf.Tensor) -> tf.Tensor:
+    def pack(self, fields: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
         """Packs ``{name: [k] or [k, width]}`` into ``[k, self.width]``.
 
         Args:
@@ -76,15 +82,12 @@ class Packing:
         Returns:
             The packed float32 rows.
         """
-        parts = []
+        out = np.zeros([rows, self.width], np.float32)
         for name, sl in self.index.items():
             value = fields.get(name)
-            n = sl.stop - sl.start
-            if value is None:
-                parts.append(tf.zeros([rows, n]))
-            else:
-                parts.append(tf.reshape(tf.cast(value, tf.float32), [rows, n]))
-        return tf.concat(parts, axis=1)
+            if value is not None:
+                out[:, sl] = np.reshape(value, [rows, sl.stop - sl.start])
+        return out
 
 
 class BlockReducer:
@@ -121,8 +124,9 @@ class BlockReducer:
         self.window = 0 if self.window_epoch else int(window)
         self.mixed_precision = bool(mixed_precision)
         v, s = layout.num_variables, len(layout.slices)
+        # Scalars first, then per-variable blocks: the writer unstacks them.
         self.rows = Packing(
-            [(name, 1) for name in (*STEP_STATS, "skipped_steps", "loss_scale")]
+            [(name, 1) for name in STEP_STATS]
             + [("components", len(self.components))]
             + [("v_" + name, v) for name in LAYER_STATS]
         )
@@ -131,59 +135,35 @@ class BlockReducer:
             + [("layer_" + name, v) for name in metadata.WINDOW_LAYER_STATS]
             + [("slice_" + name, s) for name in metadata.SLICE_STATS]
         )
-        self._state_made = False
-        self._fn = None
+        self._read_fn = None
+        self._write_fn = None
         self.writer = None
         self.tags: dict[str, bytes] = {}
         self._meta: dict[str, tf.Tensor] = {}
         self._described = {"rows": False, "windows": False}
+        self.prev_params = np.zeros([layout.size], np.float32)
+        self.pending = np.zeros([v + 2])  # NaN/Inf per variable, NaN loss, skipped
+        self.moments = stats.WindowMoments.empty(layout)
+        self.last_logged = -1
+        self.last_closed = -1
+        self.last_valid = -1
+        self.last_row = np.zeros([self.rows.width], np.float32)
+        self.last_row_step = -1
 
-    # -- state ---------------------------------------------------------------
-    def _ensure_state(self):
-        """Creates the carried state once (lifted out of any graph being traced)."""
-        if not self._state_made:
-            with tf.init_scope():
-                self._make_state()
-
-    def _make_state(self):
-        p, v, s = self.layout.size, self.layout.num_variables, len(self.layout.slices)
-
-        def var(value):
-            return tf.Variable(value, trainable=False)
-
-        self.prev_params = var(np.zeros([p], np.float32))
-        self.pending = var(np.zeros([v + 2], np.float32))  # nonfinite, loss, skip
-        self.moments = stats.WindowMoments(
-            shift=var(np.zeros([p], np.float32)),
-            sum1=var(np.zeros([p], np.float32)),
-            sum2=var(np.zeros([p], np.float32)),
-            count=var(np.float32(0)),
-            abs_sum=var(np.zeros([v], np.float32)),
-            slice_abs_sum=var(np.zeros([s], np.float32)),
-            batch_sum=var(np.float32(0)),
-        )
-        self.last_logged = var(np.int64(-1))
-        self.last_closed = var(np.int64(-1))
-        self.last_valid = var(np.int64(-1))
-        self.last_row = var(np.zeros([self.rows.width], np.float32))
-        self.last_row_step = var(np.int64(-1))
-        self._state_made = True
-
-    def start(self, params: tf.Tensor) -> None:
+    def start(self, params: np.ndarray) -> None:
         """Takes the parameters before the next recorded step (at each ``fit``).
 
         Args:
             params: The flat parameters ``[P]``.
         """
-        self._ensure_state()
-        self.prev_params.assign(params)
+        self.prev_params = np.array(params, np.float32).reshape([self.layout.size])
 
     def set_writer(self, writer, tags: Mapping[str, bytes]) -> None:
         """Sets the summary writer and the tags' serialized metadata."""
         if writer is not self.writer:
             self.writer = writer
             self.tags = dict(tags)
-            self._fn = None
+            self._write_fn = None
             self._described = {"rows": False, "windows": False}
 
     def reduce(self, start: int, stop: int, final: bool) -> None:
@@ -195,216 +175,243 @@ class BlockReducer:
             final: Whether the epoch ends with these rows (closes an epoch
                 window; logs the epoch's last step under ``update_freq="epoch"``).
         """
-        if self._fn is None:
-            self._ensure_state()
-            self._fn = tf.function(
-                self._reduce,
-                input_signature=[tf.TensorSpec([], tf.int64)] * 2
-                + [tf.TensorSpec([], tf.bool)] * 3,
-                autograph=False,
+        if stop > start:
+            if self._read_fn is None:
+                self._read_fn = tf.function(
+                    self.ring.read,
+                    input_signature=[tf.TensorSpec([], tf.int64)] * 2,
+                    autograph=False,
+                )
+            grads, params, scalars, steps = (
+                t.numpy() for t in self._read_fn(start, stop)
             )
-        rows, windows = self._fn(
-            start,
-            stop,
-            final,
-            not self._described["rows"],
-            not self._described["windows"],
+        else:
+            p, w = self.layout.size, self.ring.width
+            grads, params = np.zeros([0, p], np.float32), np.zeros([0, p], np.float32)
+            scalars, steps = np.zeros([0, w], np.float32), np.zeros([0], np.int64)
+        rows, row_steps, windows, window_steps = self.compute(
+            grads, params, scalars, steps, final
         )
-        self._described["rows"] |= bool(rows.numpy())
-        self._described["windows"] |= bool(windows.numpy())
+        if len(row_steps) or len(window_steps):
+            self.write(rows, row_steps, windows, window_steps)
 
-    # -- the reduction (traced once) -------------------------------------------
-    def _reduce(self, start, stop, final, describe_rows, describe_windows):
-        # A tag's metadata goes with its first event only, as TF1's FileWriter
-        # does; both TensorBoard loaders keep the first (parsing it again for
-        # every event measured ~1 µs per scalar write, more per layer tensor).
-        self._meta = {}
-        for tag, meta in self.tags.items():
-            window = tag.startswith(_WINDOW_PREFIXES)
-            flag = describe_windows if window else describe_rows
-            self._meta[tag] = tf.where(flag, tf.constant(meta), tf.constant(b""))
+    # -- the reduction -----------------------------------------------------------
+    def compute(
+        self,
+        grads: np.ndarray,
+        params: np.ndarray,
+        scalars: np.ndarray,
+        steps: np.ndarray,
+        final: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Reduces one block of rows and advances the carried state.
+
+        Args:
+            grads: The flat gradients ``[n, P]``.
+            params: The flat parameters after each step ``[n, P]``.
+            scalars: The ring's scalar columns ``[n, width]``.
+            steps: The optimizer step of each row ``[n]``.
+            final: Whether the epoch ends with these rows.
+
+        Returns:
+            ``(rows, row_steps, windows, window_steps)``: the packed logged
+            rows and their steps, the packed closed windows and their steps.
+        """
         layout = self.layout
-        grads, params, scalars, steps = self.ring.read(start, stop)
-        n = tf.shape(grads)[0]
+        n = len(steps)
         col = {name: scalars[:, i] for i, name in enumerate(ring.SCALARS)}
-        valid = tf.equal(col["skipped"], 0.0)
-        sums = stats.block_sums(layout, grads, params, self.prev_params)
-        loss_bad = tf.logical_not(tf.math.is_finite(col["loss"]))
-        counts = tf.concat(
-            [
-                sums["grad_nonfinite"],
-                tf.cast(loss_bad, tf.float32)[:, None],
-                col["skipped"][:, None],
-            ],
-            axis=1,
-        )
-        sizes = tf.constant(layout.sizes_array)[None]
-        fields = {
-            "loss": col["loss"],
-            "grad_norm": tf.sqrt(tf.reduce_sum(sums["grad_sq"], axis=1)),
-            "param_norm": tf.sqrt(tf.reduce_sum(sums["param_sq"], axis=1)),
-            "update_norm": tf.sqrt(tf.reduce_sum(sums["update_sq"], axis=1)),
-            "learning_rate": col["learning_rate"],
-            "loss_scale": col["loss_scale"],
-            "components": scalars[:, len(ring.SCALARS) :],
-            "v_grad_norm": tf.sqrt(sums["grad_sq"]),
-            "v_grad_mean_abs": sums["grad_abs"] / sizes,
-            "v_param_norm": tf.sqrt(sums["param_sq"]),
-            "v_update_norm": tf.sqrt(sums["update_sq"]),
-            "v_zero_fraction": sums["grad_zero"] / sizes,
-        }
-        rows = self.rows.pack(fields, n)
-        logged, ops = self._log_rows(rows, steps, valid, counts, final)
-        closed, window_ops = self._windows(grads, sums, col, steps, valid, final)
-        with tf.control_dependencies(ops + window_ops):
+        valid = col["skipped"] == 0.0
+        sizes = layout.sizes_array[None]
+        # NaN/Inf gradients are evidence to record, not errors.
+        with np.errstate(invalid="ignore", over="ignore"):
+            sums = stats.block_sums(layout, grads, params, self.prev_params)
+            counts = np.concatenate(
+                [
+                    sums["grad_nonfinite"],
+                    (~np.isfinite(col["loss"]))[:, None].astype(np.float64),
+                    col["skipped"][:, None].astype(np.float64),
+                ],
+                axis=1,
+            )
+            fields = {
+                "loss": col["loss"],
+                "grad_norm": np.sqrt(sums["grad_sq"].sum(axis=1)),
+                "param_norm": np.sqrt(sums["param_sq"].sum(axis=1)),
+                "update_norm": np.sqrt(sums["update_sq"].sum(axis=1)),
+                "learning_rate": col["learning_rate"],
+                "loss_scale": col["loss_scale"],
+                "components": scalars[:, len(ring.SCALARS) :],
+                "v_grad_norm": np.sqrt(sums["grad_sq"]),
+                "v_grad_mean_abs": sums["grad_abs"] / sizes,
+                "v_param_norm": np.sqrt(sums["param_sq"]),
+                "v_update_norm": np.sqrt(sums["update_sq"]),
+                "v_zero_fraction": sums["grad_zero"] / sizes,
+            }
+            fields["update_ratio"] = stats.safe_ratio(
+                fields["update_norm"], fields["param_norm"]
+            )
+            fields["v_update_ratio"] = stats.safe_ratio(
+                fields["v_update_norm"], fields["v_param_norm"]
+            )
+            rows = self.rows.pack(fields, n)
+            valid_steps = steps[valid]
+            last_valid = max([self.last_valid, *valid_steps.tolist()])
+            logged, logged_steps = self._log_rows(rows, steps, valid, counts, final)
+            windows, window_steps = self._windows(
+                grads, sums, col, steps, valid, final, last_valid
+            )
+        self.last_valid = last_valid
+        if n:
             # The last row's parameters come before the next block's first row.
-            tail = tf.concat([self.prev_params[None], params], axis=0)[n]
-            self.prev_params.assign(tail)
-            return tf.identity(logged), tf.identity(closed)
+            self.prev_params = params[-1].copy()
+        return logged, logged_steps, windows, window_steps
 
-    def _with_counts(self, rows, counts):
+    def _with_counts(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Puts the counts since the last logged step into packed rows."""
         v = self.layout.num_variables
-        k = tf.shape(rows)[0]
-        updates = {
-            "nonfinite_grads": tf.reduce_sum(counts[:, :v], axis=1),
-            "v_nonfinite_grads": counts[:, :v],
-            "nonfinite_loss": counts[:, v],
-            "skipped_steps": counts[:, v + 1],
-        }
-        parts = []
-        for name, sl in self.rows.index.items():
-            if name in updates:
-                parts.append(tf.reshape(updates[name], [k, sl.stop - sl.start]))
-            else:
-                parts.append(rows[:, sl])
-        return tf.concat(parts, axis=1)
+        rows = rows.copy()
+        index = self.rows.index
+        rows[:, index["nonfinite_grads"]] = counts[:, :v].sum(axis=1)[:, None]
+        rows[:, index["v_nonfinite_grads"]] = counts[:, :v]
+        rows[:, index["nonfinite_loss"]] = counts[:, v : v + 1]
+        rows[:, index["skipped_steps"]] = counts[:, v + 1 : v + 2]
+        return rows
 
     def _log_rows(self, rows, steps, valid, counts, final):
+        total = self.pending + counts.sum(axis=0)
         width = counts.shape[1]
-        total = self.pending + tf.reduce_sum(counts, axis=0)
-        any_valid = tf.reduce_any(valid)
-        # A leading 1 keeps the argmax defined on an empty block (row -1).
-        flags = tf.concat([[1], tf.cast(valid, tf.int32)], axis=0)
-        last_valid_idx = (
-            tf.shape(valid, out_type=tf.int64)[0]
-            - 1
-            - tf.argmax(tf.reverse(flags, [0]), output_type=tf.int64)
-        )
-        last_valid_idx = tf.maximum(last_valid_idx, 0)
-        ops = []
         if self.epoch_mode:
-            row, step = tf.cond(
-                any_valid,
-                lambda: (rows[last_valid_idx], steps[last_valid_idx]),
-                lambda: (self.last_row.read_value(), self.last_row_step.read_value()),
-            )
-            due = tf.logical_and(final, step > self.last_logged)
-            k = tf.cast(due, tf.int32)
-            logged = self._with_counts(
-                tf.reshape(row, [1, -1])[:k], tf.reshape(total, [1, width])[:k]
-            )
-            logged_steps = tf.reshape(step, [1])[:k]
-            new_pending = tf.where(due, tf.zeros_like(total), total)
-            ops += [self.last_row.assign(row), self.last_row_step.assign(step)]
+            if valid.any():
+                i = int(np.flatnonzero(valid)[-1])
+                self.last_row, self.last_row_step = rows[i].copy(), int(steps[i])
+            if final and self.last_row_step > self.last_logged:
+                logged = self._with_counts(self.last_row[None], total[None])
+                logged_steps = np.array([self.last_row_step], np.int64)
+                self.pending = np.zeros(width)
+            else:
+                logged = np.zeros([0, self.rows.width], np.float32)
+                logged_steps = np.zeros([0], np.int64)
+                self.pending = total
         else:
-            due = tf.logical_and(
-                tf.logical_and(valid, steps > self.last_logged),
-                tf.logical_or(tf.equal(steps % self.freq, 0), tf.equal(steps, 1)),
+            due = (
+                valid
+                & (steps > self.last_logged)
+                & ((steps % self.freq == 0) | (steps == 1))
             )
-            idx = tf.where(due)[:, 0]
-            cum = self.pending[None] + tf.cumsum(counts, axis=0)
-            at = tf.concat([tf.zeros([1, width]), tf.gather(cum, idx)], axis=0)
-            emitted = at[1:] - at[:-1]
-            logged = self._with_counts(tf.gather(rows, idx), emitted)
-            logged_steps = tf.gather(steps, idx)
-            new_pending = total - at[-1]
-        ops.append(self._write_each(logged, logged_steps, self._write_row))
-        with tf.control_dependencies(ops):
-            ops = [
-                self.pending.assign(new_pending),
-                self.last_logged.assign(
-                    tf.reduce_max(
-                        tf.concat([self.last_logged[None], logged_steps], axis=0)
-                    )
-                ),
-                self.last_valid.assign(
-                    tf.where(
-                        any_valid,
-                        tf.gather(tf.concat([steps, [-1]], axis=0), last_valid_idx),
-                        self.last_valid,
-                    )
-                ),
-            ]
-        return tf.shape(logged_steps)[0], ops
+            idx = np.flatnonzero(due)
+            cum = self.pending[None] + np.cumsum(counts, axis=0)
+            at = np.concatenate([np.zeros([1, width]), cum[idx]], axis=0)
+            logged = self._with_counts(rows[idx], np.diff(at, axis=0))
+            logged_steps = steps[idx]
+            self.pending = total - at[-1]
+        if len(logged_steps):
+            self.last_logged = max(self.last_logged, int(logged_steps.max()))
+        return logged, logged_steps
 
-    def _windows(self, grads, sums, col, steps, valid, final):
+    def _windows(self, grads, sums, col, steps, valid, final, last_valid):
         layout = self.layout
-        m = self.moments
+        carried = self.moments
         if self.window_epoch:
-            close = tf.zeros_like(valid)
+            close = np.zeros_like(valid)
         else:
-            close = tf.logical_and(
-                tf.logical_and(valid, steps > self.last_closed),
-                tf.logical_and(tf.equal(steps % self.window, 0), steps > 0),
+            close = (
+                valid
+                & (steps > self.last_closed)
+                & (steps % self.window == 0)
+                & (steps > 0)
             )
         # A closing row is the last of its window; the open window comes last.
-        ids = tf.cumsum(tf.cast(close, tf.int32), exclusive=True)
-        closed = tf.reduce_sum(tf.cast(close, tf.int32))
-        flags = tf.concat([tf.cast(valid, tf.int32), [1]], axis=0)
-        first = tf.argmax(flags, output_type=tf.int32)  # n when none is valid
-        shift = tf.cond(
-            tf.logical_or(m.count > 0, tf.logical_not(tf.reduce_any(valid))),
-            lambda: m.shift.read_value(),
-            lambda: tf.gather(grads, first),
-        )
-        block = stats.segment_moments(
+        ends = np.flatnonzero(close) + 1
+        starts = [0, *ends.tolist()]
+        shift = carried.shift
+        if not carried.count[0] and valid.any():
+            shift = grads[int(np.flatnonzero(valid)[0])].copy()
+        block = stats.window_moments(
             grads,
-            tf.cast(valid, tf.float32),
-            ids,
-            closed + 1,
+            valid.astype(np.float64),
+            starts,
             shift,
             sums["grad_abs"],
             sums["slice_abs"],
             col["batch_size"],
         )
-        carried = [
-            f.read_value() for f in m.fields()[1:]
-        ]  # sum1, sum2, count, abs_sum, slice_abs_sum, batch_sum
-        # The carried window joins the first; a last, empty window is what
-        # the next block carries when an epoch window closes here.
-        merged = [
-            tf.concat([b[:1] + c[None], b[1:], tf.zeros_like(b[:1])], axis=0)
-            for b, c in zip(block.fields()[1:], carried, strict=True)
-        ]
-        moments = stats.WindowMoments(shift, *merged)
-        close_steps = tf.boolean_mask(steps, close)
-        if self.window_epoch:
-            extra = tf.logical_and(final, tf.gather(moments.count, closed) > 0)
-            last_valid = tf.reduce_max(
-                tf.concat([self.last_valid[None], tf.boolean_mask(steps, valid)], 0)
-            )
-            close_steps = tf.concat(
-                [close_steps, tf.reshape(last_valid, [1])[: tf.cast(extra, tf.int32)]],
-                axis=0,
-            )
-            closed += tf.cast(extra, tf.int32)
-        done = stats.WindowMoments(shift, *[f[:closed] for f in moments.fields()[1:]])
-        wstats = stats.window_statistics(layout, done)
-        packed = self.windows.pack(wstats, closed)
-        ops = [self._write_each(packed, close_steps, self._write_window)]
-        with tf.control_dependencies(ops):
-            ops = [m.shift.assign(shift)]
-            for var, value in zip(m.fields()[1:], moments.fields()[1:], strict=True):
-                ops.append(var.assign(tf.gather(value, closed)))
-            ops.append(
-                self.last_closed.assign(
-                    tf.reduce_max(tf.concat([self.last_closed[None], close_steps], 0))
-                )
-            )
-        return closed, ops
+        # The carried window joins the first window of the block.
+        for field, extra in zip(block.sums(), carried.sums(), strict=True):
+            field[0] += extra[0]
+        closed = len(ends)
+        close_steps = steps[close].astype(np.int64)
+        if self.window_epoch and final and block.count[closed] > 0:
+            close_steps = np.array([last_valid], np.int64)
+            closed = 1
+        done = stats.WindowMoments(shift, *[f[:closed] for f in block.sums()])
+        packed = self.windows.pack(stats.window_statistics(layout, done), closed)
+        if closed == len(starts):  # the epoch window closed: nothing carried
+            self.moments = stats.WindowMoments.empty(layout)
+        else:
+            self.moments = block.window(closed)
+        if len(close_steps):
+            self.last_closed = max(self.last_closed, int(close_steps.max()))
+        return packed, close_steps
 
     # -- writing -----------------------------------------------------------------
+    def write(
+        self,
+        rows: np.ndarray,
+        row_steps: np.ndarray,
+        windows: np.ndarray,
+        window_steps: np.ndarray,
+    ) -> None:
+        """Writes packed logged rows and closed windows, oldest first.
+
+        Args:
+            rows: Packed logged rows ``[k, rows.width]``.
+            row_steps: Their steps ``[k]``.
+            windows: Packed closed windows ``[j, windows.width]``.
+            window_steps: Their steps ``[j]``.
+        """
+        if self._write_fn is None:
+            self._write_fn = tf.function(
+                self._write_all,
+                input_signature=[
+                    tf.TensorSpec([None, self.rows.width], tf.float32),
+                    tf.TensorSpec([None], tf.int64),
+                    tf.TensorSpec([None, self.windows.width], tf.float32),
+                    tf.TensorSpec([None], tf.int64),
+                    tf.TensorSpec([], tf.bool),
+                    tf.TensorSpec([], tf.bool),
+                ],
+                autograph=False,
+            )
+        self._write_fn(
+            rows.astype(np.float32),
+            np.asarray(row_steps, np.int64),
+            windows.astype(np.float32),
+            np.asarray(window_steps, np.int64),
+            not self._described["rows"],
+            not self._described["windows"],
+        )
+        self._described["rows"] |= bool(len(row_steps))
+        self._described["windows"] |= bool(len(window_steps))
+
+    def _write_all(
+        self, rows, row_steps, windows, window_steps, describe_rows, describe_windows
+    ):
+        # A tag's metadata goes with its first event only, as TF1's FileWriter
+        # does; both TensorBoard loaders keep the first (parsing it again for
+        # every event measured ~1 µs per scalar write, more per layer tensor).
+        self._meta = {
+            tag: tf.where(
+                describe_windows if tag == _WINDOW_TAG else describe_rows,
+                tf.constant(self.tags[tag]),
+                tf.constant(b""),
+            )
+            for tag in (_STEP_TAG, _LAYER_TAG, _WINDOW_TAG)
+        }
+        with self.writer.as_default():
+            done = self._write_each(rows, row_steps, self._write_row)
+            with tf.control_dependencies([done]):
+                return self._write_each(windows, window_steps, self._write_window)
+
     def _write_each(self, rows, steps, write):
         """Writes each packed row at its step, oldest first, in a graph loop."""
 
@@ -412,53 +419,19 @@ class BlockReducer:
             write(rows[i], steps[i])
             return (i + 1,)
 
-        with self.writer.as_default():
-            loop = tf.while_loop(
-                lambda i: i < tf.shape(rows)[0], body, (tf.constant(0),)
-            )
+        loop = tf.while_loop(lambda i: i < tf.shape(rows)[0], body, (tf.constant(0),))
         return loop[0]
 
     def _summary(self, tag, value, step):
         tf.summary.write(tag, value, step=step, metadata=self._meta[tag])
 
     def _write_row(self, row, step):
-        def field(name):
-            return row[self.rows.index[name]]
-
-        for stat in STEP_STATS:
-            self._summary(metadata.step_tag(stat), field(stat)[0], step)
-        self._summary(
-            metadata.step_tag("update_ratio"),
-            tf.math.divide_no_nan(field("update_norm")[0], field("param_norm")[0]),
-            step,
-        )
-        if self.mixed_precision:
-            for stat in ("skipped_steps", "loss_scale"):
-                self._summary(metadata.step_tag(stat), field(stat)[0], step)
-        comps = field("components")
-        for i, name in enumerate(self.components):
-            self._summary(metadata.loss_component_tag(name), comps[i], step)
-        for stat in LAYER_STATS:
-            self._summary(metadata.layer_tag(stat), field("v_" + stat), step)
-        self._summary(
-            metadata.layer_tag("update_ratio"),
-            tf.math.divide_no_nan(field("v_update_norm"), field("v_param_norm")),
-            step,
-        )
+        split = self.rows.index["components"].stop
+        self._summary(_STEP_TAG, row[:split], step)
+        self._summary(_LAYER_TAG, row[split:], step)
 
     def _write_window(self, row, step):
-        def field(name):
-            return row[self.windows.index[name]]
-
-        for stat in metadata.WINDOW_SCALARS:
-            self._summary(metadata.window_tag(stat), field(stat)[0], step)
-        for stat in metadata.WINDOW_LAYER_STATS:
-            self._summary(metadata.window_layer_tag(stat), field("layer_" + stat), step)
-        for i, s in enumerate(self.layout.slices):
-            for stat in metadata.SLICE_STATS:
-                self._summary(
-                    metadata.slice_tag(s.name, stat), field("slice_" + stat)[i], step
-                )
+        self._summary(_WINDOW_TAG, row, step)
 
 
 def tag_metadata(
@@ -467,43 +440,68 @@ def tag_metadata(
     window: int | str,
     loss_components: Sequence[str],
     step_components: Sequence[str],
+    mixed_precision: bool = False,
 ) -> dict[str, bytes]:
-    """The serialized summary metadata of every per-step and window tag.
+    """The serialized summary metadata of the packed tags and per-epoch components.
 
     Args:
         layout: The variables' layout (names the entries of layer tensors).
         update_freq: The callback's ``update_freq``.
         window: The variance window.
         loss_components: Every recorded loss component.
-        step_components: Those recorded per step (the rest per epoch).
+        step_components: Those recorded per step (the rest per epoch, each
+            under its own tag).
+        mixed_precision: Whether the loss scale and skipped steps are written.
+            Defaults to ``False``.
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
     """
+    v = layout.num_variables
     variables = {"variables": layout.paths}
     common = {"update_freq": update_freq}
-    tags: dict[str, Any] = {}
-    for stat, text in metadata.STEP_SCALARS.items():
-        tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)
-    for stat, text in metadata.LAYER_STATS.items():
-        tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
-            text, variables, tensor=True
+    step_cols = [
+        (
+            ""
+            if stat in _MIXED_PRECISION_ONLY and not mixed_precision
+            else f"step/{stat}",
+            1,
+            metadata.STEP_SCALARS[stat],
+            common,
         )
+        for stat in STEP_STATS
+    ] + [
+        (f"loss_component/{name}", 1, f"loss component {name}", {"per_step": True})
+        for name in step_components
+    ]
+    layer_cols = [
+        (f"layer/{stat}", v, metadata.LAYER_STATS[stat], variables)
+        for stat in LAYER_STATS
+    ]
     win = {"window": window}
-    for stat, text in metadata.WINDOW_SCALARS.items():
-        tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(text, win)
-    for stat, text in metadata.WINDOW_LAYER_STATS.items():
-        tags[metadata.window_layer_tag(stat)] = metadata.create_summary_metadata(
-            text, {**variables, **win}, tensor=True
+    window_cols = [
+        (f"window/{stat}", 1, text, win)
+        for stat, text in metadata.WINDOW_SCALARS.items()
+    ] + [
+        (f"window_layer/{stat}", v, text, {**variables, **win})
+        for stat, text in metadata.WINDOW_LAYER_STATS.items()
+    ]
+    for stat, text in metadata.SLICE_STATS.items():
+        for sl in layout.slices:
+            content = {"variable": sl.variable, "start": sl.start, "stop": sl.stop}
+            window_cols.append((f"slice/{sl.name}/{stat}", 1, text, {**content, **win}))
+    tags = {}
+    for key, cols, text in (
+        ("packed/step", step_cols, "whole-model figures of each logged step"),
+        ("packed/layer", layer_cols, "per-variable figures of each logged step"),
+        ("packed/window", window_cols, "gradient statistics of each closed window"),
+    ):
+        tags[metadata.packed_tag(key)] = metadata.create_summary_metadata(
+            text, metadata.packed_content(cols), tensor=True
         )
-    for s in layout.slices:
-        content = {"variable": s.variable, "start": s.start, "stop": s.stop, **win}
-        for stat, text in metadata.SLICE_STATS.items():
-            tags[metadata.slice_tag(s.name, stat)] = metadata.create_summary_metadata(
-                text, content
-            )
     for name in loss_components:
-        tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
-            f"loss component {name}", {"per_step": name in step_components}
-        )
-    return {k: v.SerializeToString() for k, v in tags.items()}
+        if name not in step_components:
+            tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
+                f"loss component {name}", {"per_step": False}
+            )
+    return {k: t.SerializeToString() for k, t in tags.items()}

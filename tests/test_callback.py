@@ -630,3 +630,18 @@ def test_unbuilt_subclassed_model_is_laid_out_at_its_first_step(tmp_path):
         v.path for v in model.trainable_variables
     ]
     assert np.all(np.isfinite(run.scalars["step/grad_norm"].values))
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is a Linux scheduling class"
+)
+def test_writer_thread_runs_at_idle_priority():
+    """The writer thread's initializer puts that thread (only) in SCHED_IDLE."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, initializer=callback_module._idle_priority
+    ) as pool:
+        policy = pool.submit(os.sched_getscheduler, 0).result()
+    assert policy == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE

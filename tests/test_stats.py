@@ -1,4 +1,4 @@
-"""In-graph statistics against numpy."""
+"""Block statistics (numpy, on the writer thread) against plain numpy formulas."""
 
 from __future__ import annotations
 
@@ -57,15 +57,12 @@ def test_block_sums_match_numpy():
     g[1][2][2, 2] = np.inf
     params = [_arrays(1), _arrays(2)]
     prev = _flat(_arrays(4))
-    out = {
-        k: v.numpy()
-        for k, v in stats.block_sums(
-            layout,
-            tf.constant(np.stack([_flat(t) for t in g])),
-            tf.constant(np.stack([_flat(t) for t in params])),
-            tf.constant(prev),
-        ).items()
-    }
+    out = stats.block_sums(
+        layout,
+        np.stack([_flat(t) for t in g]),
+        np.stack([_flat(t) for t in params]),
+        prev,
+    )
     bounds = list(_bounds(layout))
     before = [prev, _flat(params[0])]
     for r in range(2):
@@ -92,6 +89,26 @@ def test_block_sums_match_numpy():
     )
 
 
+def test_empty_block_gives_empty_sums_and_empty_windows():
+    """A block of no rows (an epoch end with nothing new) reduces to empty arrays."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    empty = np.zeros([0, layout.size], np.float32)
+    sums = stats.block_sums(layout, empty, empty, np.zeros(layout.size, np.float32))
+    assert sums["grad_sq"].shape == (0, 3) and sums["slice_abs"].shape == (0, 1)
+    m = stats.window_moments(
+        empty,
+        np.zeros([0]),
+        [0],
+        np.zeros(layout.size, np.float32),
+        sums["grad_abs"],
+        sums["slice_abs"],
+        np.zeros([0]),
+    )
+    out = stats.window_statistics(layout, m)
+    assert out["window_steps"].tolist() == [0.0]
+    assert out["slice_grad_variance"].tolist() == [[0.0]]
+
+
 def test_windows_of_a_block_match_numpy_over_steps():
     """Two windows of one block: variance, mean |g|, noise scale, slices as numpy."""
     layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
@@ -99,21 +116,19 @@ def test_windows_of_a_block_match_numpy_over_steps():
     weights = np.ones(7, np.float32)
     weights[5] = 0.0  # a skipped step: no sample
     steps[5] = np.nan
-    ids = np.array([0, 0, 0, 1, 1, 1, 1], np.int32)
     batch = np.array([32, 32, 32, 16, 16, 0, 16], np.float32)
-    grads = tf.constant(steps)
-    sums = stats.block_sums(layout, grads, grads, grads[0])
-    m = stats.segment_moments(
-        grads,
-        tf.constant(weights),
-        tf.constant(ids),
-        tf.constant(3),
-        grads[0],
+    with np.errstate(invalid="ignore"):
+        sums = stats.block_sums(layout, steps, steps, steps[0])
+    m = stats.window_moments(
+        steps,
+        weights,
+        [0, 3, 7],  # rows 0-2, rows 3-6, and an open window with no row yet
+        steps[0],
         sums["grad_abs"],
         sums["slice_abs"],
-        tf.constant(batch),
+        batch,
     )
-    out = {k: v.numpy() for k, v in stats.window_statistics(layout, m).items()}
+    out = stats.window_statistics(layout, m)
     idx = layout.slices[0].flat_indices
     for w, rows, b in ((0, [0, 1, 2], 32.0), (1, [3, 4, 6], 16.0)):
         g = steps[rows].astype(np.float64)
