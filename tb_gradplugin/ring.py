@@ -1,10 +1,10 @@
 """The step ring: each training step's raw figures, kept in variables.
 
-The compiled train step does no statistics: it copies its flat gradient, its
-flat parameters after the update and a few scalars into the next row of this
-ring (four scatter ops, ~20 µs a step for the 16,330-parameter MLP of seed 003
-on this 2-core machine). The rows are reduced in blocks, away from the step,
-by ``reducer.py``.
+The compiled train step does no statistics: it concatenates its flat gradient,
+its flat parameters after the update, a few scalars and its step into one row
+and scatters that row into the ring: one concat and one scatter op (the op
+count, more than the bytes, is what a 1 ms step pays for). The rows are
+reduced in blocks, away from the step, by ``reducer.py``.
 """
 
 from __future__ import annotations
@@ -64,12 +64,13 @@ class StepRing:
         strategy: tf.distribute.Strategy,
     ):
         self.rows = int(rows)
+        self.num_params = int(num_params)
         self.width = len(SCALARS) + int(num_components)
+        # Row layout: gradient [P], parameters [P], scalars [width], and the
+        # int64 step as two float32 words (bitcast, exact).
+        self.row_width = 2 * self.num_params + self.width + 2
         with strategy.scope():
-            self.grads = _var(np.zeros([self.rows, num_params], np.float32))
-            self.params = _var(np.zeros([self.rows, num_params], np.float32))
-            self.scalars = _var(np.zeros([self.rows, self.width], np.float32))
-            self.steps = _var(np.full([self.rows], -1, np.int64))
+            self.data = _var(np.zeros([self.rows, self.row_width], np.float32))
             self.count = _var(np.int64(0))
             self.nan_seen = _var(np.int32(0))
 
@@ -84,9 +85,12 @@ class StepRing:
         """Writes one step's row (in the train step).
 
         Args:
-            grad: The flat, unscaled gradient ``[P]``.
-            params: The flat parameters after the step ``[P]``.
-            scalars: The :data:`SCALARS` and loss components ``[width]``.
+            grad: The flat, unscaled gradient ``[P]``, or the list of the
+                variables' gradients (flattened here, in the same concat).
+            params: The flat parameters after the step ``[P]``, or the list of
+                the variables' values.
+            scalars: The :data:`SCALARS` and loss components ``[width]``, or
+                a list of scalars and vectors that make them up.
             step: The optimizer's iterations after the step, int64.
             bad: Whether the step saw a NaN/Inf (for ``stop_on_nan``).
                 Defaults to ``None``: not tracked.
@@ -94,12 +98,17 @@ class StepRing:
         Returns:
             The grouped update ops.
         """
+        parts = [
+            tf.reshape(tf.cast(t, tf.float32), [-1])
+            for t in [*_listed(grad), *_listed(params), *_listed(scalars)]
+        ]
+        parts.append(
+            tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32)[0]
+        )
+        row = tf.concat(parts, axis=0)
         slot = tf.reshape(self.count % self.rows, [1])
         ops = [
-            self.grads.scatter_update(tf.IndexedSlices(grad[None], slot)),
-            self.params.scatter_update(tf.IndexedSlices(params[None], slot)),
-            self.scalars.scatter_update(tf.IndexedSlices(scalars[None], slot)),
-            self.steps.scatter_update(tf.IndexedSlices(step[None], slot)),
+            self.data.scatter_update(tf.IndexedSlices(row[None], slot)),
             self.count.assign_add(1),
         ]
         if bad is not None:
@@ -108,7 +117,7 @@ class StepRing:
             )
         return tf.group(ops)
 
-    def read(self, start: tf.Tensor, stop: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def read(self, start: tf.Tensor, stop: tf.Tensor) -> tf.Tensor:
         """Gathers the rows of steps ``[start, stop)`` (counted since creation).
 
         Args:
@@ -116,13 +125,31 @@ class StepRing:
             stop: One past the last row number, int64.
 
         Returns:
-            ``(grads [n, P], params [n, P], scalars [n, width], steps [n])``.
+            The rows ``[n, row_width]``; :meth:`split` takes them apart.
         """
         idx = tf.range(start, stop, dtype=tf.int64) % self.rows
-        return tuple(
-            tf.gather(v, idx)
-            for v in (self.grads, self.params, self.scalars, self.steps)
-        )
+        return tf.gather(self.data, idx)
+
+    def split(
+        self, block: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Takes read rows apart (numpy views, no copy but the steps).
+
+        Args:
+            block: Rows from :meth:`read`, ``[n, row_width]``.
+
+        Returns:
+            ``(grads [n, P], params [n, P], scalars [n, width], steps [n])``.
+        """
+        p, w = self.num_params, self.width
+        steps = np.ascontiguousarray(block[:, 2 * p + w :]).view(np.int64)[:, 0]
+        return block[:, :p], block[:, p : 2 * p], block[:, 2 * p : 2 * p + w], steps
+
+
+def _listed(value) -> list:
+    if isinstance(value, list | tuple):
+        return [tf.convert_to_tensor(v) for v in value]
+    return [value]
 
 
 def _var(value: np.ndarray) -> tf.Variable:
