@@ -1,13 +1,14 @@
 """The Keras callback that records gradient health as TensorBoard summaries.
 
-How it stays cheap (DESIGN.md pitfalls 7, 10, 11, 14): the statistics are
-computed inside the compiled train step, from the gradients that Keras already
-computed, by wrapping the model's ``train_step`` and the optimizer's ``apply``
-on the instances (the user changes nothing). The step stores the rows that are
-due into a small ring buffer of variables; after each execution of the train
-function, a separate non-XLA ``tf.function`` writes the new rows with
-``tf.summary``. No value is read back to Python per step, and the callback
-defines no batch hooks (Keras would then convert every batch's logs to numpy).
+How it stays cheap (DESIGN.md pitfalls 7, 10, 11, 14): the statistics come from
+the gradients that Keras already computed, by wrapping the model's
+``train_step`` and the optimizer's ``apply`` on the instances (the user changes
+nothing). The compiled step only copies its gradient, parameters and a few
+scalars into a ring of variables (``ring.py``); every block of up to 64 steps,
+a writer thread at idle priority reads the block, reduces it in numpy and
+writes it with ``tf.summary`` (``reducer.py``). No value is read back to Python
+per step, and the callback defines no batch hooks (Keras would then convert
+every batch's logs to numpy).
 """
 
 from __future__ import annotations
