@@ -194,7 +194,13 @@ class _Monitor:
         self.reducer.start(self._flat_params())
 
     def _flat_params(self):
-        return stats.flatten([v.value for v in self.variables]).numpy()
+        # numpy over the eager reads: a fifth of the time of TF ops (~1 ms here).
+        return np.concatenate(
+            [
+                np.asarray(tf.cast(v.value, tf.float32)).reshape(-1)
+                for v in self.variables
+            ]
+        )
 
     # -- in-graph shims ----------------------------------------------------
     def install(self):
@@ -402,24 +408,28 @@ class _Monitor:
         self.done = stop
         return start, stop
 
-    def submit(self):
+    def submit(self, final: bool = False):
         """Has the rows recorded so far reduced and written on the writer thread.
 
         Waits for the previous block first: the ring holds two blocks, so the
         rows handed over are not overwritten while they are read.
+
+        Args:
+            final: Whether an epoch ends with these rows (see :meth:`flush`).
+                Defaults to ``False``.
         """
         self.since = 0
         self.last_submit = time.monotonic()
         self.drain()
         start, stop = self._take_rows()
-        if stop > start and self._ready():
+        if (stop > start or final) and self._ready():
             if self.executor is None:
                 self.executor = concurrent.futures.ThreadPoolExecutor(
                     max_workers=1,
                     thread_name_prefix="gradient_health_writer",
                     initializer=_idle_priority,
                 )
-            self.future = self.executor.submit(self.reducer.reduce, start, stop, False)
+            self.future = self.executor.submit(self.reducer.reduce, start, stop, final)
 
     def flush(self, final: bool) -> None:
         """Reduces and writes every recorded row now.
@@ -679,7 +689,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     def _epoch_end_writes(self, epoch, logs):
         mon = self._monitor
-        mon.flush(final=True)
+        if self.on_flag is None:
+            mon.submit(final=True)  # on_train_end waits for it
+        else:
+            mon.flush(final=True)  # the live diagnosis reads it next
         if mon.epoch_components:
             step = int(mon.optimizer.iterations.numpy())
             with self._writer.as_default():

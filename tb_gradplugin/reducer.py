@@ -227,7 +227,9 @@ class BlockReducer:
         sizes = layout.sizes_array[None]
         # NaN/Inf gradients are evidence to record, not errors.
         with np.errstate(invalid="ignore", over="ignore"):
-            sums = stats.block_sums(layout, grads, params, self.prev_params)
+            sums = stats.block_sums(
+                layout, grads, params, self.prev_params, self._full_rows(steps, valid)
+            )
             counts = np.concatenate(
                 [
                     sums["grad_nonfinite"],
@@ -268,6 +270,12 @@ class BlockReducer:
             # The last row's parameters come before the next block's first row.
             self.prev_params = params[-1].copy()
         return logged, logged_steps, windows, window_steps
+
+    def _full_rows(self, steps: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The rows whose every statistic may be written: logged, or kept."""
+        if self.epoch_mode:
+            return np.flatnonzero(valid)[-1:]  # the epoch's last row, so far
+        return np.flatnonzero(valid & ((steps % self.freq == 0) | (steps == 1)))
 
     def _with_counts(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Puts the counts since the last logged step into packed rows."""

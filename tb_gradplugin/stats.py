@@ -132,7 +132,11 @@ def flatten(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
 
 
 def block_sums(
-    layout: Layout, grads: np.ndarray, params: np.ndarray, prev_params: np.ndarray
+    layout: Layout,
+    grads: np.ndarray,
+    params: np.ndarray,
+    prev_params: np.ndarray,
+    rows: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-step, per-variable sums of a block of consecutive steps.
 
@@ -141,6 +145,10 @@ def block_sums(
         grads: The flat gradients, float32 ``[n, P]``, one row per step.
         params: The flat parameters after each step, float32 ``[n, P]``.
         prev_params: The flat parameters before the block's first step, ``[P]``.
+        rows: The rows that need every column (the logged ones); the others
+            get only ``grad_sq``, ``grad_abs``, ``grad_nonfinite`` and
+            ``slice_abs`` (what windows and counts use), zeros elsewhere.
+            Defaults to ``None``: every row.
 
     Returns:
         ``{column: float64 [n, V]}`` for the columns of :data:`SUM_COLUMNS`
@@ -148,23 +156,36 @@ def block_sums(
         ``slice_abs``: float64 ``[n, S]``, the sums of ``|g|`` over each slice.
     """
     n = grads.shape[0]
-    updates = np.empty_like(params)
-    if n:
-        np.subtract(params[0], prev_params, out=updates[0])
-        np.subtract(params[1:], params[:-1], out=updates[1:])
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    every = len(rows) == n
+    sel_g = grads if every else grads[rows]
+    sel_p = params if every else params[rows]
+    # The change made by each selected row's step: from the previous row, or
+    # from the parameters before the block for row 0.
+    if every:
+        updates = np.empty_like(params)
+        if n:
+            np.subtract(params[0], prev_params, out=updates[0])
+            np.subtract(params[1:], params[:-1], out=updates[1:])
+    else:
+        before = params[np.maximum(rows - 1, 0)]
+        if len(rows) and rows[0] == 0:
+            before[0] = prev_params
+        updates = sel_p - before
     out = {name: np.zeros([n, layout.num_variables]) for name in SUM_COLUMNS}
     for v, (a, b) in enumerate(layout.bounds):
-        g, p, u = grads[:, a:b], params[:, a:b], updates[:, a:b]
+        g = grads[:, a:b]
         # einsum sums the products in one pass, without a temporary array.
         out["grad_sq"][:, v] = np.einsum("ij,ij->i", g, g)
         out["grad_abs"][:, v] = np.abs(g).sum(axis=1)
-        out["grad_zero"][:, v] = (b - a) - np.count_nonzero(g, axis=1)
-        out["param_sq"][:, v] = np.einsum("ij,ij->i", p, p)
-        out["update_sq"][:, v] = np.einsum("ij,ij->i", u, u)
         # A NaN/Inf entry makes the sum of squares non-finite: only then count.
         bad = ~np.isfinite(out["grad_sq"][:, v])
         if bad.any():
             out["grad_nonfinite"][bad, v] = np.sum(~np.isfinite(g[bad]), axis=1)
+        p, u = sel_p[:, a:b], updates[:, a:b]
+        out["grad_zero"][rows, v] = (b - a) - np.count_nonzero(sel_g[:, a:b], axis=1)
+        out["param_sq"][rows, v] = np.einsum("ij,ij->i", p, p)
+        out["update_sq"][rows, v] = np.einsum("ij,ij->i", u, u)
     out["slice_abs"] = slice_sums(layout, grads, absolute=True)
     return out
 

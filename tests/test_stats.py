@@ -89,6 +89,23 @@ def test_block_sums_match_numpy():
     )
 
 
+def test_block_sums_of_some_rows_equal_the_full_ones_there():
+    """rows= computes the logged rows' columns as a full pass does, others' sums too."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    grads = np.stack([_flat(_arrays(s)) for s in range(4)])
+    params = np.stack([_flat(_arrays(s + 10)) for s in range(4)])
+    prev = _flat(_arrays(20))
+    full = stats.block_sums(layout, grads, params, prev)
+    for rows in ([0, 2], [3], []):
+        some = stats.block_sums(layout, grads, params, prev, np.array(rows, np.int64))
+        for name in ("grad_sq", "grad_abs", "grad_nonfinite", "slice_abs"):
+            np.testing.assert_array_equal(some[name], full[name])
+        for name in ("grad_zero", "param_sq", "update_sq"):
+            np.testing.assert_allclose(some[name][rows], full[name][rows], rtol=1e-6)
+            others = np.setdiff1d(np.arange(4), rows)
+            assert not some[name][others].any()
+
+
 def test_empty_block_gives_empty_sums_and_empty_windows():
     """A block of no rows (an epoch end with nothing new) reduces to empty arrays."""
     layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
