@@ -481,7 +481,6 @@ class _Monitor:
                 self.cb.variance_window,
                 self.cb.loss_components,
                 self.step_components,
-                self.is_lso,
             )
         return self._tags
 

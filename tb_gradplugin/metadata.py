@@ -5,8 +5,7 @@ data class, and a JSON ``content`` that says what the series holds. The writer
 (``callback.py``) and the readers (``reader.py``, the plugin, the CLI) share the
 names below and nothing else.
 
-Layout of a run's series, each named by a *key* (its tag without
-:data:`TAG_PREFIX`):
+Layout of a run's tags, all under :data:`TAG_PREFIX`:
 
 * ``step/<stat>`` scalars, one point per logged optimizer step
   (:data:`STEP_SCALARS`).
@@ -21,16 +20,6 @@ Layout of a run's series, each named by a *key* (its tag without
 * ``hessian/<stat>`` curvature scalars, ``hessian_layer/<stat>`` tensors.
 * ``trajectory/projection`` float32 tensors: a random projection of the
   parameters.
-
-The callback writes the per-step and window keys *packed* (:data:`PACKED`):
-one float32 vector per logged step under ``packed/step`` (whole-model scalars
-and per-step loss components), ``packed/layer`` (the per-variable statistics)
-and, per closed window, ``packed/window``. The content's ``columns`` say which
-key each stretch of the vector holds (:func:`packed_content`); readers split
-them back into the keys above (:func:`packed_columns`). Writing 3 events a step
-instead of 15 took the event writes from ~4 ms to ~0.4 ms per 64-step block on
-the 2-core dev machine (each ``tf.summary.write`` costs 2-4 µs). Keys written
-one tag each, as earlier versions did, read the same.
 """
 
 from __future__ import annotations
@@ -116,96 +105,6 @@ HESSIAN_LAYER_STATS = {
 TRAJECTORY_TAG = TAG_PREFIX + "trajectory/projection"
 
 
-PACKED = {
-    "packed/step": ("step/", "loss_component/"),
-    "packed/layer": ("layer/",),
-    "packed/window": ("window/", "window_layer/", "slice/"),
-}
-"""Packed keys and the key prefixes each may hold."""
-
-TENSOR_PREFIXES = ("layer/", "window_layer/", "hessian_layer/", "trajectory/")
-"""Keys under these prefixes are per-variable (or vector) series; others scalars."""
-
-
-def kind_of(key: str) -> str:
-    """Returns ``"tensor"`` for a vector-valued key, ``"scalar"`` otherwise."""
-    return "tensor" if key.startswith(TENSOR_PREFIXES) else "scalar"
-
-
-def packed_keys_for(key: str) -> list[str]:
-    """Returns the packed keys that may hold ``key`` (none for a packed key)."""
-    return [name for name, prefixes in PACKED.items() if key.startswith(prefixes)]
-
-
-def packed_content(
-    columns: list[tuple[str, int, str, dict[str, Any]]],
-) -> dict[str, Any]:
-    """Builds the content of a packed tag.
-
-    Args:
-        columns: ``(key, width, description, content)`` per stretch of the
-            vector, in order; ``content`` is what the key's own tag would carry.
-            A key of ``""`` marks unused columns.
-
-    Returns:
-        ``{"columns": [{"key", "start", "width", "description", "content"}]}``.
-    """
-    out, start = [], 0
-    for key, width, description, content in columns:
-        if key:
-            out.append(
-                {
-                    "key": key,
-                    "start": start,
-                    "width": int(width),
-                    "description": description,
-                    "content": dict(content),
-                }
-            )
-        start += int(width)
-    return {"columns": out}
-
-
-def packed_columns(content: dict[str, Any]) -> list[tuple[str, slice, dict[str, Any]]]:
-    """Reads the columns of a packed tag's content.
-
-    Args:
-        content: The parsed content (see :func:`parse_plugin_content`).
-
-    Returns:
-        ``(key, columns, content)`` per key: its stretch of the vector and the
-        content its own tag would carry.
-
-    Raises:
-        ValueError: When the columns are missing or malformed.
-    """
-    columns = content.get("columns")
-    if not isinstance(columns, list):
-        raise ValueError("packed gradient_health content has no column list")
-    out = []
-    for col in columns:
-        try:
-            key, start, width = str(col["key"]), int(col["start"]), int(col["width"])
-            inner = dict(col.get("content") or {})
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"malformed packed column {col!r}") from err
-        if start < 0 or width < 1 or not key or key in PACKED:
-            raise ValueError(f"malformed packed column {col!r}")
-        out.append((key, slice(start, start + width), inner))
-    return out
-
-
-def encode_content(content: dict[str, Any]) -> bytes:
-    """Encodes a content dict as a summary's ``PluginData.content`` bytes."""
-    payload = {"version": CONTENT_VERSION, **content}
-    return json.dumps(payload, sort_keys=True).encode("utf-8")
-
-
-def packed_tag(key: str) -> str:
-    """Returns the tag of a packed key, e.g. ``packed/step``."""
-    return TAG_PREFIX + key
-
-
 def step_tag(stat: str) -> str:
     """Returns the tag of a per-step whole-model scalar, e.g. ``step/loss``."""
     return f"{TAG_PREFIX}step/{stat}"
@@ -262,10 +161,12 @@ def create_summary_metadata(
         A ``SummaryMetadata`` proto with the plugin name, the JSON content and
         the data class set (the Rust data server drops summaries without one).
     """
+    payload = {"version": CONTENT_VERSION, **(content or {})}
     return summary_pb2.SummaryMetadata(
         summary_description=description,
         plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name=PLUGIN_NAME, content=encode_content(content or {})
+            plugin_name=PLUGIN_NAME,
+            content=json.dumps(payload, sort_keys=True).encode("utf-8"),
         ),
         data_class=(
             summary_pb2.DATA_CLASS_TENSOR if tensor else summary_pb2.DATA_CLASS_SCALAR

@@ -467,8 +467,12 @@ def _runs_param(args) -> list[str] | None:
     return list(dict.fromkeys(runs)) or None
 
 
-_kind_of = metadata.kind_of
-_PACKED_TAGS = tuple(metadata.packed_tag(k) for k in metadata.PACKED)
+_TENSOR_PREFIXES = ("layer/", "window_layer/", "hessian_layer/", "trajectory/")
+
+
+def _kind_of(key: str) -> str:
+    """Whether a key is written as a scalar or a tensor (docs/INTERFACES.md)."""
+    return "tensor" if key.startswith(_TENSOR_PREFIXES) else "scalar"
 
 
 # --------------------------------------------------------------------------
@@ -589,58 +593,42 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         """
         provider = self._require_provider()
         keys = None if keys is None else tuple(keys)
-        kinds = tuple(kinds)
-        ck = ("versions", eid, run, kinds, keys)
+        ck = ("versions", eid, run, tuple(kinds), keys)
         now = time.monotonic()
         with self._cache_lock:
             hit = self._listing_cache.get(ck)
         if hit is not None and now - hit[0] < LISTING_TTL_S:
             return hit[1]
         by_kind: dict[str, list[str] | None] = {k: None for k in kinds}
-        packed = set(_PACKED_TAGS)
         if keys is not None:
             by_kind = {k: [] for k in kinds}
-            packed = set()
             for key in keys:
                 if _kind_of(key) in by_kind:
                     by_kind[_kind_of(key)].append(metadata.TAG_PREFIX + key)
-                    packed.update(
-                        map(metadata.packed_tag, metadata.packed_keys_for(key))
-                    )
         out: dict[str, tuple] = {}
-
-        def add(kind, found):
-            for tag, ts in found.items():
-                if not tag.startswith(metadata.TAG_PREFIX):
-                    continue
-                info = (kind, ts.max_step, ts.max_wall_time, ts.plugin_content)
-                listed = reader.expand_listing(tag[len(metadata.TAG_PREFIX) :], info)
-                for key, entry in listed.items():
-                    if entry[0] in kinds and (keys is None or key in keys):
-                        old = out.get(key)
-                        out[key] = entry if old is None else max(old, entry)
-
         listings = {"scalar": provider.list_scalars, "tensor": provider.list_tensors}
-        if by_kind.get("tensor", []) is None:
-            packed = set()  # all tensor tags are listed, the packed ones too
-        for kind, tags in [*by_kind.items(), ("tensor", sorted(packed))]:
+        for kind, tags in by_kind.items():
             if tags is not None and not tags:
                 continue
             # Measured on the Rust data server (TensorBoard 2.21): a listing of
             # one or two named scalar tags answers in ~0.4 ms, of three or more
             # in ~40 ms, so a few named tags are listed one by one.
             groups = [[t] for t in tags] if tags and len(tags) <= 16 else [tags]
+            found: dict = {}
             for group in groups:
                 filt = tb_provider.RunTagFilter(runs=[run], tags=group)
-                add(
-                    kind,
+                found.update(
                     listings[kind](
                         ctx,
                         experiment_id=eid,
                         plugin_name=metadata.PLUGIN_NAME,
                         run_tag_filter=filt,
-                    ).get(run, {}),
+                    ).get(run, {})
                 )
+            for tag, ts in found.items():
+                if tag.startswith(metadata.TAG_PREFIX):
+                    key = tag[len(metadata.TAG_PREFIX) :]
+                    out[key] = (kind, ts.max_step, ts.max_wall_time, ts.plugin_content)
         with self._cache_lock:
             self._listing_cache[ck] = (now, out)
             if len(self._listing_cache) > _CACHE_ENTRIES:
@@ -675,33 +663,27 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             hit = self._listing_cache.get(ck)
         if hit is not None and now - hit[0] < LISTING_TTL_S:
             return hit[1]
-        provider = self._require_provider()
-        kw = dict(experiment_id=eid, plugin_name=metadata.PLUGIN_NAME)
-        found = provider.list_scalars(
-            ctx, run_tag_filter=tb_provider.RunTagFilter(runs=runs), **kw
-        )
-        packed = provider.list_tensors(
-            ctx, run_tag_filter=tb_provider.RunTagFilter(runs, _PACKED_TAGS), **kw
+        found = self._require_provider().list_scalars(
+            ctx,
+            experiment_id=eid,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=runs),
         )
         out: dict[str, dict[str, tuple]] = {}
         for run in runs:
-            listed: dict[str, tuple] = {}
-            for kind, tags in (
-                ("scalar", found.get(run, {})),
-                ("tensor", packed.get(run, {})),
-            ):
-                for tag, ts in tags.items():
-                    if not tag.startswith(metadata.TAG_PREFIX):
-                        continue
-                    info = (kind, ts.max_step, ts.max_wall_time, ts.plugin_content)
-                    key = tag[len(metadata.TAG_PREFIX) :]
-                    for sub, entry in reader.expand_listing(key, info).items():
-                        if entry[0] == "scalar":
-                            old = listed.get(sub)
-                            listed[sub] = entry if old is None else max(old, entry)
-            if not listed:
+            tags = found.get(run, {})
+            if not tags:
                 self._known_run(ctx, eid, run)  # 404 unless it has tensors only
-            out[run] = listed
+            out[run] = {
+                tag[len(metadata.TAG_PREFIX) :]: (
+                    "scalar",
+                    ts.max_step,
+                    ts.max_wall_time,
+                    ts.plugin_content,
+                )
+                for tag, ts in tags.items()
+                if tag.startswith(metadata.TAG_PREFIX)
+            }
         with self._cache_lock:
             self._listing_cache[ck] = (now, out)
             if len(self._listing_cache) > _CACHE_ENTRIES:

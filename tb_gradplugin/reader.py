@@ -166,13 +166,7 @@ def read_run(
         The run's series; empty when the run has none.
     """
     ctx = ctx or tb_context.RequestContext()
-    keys = None if keys is None else set(keys)
-    wanted = None
-    if keys is not None:
-        wanted = {metadata.TAG_PREFIX + k for k in keys}
-        wanted |= {
-            metadata.packed_tag(p) for k in keys for p in metadata.packed_keys_for(k)
-        }
+    wanted = None if keys is None else {metadata.TAG_PREFIX + k for k in keys}
     filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
     data = RunData(run=run)
     kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
@@ -189,111 +183,13 @@ def read_run(
             key = _key(tag)
             if key is None or tag not in meta:
                 continue
-            series = Series(
+            target[key] = Series(
                 steps=np.array([d.step for d in datums], dtype=np.int64),
                 values=values(datums),
                 wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
                 content=_content(meta[tag]),
             )
-            if key in metadata.PACKED:
-                for sub, part in unpack(series, key).items():
-                    if keys is None or sub in keys:
-                        kind = metadata.kind_of(sub)
-                        _merge(
-                            data.scalars if kind == "scalar" else data.tensors,
-                            sub,
-                            part,
-                        )
-            else:
-                _merge(target, key, series)
     return data
-
-
-def _merge(target: dict[str, Series], key: str, series: Series) -> None:
-    """Adds a series; one key both packed and in its own tag is joined by step."""
-    old = target.get(key)
-    if old is None or not len(old):
-        target[key] = series
-        return
-    if not len(series):
-        return
-    if old.values.ndim == 1 and series.values.ndim == 1:
-        values = np.concatenate([old.values, series.values])
-    else:
-        rows = [
-            *old.values.reshape(len(old), -1),
-            *series.values.reshape(len(series), -1),
-        ]
-        values = _stack(rows)
-    steps = np.concatenate([old.steps, series.steps])
-    order = np.argsort(steps, kind="stable")
-    target[key] = Series(
-        steps=steps[order],
-        values=values[order],
-        wall_times=np.concatenate([old.wall_times, series.wall_times])[order],
-        content=old.content or series.content,
-    )
-
-
-def unpack(series: Series, packed_key: str) -> dict[str, Series]:
-    """Splits a packed series (``metadata.PACKED``) into its keys' series.
-
-    Args:
-        series: The packed tag's series, values ``[n, width]``.
-        packed_key: Its key, e.g. ``"packed/step"``.
-
-    Returns:
-        The series of each key it holds: scalars ``[n]``, tensors ``[n, k]``.
-        Empty (with a logged warning) when its content is malformed.
-    """
-    try:
-        columns = metadata.packed_columns(series.content)
-    except ValueError as err:
-        logger.warning("ignoring %s: %s", packed_key, err)
-        return {}
-    values = series.values.reshape(len(series), -1)
-    out = {}
-    for key, cols, content in columns:
-        if not key.startswith(metadata.PACKED[packed_key]):
-            logger.warning("ignoring key %r packed in %s", key, packed_key)
-            continue
-        part = np.full((len(series), cols.stop - cols.start), np.nan)
-        have = values[:, cols]
-        part[:, : have.shape[1]] = have
-        out[key] = Series(
-            steps=series.steps,
-            values=part[:, 0] if metadata.kind_of(key) == "scalar" else part,
-            wall_times=series.wall_times,
-            content=content,
-        )
-    return out
-
-
-def expand_listing(key: str, info: tuple) -> dict[str, tuple]:
-    """Lists the keys of a packed tag as if each had its own tag.
-
-    Args:
-        key: The tag's key; a key that is not packed is returned as it is.
-        info: ``(kind, max_step, max_wall_time, plugin_content)`` of the tag.
-
-    Returns:
-        ``{key: (kind, max_step, max_wall_time, plugin_content)}`` with each
-        key's own content; nothing (and a logged warning) when the packed
-        content is malformed.
-    """
-    if key not in metadata.PACKED:
-        return {key: info}
-    _, max_step, max_wall, content = info
-    try:
-        columns = metadata.packed_columns(metadata.parse_plugin_content(content))
-    except ValueError as err:
-        logger.warning("ignoring %s: %s", key, err)
-        return {}
-    return {
-        sub: (metadata.kind_of(sub), max_step, max_wall, metadata.encode_content(c))
-        for sub, _, c in columns
-        if sub.startswith(metadata.PACKED[key])
-    }
 
 
 def provider_for_logdir(logdir: str | os.PathLike) -> tb_provider.DataProvider:

@@ -16,6 +16,7 @@ last row (for ``update_freq="epoch"``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -37,9 +38,9 @@ STEP_STATS = (
     "loss_scale",
 )
 _MIXED_PRECISION_ONLY = ("skipped_steps", "loss_scale")
-_STEP_TAG = metadata.packed_tag("packed/step")
-_LAYER_TAG = metadata.packed_tag("packed/layer")
-_WINDOW_TAG = metadata.packed_tag("packed/window")
+_WINDOW_PREFIXES = tuple(
+    metadata.TAG_PREFIX + p for p in ("window/", "window_layer/", "slice/")
+)
 # Per-variable per-step statistics, in their column order.
 LAYER_STATS = (
     "grad_norm",
@@ -410,11 +411,11 @@ class BlockReducer:
         # every event measured ~1 µs per scalar write, more per layer tensor).
         self._meta = {
             tag: tf.where(
-                describe_windows if tag == _WINDOW_TAG else describe_rows,
-                tf.constant(self.tags[tag]),
+                describe_windows if tag.startswith(_WINDOW_PREFIXES) else describe_rows,
+                tf.constant(meta),
                 tf.constant(b""),
             )
-            for tag in (_STEP_TAG, _LAYER_TAG, _WINDOW_TAG)
+            for tag, meta in self.tags.items()
         }
         with self.writer.as_default():
             done = self._write_each(rows, row_steps, self._write_row)
@@ -435,12 +436,46 @@ class BlockReducer:
         tf.summary.write(tag, value, step=step, metadata=self._meta[tag])
 
     def _write_row(self, row, step):
-        split = self.rows.index["components"].stop
-        self._summary(_STEP_TAG, row[:split], step)
-        self._summary(_LAYER_TAG, row[split:], step)
+        # One unstack per part rather than one slice op per tag.
+        width = self.rows.index["components"].stop
+        scalars = tf.unstack(row[:width], num=width)
+        layers = tf.unstack(
+            tf.reshape(row[width:], [len(LAYER_STATS), self.layout.num_variables]),
+            num=len(LAYER_STATS),
+        )
+        for i, stat in enumerate(STEP_STATS):
+            if self.mixed_precision or stat not in _MIXED_PRECISION_ONLY:
+                self._summary(metadata.step_tag(stat), scalars[i], step)
+        first = self.rows.index["components"].start
+        for i, name in enumerate(self.components):
+            self._summary(metadata.loss_component_tag(name), scalars[first + i], step)
+        for stat, value in zip(LAYER_STATS, layers, strict=True):
+            self._summary(metadata.layer_tag(stat), value, step)
 
     def _write_window(self, row, step):
-        self._summary(_WINDOW_TAG, row, step)
+        index = self.windows.index
+        v, s = self.layout.num_variables, len(self.layout.slices)
+        width = len(metadata.WINDOW_SCALARS)
+        scalars = tf.unstack(row[:width], num=width)
+        for stat, value in zip(metadata.WINDOW_SCALARS, scalars, strict=True):
+            self._summary(metadata.window_tag(stat), value, step)
+        start = index["layer_" + next(iter(metadata.WINDOW_LAYER_STATS))].start
+        count = len(metadata.WINDOW_LAYER_STATS)
+        layers = tf.unstack(
+            tf.reshape(row[start : start + count * v], [count, v]), num=count
+        )
+        for stat, value in zip(metadata.WINDOW_LAYER_STATS, layers, strict=True):
+            self._summary(metadata.window_layer_tag(stat), value, step)
+        if not s:
+            return
+        start = index["slice_" + next(iter(metadata.SLICE_STATS))].start
+        count = len(metadata.SLICE_STATS)
+        values = tf.unstack(row[start : start + count * s], num=count * s)
+        for j, stat in enumerate(metadata.SLICE_STATS):
+            for i, sl in enumerate(self.layout.slices):
+                self._summary(
+                    metadata.slice_tag(sl.name, stat), values[j * s + i], step
+                )
 
 
 def tag_metadata(
@@ -449,68 +484,43 @@ def tag_metadata(
     window: int | str,
     loss_components: Sequence[str],
     step_components: Sequence[str],
-    mixed_precision: bool = False,
 ) -> dict[str, bytes]:
-    """The serialized summary metadata of the packed tags and per-epoch components.
+    """The serialized summary metadata of every per-step and window tag.
 
     Args:
         layout: The variables' layout (names the entries of layer tensors).
         update_freq: The callback's ``update_freq``.
         window: The variance window.
         loss_components: Every recorded loss component.
-        step_components: Those recorded per step (the rest per epoch, each
-            under its own tag).
-        mixed_precision: Whether the loss scale and skipped steps are written.
-            Defaults to ``False``.
+        step_components: Those recorded per step (the rest per epoch).
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
     """
-    v = layout.num_variables
     variables = {"variables": layout.paths}
     common = {"update_freq": update_freq}
-    step_cols = [
-        (
-            ""
-            if stat in _MIXED_PRECISION_ONLY and not mixed_precision
-            else f"step/{stat}",
-            1,
-            metadata.STEP_SCALARS[stat],
-            common,
+    tags: dict[str, Any] = {}
+    for stat, text in metadata.STEP_SCALARS.items():
+        tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)
+    for stat, text in metadata.LAYER_STATS.items():
+        tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
+            text, variables, tensor=True
         )
-        for stat in STEP_STATS
-    ] + [
-        (f"loss_component/{name}", 1, f"loss component {name}", {"per_step": True})
-        for name in step_components
-    ]
-    layer_cols = [
-        (f"layer/{stat}", v, metadata.LAYER_STATS[stat], variables)
-        for stat in LAYER_STATS
-    ]
     win = {"window": window}
-    window_cols = [
-        (f"window/{stat}", 1, text, win)
-        for stat, text in metadata.WINDOW_SCALARS.items()
-    ] + [
-        (f"window_layer/{stat}", v, text, {**variables, **win})
-        for stat, text in metadata.WINDOW_LAYER_STATS.items()
-    ]
-    for stat, text in metadata.SLICE_STATS.items():
-        for sl in layout.slices:
-            content = {"variable": sl.variable, "start": sl.start, "stop": sl.stop}
-            window_cols.append((f"slice/{sl.name}/{stat}", 1, text, {**content, **win}))
-    tags = {}
-    for key, cols, text in (
-        ("packed/step", step_cols, "whole-model figures of each logged step"),
-        ("packed/layer", layer_cols, "per-variable figures of each logged step"),
-        ("packed/window", window_cols, "gradient statistics of each closed window"),
-    ):
-        tags[metadata.packed_tag(key)] = metadata.create_summary_metadata(
-            text, metadata.packed_content(cols), tensor=True
+    for stat, text in metadata.WINDOW_SCALARS.items():
+        tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(text, win)
+    for stat, text in metadata.WINDOW_LAYER_STATS.items():
+        tags[metadata.window_layer_tag(stat)] = metadata.create_summary_metadata(
+            text, {**variables, **win}, tensor=True
         )
-    for name in loss_components:
-        if name not in step_components:
-            tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
-                f"loss component {name}", {"per_step": False}
+    for s in layout.slices:
+        content = {"variable": s.variable, "start": s.start, "stop": s.stop, **win}
+        for stat, text in metadata.SLICE_STATS.items():
+            tags[metadata.slice_tag(s.name, stat)] = metadata.create_summary_metadata(
+                text, content
             )
-    return {k: t.SerializeToString() for k, t in tags.items()}
+    for name in loss_components:
+        tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
+            f"loss component {name}", {"per_step": name in step_components}
+        )
+    return {k: v.SerializeToString() for k, v in tags.items()}

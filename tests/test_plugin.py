@@ -67,26 +67,17 @@ def configured_flags(logdir: str, load_fast: str):
 
 
 def wait_loaded(provider, runs: dict[str, int], timeout: float = 60.0) -> None:
-    """Waits until every run's loss series reaches its last step (Rust loads async).
-
-    The loss is its own scalar tag in synthetic runs, packed in real ones.
-    """
+    """Waits until every run's loss series reaches its last step (Rust loads async)."""
     deadline = time.time() + timeout
-    tags = (metadata.step_tag("loss"), metadata.packed_tag("packed/step"))
     while True:
-        found = {}
-        for listing in (provider.list_scalars, provider.list_tensors):
-            for run, series in listing(
-                tb_context.RequestContext(),
-                experiment_id="",
-                plugin_name=metadata.PLUGIN_NAME,
-            ).items():
-                found.setdefault(run, {}).update(series)
+        found = provider.list_scalars(
+            tb_context.RequestContext(),
+            experiment_id="",
+            plugin_name=metadata.PLUGIN_NAME,
+        )
         ok = all(
-            any(
-                tag in found.get(run, {}) and found[run][tag].max_step >= last
-                for tag in tags
-            )
+            metadata.step_tag("loss") in found.get(run, {})
+            and found[run][metadata.step_tag("loss")].max_step >= last
             for run, last in runs.items()
         )
         if ok:
@@ -147,20 +138,9 @@ def revive(obj):
 
 
 def raw_events(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a tag straight from the event files with TensorFlow (the reference).
-
-    A key the callback packs is cut out of its packed tag by the columns that
-    the tag's first event names.
-    """
+    """Reads a tag straight from the event files with TensorFlow (the reference)."""
     import tensorflow as tf
 
-    key = tag[len(metadata.TAG_PREFIX) :]
-    packed = {
-        metadata.TAG_PREFIX + name
-        for name, prefixes in metadata.PACKED.items()
-        if key.startswith(prefixes)
-    }
-    columns: dict[str, tuple[int, int]] = {}
     steps, values = [], []
     for name in sorted(os.listdir(run_dir)):
         if ".tfevents." not in name or name.endswith("corrupt"):
@@ -170,18 +150,6 @@ def raw_events(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
                 if v.tag == tag:
                     steps.append(event.step)
                     values.append(tf.make_ndarray(v.tensor))
-                elif v.tag in packed:
-                    if v.metadata.plugin_data.content:
-                        cols = json.loads(v.metadata.plugin_data.content)["columns"]
-                        for col in cols:
-                            if col["key"] == key:
-                                columns[v.tag] = (col["start"], col["width"])
-                    if v.tag not in columns:
-                        continue
-                    start, width = columns[v.tag]
-                    row = tf.make_ndarray(v.tensor)[start : start + width]
-                    steps.append(event.step)
-                    values.append(row[0] if metadata.kind_of(key) == "scalar" else row)
     return np.array(steps), np.array(values, dtype=np.float64)
 
 

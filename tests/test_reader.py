@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tb_gradplugin import metadata, reader
+from tb_gradplugin import reader
 from tests import eventfiles
 
 
@@ -64,85 +64,3 @@ def test_truncated_file_keeps_what_was_written(tmp_path):
     eventfiles.truncate_event_file(path)
     run = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
     assert 45 <= len(run.scalar("step/loss")) <= 50
-
-
-def _packed(keys):
-    return metadata.packed_content([(k, w, k, c) for k, w, c in keys])
-
-
-def test_packed_tags_split_into_their_keys(tmp_path):
-    """Packed vectors read back as the scalar and per-variable keys they hold."""
-    steps = np.arange(1, 6)
-    vec = np.stack([steps * 1.0, steps * 2.0, steps * 4.0], axis=1)
-    step_content = _packed(
-        [("step/loss", 1, {"update_freq": 1}), ("", 1, {}), ("step/grad_norm", 1, {})]
-    )
-    layer_content = _packed([("layer/grad_norm", 2, {"variables": ["a", "b"]})])
-    eventfiles.write_run(
-        tmp_path,
-        "r",
-        steps=steps,
-        tensors={
-            "packed/step": (steps, vec, step_content),
-            "packed/layer": (steps, vec[:, 1:], layer_content),
-        },
-    )
-    provider = reader.provider_for_logdir(tmp_path)
-    run = reader.read_run(provider, "r")
-    assert sorted(run.scalars) == ["step/grad_norm", "step/loss"]
-    np.testing.assert_array_equal(run.scalar("step/loss").values, steps)
-    np.testing.assert_array_equal(run.scalar("step/grad_norm").values, 4 * steps)
-    layer = run.tensor("layer/grad_norm")
-    assert layer.names == ["a", "b"] and layer.values.shape == (5, 2)
-    np.testing.assert_array_equal(layer.values[:, 1], 4 * steps)
-    assert run.scalar("step/loss").content == {"update_freq": 1}
-    only = reader.read_run(provider, "r", keys=["step/grad_norm"])
-    assert list(only.scalars) == ["step/grad_norm"] and not only.tensors
-
-
-def test_malformed_packed_tag_is_skipped_and_the_rest_kept(tmp_path, caplog):
-    """A packed tag with bad columns is ignored with a warning; other tags survive."""
-    steps = np.arange(1, 4)
-    bad = {"columns": [{"key": "step/loss", "start": "x", "width": 1}]}
-    eventfiles.write_run(
-        tmp_path,
-        "r",
-        steps=steps,
-        loss=[3.0, 2.0, 1.0],
-        tensors={"packed/step": (steps, np.ones([3, 2]), bad)},
-    )
-    with caplog.at_level("WARNING"):
-        run = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
-    assert "malformed packed column" in caplog.text
-    np.testing.assert_array_equal(run.scalar("step/loss").values, [3, 2, 1])
-
-
-def test_a_key_in_the_wrong_packed_tag_is_ignored(tmp_path, caplog):
-    """packed/step may not hold a layer key: it is dropped with a warning."""
-    content = _packed([("layer/grad_norm", 1, {}), ("step/loss", 1, {})])
-    eventfiles.write_run(
-        tmp_path,
-        "r",
-        steps=[1],
-        tensors={"packed/step": ([1], np.array([[7.0, 2.0]]), content)},
-    )
-    with caplog.at_level("WARNING"):
-        run = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
-    assert "layer/grad_norm" in caplog.text and not run.tensors
-    assert run.scalar("step/loss").values.tolist() == [2.0]
-
-
-def test_a_key_both_packed_and_own_tag_is_joined_by_step(tmp_path):
-    """Steps from an older per-tag file and a packed one merge in step order."""
-    content = _packed([("step/loss", 1, {})])
-    eventfiles.write_run(
-        tmp_path,
-        "r",
-        steps=[1, 2],
-        loss=[5.0, 4.0],
-        tensors={"packed/step": ([3, 4], np.array([[3.0], [2.0]]), content)},
-    )
-    run = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
-    loss = run.scalar("step/loss")
-    assert loss.steps.tolist() == [1, 2, 3, 4]
-    assert loss.values.tolist() == [5.0, 4.0, 3.0, 2.0]
