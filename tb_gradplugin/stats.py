@@ -7,7 +7,7 @@ thread, in numpy rather than TensorFlow: numpy works on that one thread (which
 runs at idle priority), while TensorFlow ops would share the training's thread
 pools. Measured on the 2-core dev machine for a 64-step block of the
 16,330-parameter MLP of seed 003: the reduction takes 2.9 ms of CPU, the whole
-block (gather, reduction, writes) ~6 ms, against 13 ms when the reduction was
+block (gather, reduction, writes) 8-9 ms, against 13 ms when the reduction was
 TensorFlow ops (DESIGN.md pitfall 14). Pure functions, no state; only
 :func:`flatten` (used in the step) is TensorFlow.
 """
