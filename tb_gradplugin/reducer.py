@@ -272,11 +272,15 @@ class BlockReducer:
             self.prev_params = params[-1].copy()
         return logged, logged_steps, windows, window_steps
 
+    def _on_schedule(self, steps: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Valid rows at step 1 or a multiple of ``update_freq`` (not epoch mode)."""
+        return valid & ((steps % self.freq == 0) | (steps == 1))
+
     def _full_rows(self, steps: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """The rows whose every statistic may be written: logged, or kept."""
         if self.epoch_mode:
             return np.flatnonzero(valid)[-1:]  # the epoch's last row, so far
-        return np.flatnonzero(valid & ((steps % self.freq == 0) | (steps == 1)))
+        return np.flatnonzero(self._on_schedule(steps, valid))
 
     def _with_counts(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Puts the counts since the last logged step into packed rows."""
@@ -305,11 +309,7 @@ class BlockReducer:
                 logged_steps = np.zeros([0], np.int64)
                 self.pending = total
         else:
-            due = (
-                valid
-                & (steps > self.last_logged)
-                & ((steps % self.freq == 0) | (steps == 1))
-            )
+            due = self._on_schedule(steps, valid) & (steps > self.last_logged)
             idx = np.flatnonzero(due)
             cum = self.pending[None] + np.cumsum(counts, axis=0)
             at = np.concatenate([np.zeros([1, width]), cum[idx]], axis=0)
