@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tb_gradplugin import stats
+
 SCALARS = ("loss", "learning_rate", "loss_scale", "skipped", "batch_size")
 """The per-step scalar columns, in order; loss components follow them."""
 
@@ -98,14 +100,10 @@ class StepRing:
         Returns:
             The grouped update ops.
         """
-        parts = [
-            tf.reshape(tf.cast(t, tf.float32), [-1])
-            for t in [*_listed(grad), *_listed(params), *_listed(scalars)]
-        ]
-        parts.append(
-            tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32)[0]
+        step_words = tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32)
+        row = stats.flatten(
+            [*_listed(grad), *_listed(params), *_listed(scalars), step_words]
         )
-        row = tf.concat(parts, axis=0)
         slot = tf.reshape(self.count % self.rows, [1])
         ops = [
             self.data.scatter_update(tf.IndexedSlices(row[None], slot)),
@@ -147,9 +145,7 @@ class StepRing:
 
 
 def _listed(value) -> list:
-    if isinstance(value, list | tuple):
-        return [tf.convert_to_tensor(v) for v in value]
-    return [value]
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _var(value: np.ndarray) -> tf.Variable:

@@ -88,9 +88,6 @@ class Layout:
             (int(a), int(b))
             for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)
         ]
-        self.segment_ids = np.repeat(
-            np.arange(self.num_variables, dtype=np.int32), self.sizes
-        )
         self.sizes_array = np.maximum(np.array(self.sizes, dtype=np.float32), 1.0)
         self.slices = [self._slice(n, spec) for n, spec in (slices or {}).items()]
 
