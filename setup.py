@@ -12,6 +12,8 @@ _VERSION = re.search(
     re.M,
 ).group(1)
 
+_SKLEARN = "scikit-learn>=1.5,<2"
+
 setuptools.setup(
     name="tb-gradplugin",
     version=_VERSION,
@@ -29,10 +31,14 @@ setuptools.setup(
         "werkzeug>=2.3,<4",
     ],
     extras_require={
+        # The demo's real data: scikit-learn ships the handwritten digits.
+        "demo": [_SKLEARN],
+        # The tests run the demo.
         "test": [
             "playwright>=1.45,<2",
             "pytest>=8,<10",
             "ruff>=0.6,<1",
+            _SKLEARN,
         ],
     },
     entry_points={

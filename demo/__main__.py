@@ -9,6 +9,7 @@ shows them in the "Gradient Health" tab.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -92,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--jobs must be at least 1")
     if os.path.exists(logdir) and not os.path.isdir(logdir):
         print(f"error: --logdir {args.logdir} is not a directory", file=sys.stderr)
+        return EXIT_USAGE
+    if importlib.util.find_spec("sklearn") is None:
+        print(
+            "error: the demo trains on scikit-learn's digits; install it with "
+            "pip install -e '.[demo]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     jobs = _jobs()
     taken = [n for _, n in jobs if os.path.exists(os.path.join(logdir, n))]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh machine.
-#   bash scripts/setup.sh          the package (TensorFlow, Keras, TensorBoard)
+#   bash scripts/setup.sh          the package (TensorFlow, Keras, TensorBoard) and
+#                                  the demo's data (scikit-learn)
 #   bash scripts/setup.sh --test   also the test tools: pytest, ruff, Playwright,
 #                                  Debian's chromium, the frontend's npm packages
 set -euo pipefail
@@ -27,5 +28,5 @@ if [ "$with_tests" = 1 ]; then
   fi
   (cd frontend && npm ci --no-audit --no-fund --loglevel=error)
 else
-  python3 -m pip install --quiet --disable-pip-version-check -e .
+  python3 -m pip install --quiet --disable-pip-version-check -e ".[demo]"
 fi
