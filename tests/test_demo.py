@@ -146,6 +146,26 @@ def test_existing_runs_are_not_overwritten_without_the_flag(tmp_path):
     assert keep.read_text() == "mine"
 
 
+def test_without_scikit_learn_the_demo_says_how_to_install_it(tmp_path):
+    """Without scikit-learn the demo exits 2 with one line naming its extra."""
+    code = (
+        "import sys; sys.modules['sklearn'] = None; "
+        "from demo.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--logdir", str(tmp_path), "--quick"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert ".[demo]" in proc.stderr and "Traceback" not in proc.stderr
+    assert os.listdir(tmp_path) == []
+
+
 # -- the real data ------------------------------------------------------------------
 
 
