@@ -134,7 +134,8 @@ def train_run(name: str, logdir: str, settings: Settings) -> None:
         batch = BATCH
     elif name == "function_fit":
         epochs = settings.epochs(full=200, quick=40)
-        hessian_freq = settings.epochs(full=10, quick=5)
+        # Five spectra in --quick: each exact one costs ~7 s of CPU here.
+        hessian_freq = settings.epochs(full=10, quick=8)
         done = announce(
             name,
             f"seed 003 function fit ({FUNCTION_PARAMS} parameters), {epochs} epochs",
