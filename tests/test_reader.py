@@ -8,6 +8,7 @@ from tensorboard import context as tb_context
 from tensorboard import errors
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.data import server_ingester
 
 from tb_gradplugin import metadata, reader
 from tests import eventfiles
@@ -154,3 +155,49 @@ def test_version_stamp_changes_when_a_series_grows():
     assert reader.version_stamp(before) != reader.version_stamp(after)
     assert reader.kind_of("layer/grad_norm") == "tensor"
     assert reader.kind_of("step/loss") == "scalar"
+
+
+def test_data_server_reads_the_same_series_as_the_python_loader(tmp_path):
+    """Through the Rust data server every point equals the Python loader's read."""
+    steps = np.arange(1, 1501)
+    grads = np.stack([steps, -0.5 * steps, np.sqrt(steps)], axis=1).astype(np.float64)
+    grads[700, 1] = np.nan
+    grads[900, 2] = np.inf
+    loss = np.linspace(3, 1, 1500)
+    loss[1000] = np.nan
+    eventfiles.write_run(
+        tmp_path,
+        "r",
+        steps=steps,
+        loss=loss,
+        grad_norm=np.ones(1500),
+        variables=["a/kernel", "a/bias", "b/kernel"],
+        layers={"grad_norm": grads, "update_ratio": grads * 1e-3},
+    )
+    want = reader.read_run(reader.provider_for_logdir(tmp_path), "r")
+    try:
+        with reader.data_server_provider(tmp_path) as provider:
+            assert reader.list_runs(provider) == ["r"]
+            got = reader.read_run(provider, "r")
+    except server_ingester.NoDataServerError as err:
+        pytest.skip(f"no Rust data server: {err}")
+    assert sorted(got.scalars) == sorted(want.scalars)
+    assert sorted(got.tensors) == ["layer/grad_norm", "layer/update_ratio"]
+    for key in ("step/loss", "layer/grad_norm", "layer/update_ratio"):
+        a = got.scalars.get(key) or got.tensors[key]
+        b = want.scalars.get(key) or want.tensors[key]
+        np.testing.assert_array_equal(a.steps, b.steps)
+        np.testing.assert_array_equal(a.values, b.values)  # NaN equal to NaN
+        np.testing.assert_array_equal(a.wall_times, b.wall_times)
+        assert a.content == b.content
+    assert got.tensor("layer/grad_norm").values.shape == (1500, 3)
+    assert np.isnan(got.tensor("layer/grad_norm").values[700, 1])
+
+
+def test_data_server_provider_rejects_a_missing_logdir(tmp_path):
+    """A missing directory is a FileNotFoundError before any server starts."""
+    with (
+        pytest.raises(FileNotFoundError),
+        reader.data_server_provider(tmp_path / "missing"),
+    ):
+        pass
