@@ -344,7 +344,13 @@ steps), tag listings and the payloads derived from them."""
 
 # Families written as per-variable tensors (docs/INTERFACES.md); the rest are
 # scalars. Listing a named tag needs its kind.
-_TENSOR_PREFIXES = ("layer/", "window_layer/", "hessian_layer/", "trajectory/")
+_TENSOR_PREFIXES = (
+    "layer/",
+    "window_layer/",
+    "hessian_layer/",
+    "trajectory/",
+    "block/",
+)
 
 
 def kind_of(key: str) -> str:

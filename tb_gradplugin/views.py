@@ -14,10 +14,15 @@ from typing import Any
 
 from tensorboard import errors
 
-from tb_gradplugin import diagnosis, metadata, reader, shaping, trajectory
+from tb_gradplugin import blocks, diagnosis, metadata, reader, shaping, trajectory
 from tb_gradplugin.json_encoding import encode_json
 
 _JSON = "application/json"
+
+BLOCK_MIN_POINTS = 20_000
+"""Logged steps from which a view draws a series from its block summaries
+(:mod:`tb_gradplugin.blocks`) rather than reading every step: below, a full read of
+a 100-variable tensor is a few MB and fast."""
 
 OVERVIEW_KEYS = (
     "step/loss",
@@ -130,12 +135,17 @@ class ViewData:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run or key.
         """
-        versions = self._reader.known_run(ctx, eid, run, keys=[key])
+        keys = [key, blocks.block_key(key)]
+        versions = self._reader.known_run(ctx, eid, run, keys=keys)
         if key not in versions:
             raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
         kind = versions[key].kind
 
         def compute():
+            coarse = self._coarse(ctx, eid, run, [key], versions)
+            if kind == "scalar" and key in coarse:
+                drawn = blocks.series_json(coarse[key], n)
+                return {"run": run, "key": key, "kind": kind, **drawn}
             series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
             shape = (
                 shaping.series_json if kind == "scalar" else shaping.tensor_series_json
@@ -160,12 +170,22 @@ class ViewData:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
-        versions = self._reader.known_run(ctx, eid, run, keys=OVERVIEW_KEYS)
+        keys = OVERVIEW_KEYS + tuple(blocks.block_key(k) for k in OVERVIEW_KEYS)
+        versions = self._reader.known_run(ctx, eid, run, keys=keys)
         last = max((int(v.max_step) for v in versions.values()), default=None)
 
         def compute():
-            got = self._reader.read_series(ctx, eid, run, OVERVIEW_KEYS, versions)
-            return shaping.overview_json(run, last, got, n)
+            coarse = self._coarse(ctx, eid, run, OVERVIEW_KEYS, versions)
+            fine = [k for k in OVERVIEW_KEYS if k not in coarse]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            out = shaping.overview_json(run, last, got, n)
+            for key, summary in coarse.items():
+                out["series"][key] = blocks.series_json(summary, n)
+            if {"step/param_norm", "step/grad_norm"} <= coarse.keys():
+                out["norms"] = blocks.pairs_from_blocks(
+                    coarse["step/param_norm"], coarse["step/grad_norm"], n
+                )
+            return out
 
         stamp = reader.version_stamp(versions)
         return self._reader.memo(("overview", eid, run, n, stamp), compute)
@@ -194,24 +214,34 @@ class ViewData:
         """
         if stat not in metadata.LAYER_STATS:
             raise errors.InvalidArgumentError(f"unknown stat: {stat[:80]!r}")
-        versions = self._reader.known_run(ctx, eid, run, keys=_LAYER_KEYS)
-        available = [s for s in metadata.LAYER_STATS if f"layer/{s}" in versions]
         keys = sorted({f"layer/{stat}", "layer/update_ratio"})
-        used = {k: v for k, v in versions.items() if k in keys}
+        listed = _LAYER_KEYS + tuple(blocks.block_key(k) for k in keys)
+        versions = self._reader.known_run(ctx, eid, run, keys=listed)
+        available = [s for s in metadata.LAYER_STATS if f"layer/{s}" in versions]
+        read = set(keys) | {blocks.block_key(k) for k in keys}
+        used = {k: v for k, v in versions.items() if k in read}
 
         def compute():
-            got = self._reader.read_series(ctx, eid, run, keys, versions)
-            heat = got.get(f"layer/{stat}")
+            coarse = self._coarse(ctx, eid, run, keys, versions)
+            fine = [k for k in keys if k not in coarse]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            heat_key, ratio_key = f"layer/{stat}", "layer/update_ratio"
+            if heat_key in coarse:
+                heatmap = blocks.heatmap_json(coarse[heat_key], buckets)
+            elif heat_key in got:
+                heatmap = shaping.heatmap_json(got[heat_key], buckets)
+            else:
+                heatmap = None
+            if ratio_key in coarse:
+                latest = blocks.latest_json(coarse[ratio_key])
+            else:
+                latest = _analysis().latest_update_ratios(got.get(ratio_key))
             return {
                 "run": run,
                 "stat": stat,
                 "stats": available,
-                "heatmap": None
-                if heat is None
-                else shaping.heatmap_json(heat, buckets),
-                "update_ratio": _analysis().latest_update_ratios(
-                    got.get("layer/update_ratio")
-                ),
+                "heatmap": heatmap,
+                "update_ratio": latest,
             }
 
         stamp = reader.version_stamp(used)
@@ -364,6 +394,23 @@ class ViewData:
         body = shaping.export_json(series, tensor)
         payload = {"run": run, "key": key, "kind": versions[key].kind, **body}
         return encode_json(payload), _JSON
+
+    def _coarse(
+        self, ctx, eid: str, run: str, keys, versions: dict[str, reader.TagVersion]
+    ) -> dict[str, reader.Series]:
+        """The block summaries of those ``keys`` long enough to be drawn from them.
+
+        Returns:
+            Per-step key -> its ``block/<key>`` series, for the keys whose
+            blocks summarise at least :data:`BLOCK_MIN_POINTS` steps.
+        """
+        wanted = {blocks.block_key(k): k for k in keys}
+        got = self._reader.read_series(ctx, eid, run, wanted, versions)
+        return {
+            wanted[block_key]: summary
+            for block_key, summary in got.items()
+            if blocks.total_points(summary) >= BLOCK_MIN_POINTS
+        }
 
 
 def _analysis():

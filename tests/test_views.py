@@ -11,7 +11,7 @@ import pytest
 from tensorboard import context as tb_context
 from tensorboard import errors
 
-from tb_gradplugin import reader, views
+from tb_gradplugin import blocks, reader, views
 from tests import eventfiles
 
 
@@ -72,3 +72,47 @@ def test_unknown_key_and_format_are_rejected(tmp_path):
         data.export_impl(ctx, "", "r", "step/loss", "xml")
     body, mime = data.export_impl(ctx, "", "r", "step/loss", "csv")
     assert mime == "text/csv" and body.splitlines()[1:] == ["1,1.0,1.0", "2,2.0,0.5"]
+
+
+def test_views_draw_long_series_from_block_summaries(tmp_path, monkeypatch):
+    """With block summaries, overview and layers draw from them, spike and NaN kept."""
+    steps = np.arange(1, 1201)
+    loss = np.linspace(2, 1, 1200)
+    loss[700] = 50.0
+    grads = np.ones((1200, 2))
+    grads[333, 1] = np.nan
+    content = {"variables": ["w", "b"]}
+
+    def summaries(values, size=40):
+        rows = [
+            blocks.summarize(steps[i : i + size], values[i : i + size])
+            for i in range(0, 1200, size)
+        ]
+        return steps[size - 1 :: size], np.stack(rows).reshape(len(rows), -1)
+
+    eventfiles.write_run(
+        tmp_path,
+        "r",
+        steps=steps,
+        loss=loss,
+        variables=["w", "b"],
+        layers={"grad_norm": grads, "update_ratio": grads * 1e-3},
+        tensors={
+            "block/step/loss": (*summaries(loss), {}),
+            "block/layer/grad_norm": (*summaries(grads), content),
+            "block/layer/update_ratio": (*summaries(grads * 1e-3), content),
+        },
+    )
+    monkeypatch.setattr(views, "BLOCK_MIN_POINTS", 1000)
+    data = _views(tmp_path)
+    ctx = tb_context.RequestContext()
+    drawn = data.overview_impl(ctx, "", "r", 90)["series"]["step/loss"]
+    assert drawn["total_points"] == 1200 and len(drawn["steps"]) <= 91
+    assert drawn["values"][drawn["steps"].index(701)] == 50.0
+    layers = data.layers_impl(ctx, "", "r", "grad_norm", 30)
+    assert layers["heatmap"]["steps"] == list(range(40, 1201, 40))
+    assert layers["heatmap"]["values"][1][8] == "NaN"  # step 334 is in block 9
+    assert layers["update_ratio"]["step"] == 1200
+    monkeypatch.setattr(views, "BLOCK_MIN_POINTS", 10_000)
+    fine = _views(tmp_path).layers_impl(ctx, "", "r", "grad_norm", 30)
+    assert fine["heatmap"] == layers["heatmap"]
