@@ -4,9 +4,11 @@ Writes a log directory with one run of ``--steps`` logged steps (default 100,000
 the tags the callback writes for ``--vars`` variables (default 100): every per-step
 ``step/*`` scalar, every ``layer/*`` statistic as a float32 tensor, and the window
 statistics every ``--window`` steps; plus a plain TensorBoard scalar ``loss`` with one
-point per step. It starts a real ``tensorboard`` process (``--samples_per_plugin
-scalars=0`` so that TensorBoard's scalars route reads from as many stored points as
-ours) and prints, for every view route:
+point per step; and, every ``--block`` steps (default 100; 0: none), the
+``block/<key>`` summaries that the views draw long series from
+(``tb_gradplugin/blocks.py`` says what they hold). It starts a real ``tensorboard``
+process (``--samples_per_plugin scalars=0`` so that TensorBoard's scalars route reads
+from as many stored points as ours) and prints, for every view route:
 
 * the FIRST request (cold cache: what a user waits for when opening the view);
 * the median of ``--repeats`` further requests (warm cache);
@@ -43,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tensorboard.compat.proto import summary_pb2  # noqa: E402
 
-from tb_gradplugin import diagnosis, metadata, reader  # noqa: E402
+from tb_gradplugin import blocks, diagnosis, metadata, reader  # noqa: E402
 from tests import gh_logdirs  # noqa: E402
 
 RUN = "big"
@@ -53,9 +55,22 @@ TARGET_CHECK_S = 15.0
 
 
 def write_run(
-    run_dir: str, first: int, last: int, n_vars: int, window: int, seed: int = 0
+    run_dir: str,
+    first: int,
+    last: int,
+    n_vars: int,
+    window: int,
+    block: int = 0,
+    per_step: bool = True,
+    seed: int = 0,
 ) -> None:
-    """Writes steps ``first..last`` of the benchmark run as one new event file."""
+    """Writes steps ``first..last`` of the benchmark run as one new event file.
+
+    With ``block > 0`` it also writes the ``block/<key>`` summary of every
+    ``step/*`` and ``layer/*`` key each ``block`` steps, as ``blocks.summarize``
+    makes them; with ``per_step=False`` only those (the values are drawn from the
+    same seed, so a second call adds the blocks of an existing run).
+    """
     rng = np.random.default_rng(seed + first)
     w = gh_logdirs.Writer(run_dir)
     variables = [f"layer_{i}/kernel" for i in range(n_vars)]
@@ -66,6 +81,7 @@ def write_run(
     )
     scale = np.logspace(0, -3, n_vars)
     total = max(last, 100_000)
+    pending: list = []
     t0 = time.time()
     for step in range(first, last + 1):
         t = step / total
@@ -100,11 +116,33 @@ def write_run(
                 vals[metadata.window_layer_tag(stat)] = (layer**2, content, True)
             for stat in ("grad_variance", "grad_mean_abs", "noise_scale", "grad_snr"):
                 vals[metadata.window_tag(stat)] = (grad, None, False)
-        w.write(step, vals)
-        w.write_plain_scalar(step, "loss", loss, scalars_meta)
+        if per_step:
+            w.write(step, vals)
+            w.write_plain_scalar(step, "loss", loss, scalars_meta)
+        if block:
+            pending.append((step, step_values, layer_values))
+            if step % block == 0 or step == last:
+                w.write(step, block_summaries(pending, content))
+                pending = []
         if step % 10_000 == 0:
             print(f"  wrote {step} steps in {time.time() - t0:.0f} s", flush=True)
     w.close()
+
+
+def block_summaries(pending: list, content: dict) -> dict[str, tuple]:
+    """The ``block/<key>`` values of one block of ``(step, step_values, layers)``."""
+    steps = np.array([p[0] for p in pending])
+    out = {}
+    for index, tag_of, meta in (
+        (1, metadata.step_tag, None),
+        (2, metadata.layer_tag, content),
+    ):
+        for name in pending[0][index]:
+            values = np.array([p[index][name] for p in pending], dtype=np.float32)
+            key = tag_of(name)[len(metadata.TAG_PREFIX) :]
+            tag = metadata.TAG_PREFIX + blocks.block_key(key)
+            out[tag] = (blocks.summarize(steps, values), meta, True)
+    return out
 
 
 def timed_get(url: str) -> float:
@@ -214,6 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--vars", type=int, default=100)
     parser.add_argument("--window", type=int, default=100)
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=100,
+        help="steps per block summary written beside the per-step data (0: none)",
+    )
+    parser.add_argument(
+        "--add_blocks",
+        action="store_true",
+        help="add the block summaries to an existing --logdir run written without",
+    )
     parser.add_argument("--append", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--load_fast", choices=["true", "false"], default="true")
@@ -230,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = os.path.join(root, RUN)
     if not os.path.isdir(run_dir):
         print(f"writing {args.steps} steps x {args.vars} variables to {root}")
-        write_run(run_dir, 1, args.steps, args.vars, args.window)
+        write_run(run_dir, 1, args.steps, args.vars, args.window, args.block)
+    elif args.add_blocks:
+        print(f"adding block summaries of {args.block} steps to {run_dir}")
+        write_run(run_dir, 1, args.steps, args.vars, args.window, args.block, False)
     size = sum(e.stat().st_size for e in os.scandir(run_dir)) / 1e6
     print(f"run: {size:.0f} MB of event files; load average {os.getloadavg()[0]:.1f}")
     port = gh_logdirs.free_port()
@@ -251,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             name: statistics.median(timed_get(url) for _ in range(args.repeats))
             for name, url in urls.items()
         }
-        write_run(run_dir, last + 1, last + args.append, args.vars, args.window)
+        write_run(
+            run_dir, last + 1, last + args.append, args.vars, args.window, args.block
+        )
         print(f"appended {args.append} steps")
         wait_for_step(base, last + args.append, proc)
         reload = {name: timed_get(url) for name, url in urls.items()}

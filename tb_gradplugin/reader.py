@@ -489,10 +489,11 @@ class CachedReader:
     ) -> dict[str, TagVersion]:
         """Lists a run's series without reading them.
 
-        Listing named tags is cheaper than listing a run's every tag (measured
-        on the Rust data server: ~0.4 ms per named scalar tag, ~13 ms per named
-        tensor tag, ~40 ms for all tags of a run), so callers that know their
-        keys pass them.
+        Measured on the Rust data server (TensorBoard 2.21): a listing of one
+        named scalar tag answers in ~1 ms, of all scalar tags of a run in
+        ~40 ms, and any listing of tensor tags in ~45 ms however many it names.
+        So a few named scalar tags are listed one by one, and the tensor tags
+        of a run in one listing that every view shares.
 
         Args:
             ctx: The request context.
@@ -504,39 +505,37 @@ class CachedReader:
             Key -> :class:`TagVersion`; empty for an unknown run.
         """
         keys = None if keys is None else tuple(keys)
-        return self._listing(
-            ("versions", eid, run, keys),
-            lambda: self._list_versions(ctx, eid, run, keys),
-        )
+        scalars = None if keys is None else [k for k in keys if kind_of(k) == "scalar"]
+        out: dict[str, TagVersion] = {}
+        if keys is None or len(scalars) > 16:
+            out.update(self._kind_listing(ctx, eid, run, "scalar"))
+        else:
+            for key in scalars:
+                out.update(self._kind_listing(ctx, eid, run, "scalar", key))
+        if keys is None or len(scalars) < len(keys):
+            out.update(self._kind_listing(ctx, eid, run, "tensor"))
+        return out if keys is None else {k: out[k] for k in keys if k in out}
 
-    def _list_versions(self, ctx, eid, run, keys) -> dict[str, TagVersion]:
-        kinds = ("scalar", "tensor")
-        by_kind: dict[str, list[str] | None] = {k: None for k in kinds}
-        if keys is not None:
-            by_kind = {k: [] for k in kinds}
-            for key in keys:
-                if kind_of(key) in by_kind:
-                    by_kind[kind_of(key)].append(metadata.TAG_PREFIX + key)
-        listings = {
+    def _kind_listing(
+        self, ctx, eid: str, run: str, kind: str, key: str | None = None
+    ) -> dict[str, TagVersion]:
+        """One listing of a run's tags of one kind (one tag when ``key`` is given)."""
+        list_tags = {
             "scalar": self.provider.list_scalars,
             "tensor": self.provider.list_tensors,
-        }
-        out: dict[str, TagVersion] = {}
-        for kind, tags in by_kind.items():
-            if tags is not None and not tags:
-                continue
-            # On the Rust data server a listing of one or two named tags answers
-            # in ~0.4 ms, of three or more in ~40 ms: few tags go one by one.
-            groups = [[t] for t in tags] if tags and len(tags) <= 16 else [tags]
-            for group in groups:
-                found = listings[kind](
-                    ctx,
-                    experiment_id=eid,
-                    plugin_name=metadata.PLUGIN_NAME,
-                    run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=group),
-                ).get(run, {})
-                out.update(_versions_of(kind, found))
-        return out
+        }[kind]
+        tags = None if key is None else [metadata.TAG_PREFIX + key]
+
+        def list_now():
+            found = list_tags(
+                ctx,
+                experiment_id=eid,
+                plugin_name=metadata.PLUGIN_NAME,
+                run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=tags),
+            ).get(run, {})
+            return _versions_of(kind, found)
+
+        return self._listing(("versions", eid, run, kind, key), list_now)
 
     def known_run(
         self, ctx, eid: str, run: str, keys: Iterable[str] | None = None
