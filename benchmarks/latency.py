@@ -155,22 +155,26 @@ def timed_get(url: str) -> float:
     return time.perf_counter() - t0
 
 
+def served_step(base: str) -> int:
+    """The last step of the run that TensorBoard serves (-1 while it has none)."""
+    url = f"{base}/data/plugin/gradient_health/tags?run={RUN}"
+    try:
+        with urllib.request.urlopen(url, timeout=600) as resp:
+            tags = json.loads(resp.read())
+        return min(
+            tags["scalars"]["step/loss"]["max_step"],
+            tags["tensors"]["layer/grad_norm"]["max_step"],
+        )
+    except (OSError, KeyError):
+        return -1
+
+
 def wait_for_step(base: str, step: int, proc, timeout_s: float = 1800) -> float:
     """Waits until TensorBoard serves the run up to ``step``; returns the seconds."""
     t0 = time.time()
-    url = f"{base}/data/plugin/gradient_health/tags?run={RUN}"
     while True:
-        try:
-            with urllib.request.urlopen(url, timeout=600) as resp:
-                tags = json.loads(resp.read())
-            ends = [
-                tags["scalars"]["step/loss"]["max_step"],
-                tags["tensors"]["layer/grad_norm"]["max_step"],
-            ]
-            if min(ends) >= step:
-                return time.time() - t0
-        except (OSError, KeyError):
-            pass
+        if served_step(base) >= step:
+            return time.time() - t0
         if proc.poll() is not None or time.time() - t0 > timeout_s:
             raise RuntimeError("tensorboard did not load the logdir")
         time.sleep(0.5)
@@ -296,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     urls = routes(base)
     try:
-        last = args.steps
-        print(f"loaded in {wait_for_step(base, last, proc):.0f} s")
+        print(f"loaded in {wait_for_step(base, args.steps, proc):.0f} s")
+        time.sleep(3)  # steps appended by an earlier run of this benchmark
+        last = served_step(base)
         first = {name: timed_get(url) for name, url in urls.items()}
         warm = {
             name: statistics.median(timed_get(url) for _ in range(args.repeats))
