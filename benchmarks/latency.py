@@ -17,9 +17,9 @@ from as many stored points as ours) and prints, for every view route:
 
 beside TensorBoard's own scalars route, then the wall time of
 ``tb-gradhealth check`` on the log directory and of the same check read through
-TensorBoard's Rust data server (``reader.data_server_provider``). The targets of the
-project: first request <= 300 ms, reload <= 100 ms, check <= 15 s. The machine's
-load is printed too: on a shared machine the wall times grow with it.
+TensorBoard's Rust data server (``data_server.data_server_provider``). The targets
+of the project: first request <= 300 ms, reload <= 100 ms, check <= 15 s. The
+machine's load is printed too: on a shared machine the wall times grow with it.
 
 Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--logdir DIR]
 [--load_fast true|false] [--skip_check] [--browser]``; ``--browser`` also times
@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tensorboard.compat.proto import summary_pb2  # noqa: E402
 
-from tb_gradplugin import blocks, diagnosis, metadata, reader  # noqa: E402
+from tb_gradplugin import blocks, data_server, diagnosis, metadata, reader  # noqa: E402
 from tests import gh_logdirs  # noqa: E402
 
 RUN = "big"
@@ -243,7 +243,7 @@ def check_times(logdir: str) -> tuple[float, float]:
     subprocess.run(cmd, capture_output=True, check=False)
     cli = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with reader.data_server_provider(logdir) as provider:
+    with data_server.data_server_provider(logdir) as provider:
         datas = [reader.read_run(provider, r) for r in reader.list_runs(provider)]
     for data in datas:
         diagnosis.run_report(data)

@@ -5,7 +5,7 @@ Rust data server and the Python one alike) and imports no TensorFlow. Each route
 is a thin handler, as in TensorBoard's ``scalars_plugin``: ``*_route`` parses the
 request, calls a ``*_impl`` of :class:`tb_gradplugin.views.ViewData` that returns
 plain data, and responds. Reading and caching live in
-:class:`tb_gradplugin.reader.CachedReader`, payload shaping in
+:class:`tb_gradplugin.cached_reader.CachedReader`, payload shaping in
 :mod:`tb_gradplugin.shaping`. Errors are raised as ``tensorboard.errors`` and
 answered by TensorBoard's application as a 4xx with a short text. The routes and
 their JSON are documented in ``http_api.md``.
@@ -25,7 +25,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import metadata, reader, shaping, views
+from tb_gradplugin import cached_reader, metadata, reader, shaping, views
 from tb_gradplugin.json_encoding import encode_json, float_list
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
@@ -174,7 +174,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     plugin_name = metadata.PLUGIN_NAME
 
     def __init__(self, context: base_plugin.TBContext):
-        self._reader = reader.CachedReader(context.data_provider)
+        self._reader = cached_reader.CachedReader(context.data_provider)
         self.data = views.ViewData(self._reader)
 
     # -- TBPlugin interface -------------------------------------------------

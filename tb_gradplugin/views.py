@@ -1,7 +1,8 @@
 """The data each view of the tab shows, as plain JSON-ready objects.
 
 Each ``*_impl`` method is what a route of :mod:`tb_gradplugin.plugin` answers:
-it lists and reads series through one :class:`tb_gradplugin.reader.CachedReader`
+it lists and reads series through one
+:class:`tb_gradplugin.cached_reader.CachedReader`
 (so a series is read again only when it grew), hands them to
 :mod:`tb_gradplugin.shaping`, and caches what it made under the versions of the
 series it read. Errors are raised as ``tensorboard.errors``. Imports no
@@ -14,7 +15,15 @@ from typing import Any
 
 from tensorboard import errors
 
-from tb_gradplugin import blocks, diagnosis, metadata, reader, shaping, trajectory
+from tb_gradplugin import (
+    blocks,
+    cached_reader,
+    diagnosis,
+    metadata,
+    reader,
+    shaping,
+    trajectory,
+)
 from tb_gradplugin.json_encoding import encode_json
 
 _JSON = "application/json"
@@ -47,17 +56,17 @@ class ViewData:
     """Answers the data of every view from a run's series.
 
     Args:
-        cached_reader: The reader (and its cache) to read through.
+        data_reader: The reader (and its cache) to read through.
 
     Example:
         >>> provider = reader.provider_for_logdir("runs")  # doctest: +SKIP
-        >>> views = ViewData(reader.CachedReader(provider))  # doctest: +SKIP
+        >>> views = ViewData(cached_reader.CachedReader(provider))  # doctest: +SKIP
         >>> views.runs_impl(ctx=None, experiment_id="")  # doctest: +SKIP
         ['exp1']
     """
 
-    def __init__(self, cached_reader: reader.CachedReader):
-        self._reader = cached_reader
+    def __init__(self, data_reader: cached_reader.CachedReader):
+        self._reader = data_reader
 
     def runs_impl(self, ctx, experiment_id: str) -> list[str]:
         """Lists the runs with gradient-health data.
@@ -113,7 +122,7 @@ class ViewData:
         """
         versions = self._reader.known_run(ctx, eid, run)
         return self._reader.memo(
-            ("flags", eid, run, reader.version_stamp(versions)),
+            ("flags", eid, run, cached_reader.version_stamp(versions)),
             lambda: diagnosis.run_report(
                 self._reader.read_run_data(ctx, eid, run, versions)
             ),
@@ -152,7 +161,7 @@ class ViewData:
             )
             return {"run": run, "key": key, "kind": kind, **shape(series, n)}
 
-        stamp = reader.version_stamp(versions)
+        stamp = cached_reader.version_stamp(versions)
         return self._reader.memo(("series", eid, run, key, n, stamp), compute)
 
     def overview_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
@@ -187,7 +196,7 @@ class ViewData:
                 )
             return out
 
-        stamp = reader.version_stamp(versions)
+        stamp = cached_reader.version_stamp(versions)
         return self._reader.memo(("overview", eid, run, n, stamp), compute)
 
     def layers_impl(
@@ -244,7 +253,7 @@ class ViewData:
                 "update_ratio": latest,
             }
 
-        stamp = reader.version_stamp(used)
+        stamp = cached_reader.version_stamp(used)
         return self._reader.memo(("layers", eid, run, stat, buckets, stamp), compute)
 
     def slices_impl(self, ctx, eid: str, runs: list[str], n: int) -> dict[str, Any]:
@@ -396,7 +405,12 @@ class ViewData:
         return encode_json(payload), _JSON
 
     def _coarse(
-        self, ctx, eid: str, run: str, keys, versions: dict[str, reader.TagVersion]
+        self,
+        ctx,
+        eid: str,
+        run: str,
+        keys,
+        versions: dict[str, cached_reader.TagVersion],
     ) -> dict[str, reader.Series]:
         """The block summaries of those ``keys`` long enough to be drawn from them.
 

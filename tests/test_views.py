@@ -11,12 +11,14 @@ import pytest
 from tensorboard import context as tb_context
 from tensorboard import errors
 
-from tb_gradplugin import blocks, reader, views
+from tb_gradplugin import blocks, cached_reader, reader, views
 from tests import eventfiles
 
 
 def _views(logdir) -> views.ViewData:
-    return views.ViewData(reader.CachedReader(reader.provider_for_logdir(logdir)))
+    return views.ViewData(
+        cached_reader.CachedReader(reader.provider_for_logdir(logdir))
+    )
 
 
 def test_trajectory_pca_only_mixes_runs_of_one_architecture(tmp_path):
@@ -35,7 +37,9 @@ def test_trajectory_pca_only_mixes_runs_of_one_architecture(tmp_path):
                 "trajectory/projection": ([0, 1, 2], rng.normal(size=(3, 8)), content)
             },
         )
-    data = views.ViewData(reader.CachedReader(reader.provider_for_logdir(tmp_path)))
+    data = views.ViewData(
+        cached_reader.CachedReader(reader.provider_for_logdir(tmp_path))
+    )
     result = data.trajectory_impl(tb_context.RequestContext(), "", ["a", "b", "other"])
     assert sorted(result["runs"]) == ["a", "b"]
     assert result["excluded"] == ["other"]
