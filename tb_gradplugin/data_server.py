@@ -27,6 +27,8 @@ from tensorboard.data.proto import data_provider_pb2
 
 from tb_gradplugin import metadata
 
+_BLOCK_TAG_PREFIX = metadata.TAG_PREFIX + "block/"
+
 
 def _tensor_matrix(protos) -> np.ndarray | None:
     """Stacks float32 ``TensorProto``s of one shape without a numpy call per proto.
@@ -58,11 +60,23 @@ def read_points(
     ``GrpcDataProvider.read_*`` builds one Python object per point (and calls
     ``make_ndarray`` per tensor): 100,000 steps of a 100-variable tensor took
     seconds there. The wire format holds steps, wall times and scalar values as
-    packed arrays, which numpy takes in one call each. Tensors are asked for one
-    tag per call, as such a tag alone is ~42 MB of the 256 MB a TensorBoard gRPC
-    answer may hold. ``None`` when the provider is not a gRPC one or a call
-    fails (the caller then uses the public API, which also turns gRPC errors
-    into TensorBoard's).
+    packed arrays, which numpy takes in one call each. Per-step tensors are
+    asked for one tag per call, as such a tag alone is ~42 MB of the 256 MB a
+    TensorBoard gRPC answer may hold; block summaries share one call.
+
+    Args:
+        provider: A data provider.
+        kind: ``"scalar"`` or ``"tensor"``.
+        experiment_id: The experiment.
+        run: The run.
+        tags: The tags to read.
+        downsample: Most points per series.
+
+    Returns:
+        Tag -> ``(steps, wall_times, values)``; ``None`` when the provider is not
+        a gRPC one, a call fails or a tensor is not float32 of one shape (the
+        caller then uses the public API, which also turns gRPC errors into
+        TensorBoard's).
     """
     stub = getattr(provider, "_stub", None)
     if not isinstance(provider, grpc_provider.GrpcDataProvider) or stub is None:
@@ -72,7 +86,10 @@ def read_points(
         groups = [sorted(tags)]
     else:
         new_request, call = data_provider_pb2.ReadTensorsRequest, stub.ReadTensors
-        groups = [[tag] for tag in sorted(tags)]
+        # Block summaries are small (a row per block), and a call costs
+        # 10-150 ms on a busy machine: they share one.
+        small = sorted(t for t in tags if t.startswith(_BLOCK_TAG_PREFIX))
+        groups = [[t] for t in sorted(tags) if t not in small] + [small] * bool(small)
     out: dict[str, Points] = {}
     for group in groups:
         req = new_request()
