@@ -1,19 +1,30 @@
-"""Latency of the Gradient Health routes beside TensorBoard's own scalars route.
+"""First-request latency of the Gradient Health routes beside TensorBoard's scalars.
 
-Writes a log directory of ``--runs`` runs (default 1) of ``--steps`` logged steps
-(default 100,000):
-the per-step ``gradient_health/step/*`` scalars, ``layer/grad_norm`` and
-``layer/update_ratio`` tensors over ``--vars`` variables (default 100), and a plain
-TensorBoard scalar ``loss`` with the same number of points. It starts a real
-``tensorboard`` process with ``--samples_per_plugin=scalars=0`` (keep all, so that
-TensorBoard's scalars route reads from as many stored points as ours) and prints the
-first (cold) and median latency of each route over ``--repeats`` requests, and the
-median as a ratio to the scalars route. With ``--browser`` it also times view
-switches of the tab in headless Chromium (the issue: well under a second with 20
-runs of 100 variables x 20,000 steps: ``--runs 20 --steps 20000 --browser``).
+Writes a log directory with one run of ``--steps`` logged steps (default 100,000) and
+the tags the callback writes for ``--vars`` variables (default 100): every per-step
+``step/*`` scalar, every ``layer/*`` statistic as a float32 tensor, and the window
+statistics every ``--window`` steps; plus a plain TensorBoard scalar ``loss`` with one
+point per step; and, every ``--block`` steps (default 100; 0: none), the
+``block/<key>`` summaries that the views draw long series from
+(``tb_gradplugin/blocks.py`` says what they hold). It starts a real ``tensorboard``
+process (``--samples_per_plugin scalars=0`` so that TensorBoard's scalars route reads
+from as many stored points as ours) and prints, for every view route:
 
-Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--runs R]
-[--load_fast true|false] [--logdir DIR] [--browser]``.
+* the FIRST request (cold cache: what a user waits for when opening the view);
+* the median of ``--repeats`` further requests (warm cache);
+* the first request again after ``--append`` new steps (default 1,000) were written
+  to the run and TensorBoard reloaded it (what a user watching training waits for);
+
+beside TensorBoard's own scalars route, then the wall time of
+``tb-gradhealth check`` on the log directory and of the same check read through
+TensorBoard's Rust data server (``data_server.data_server_provider``). The targets
+of the project: first request <= 300 ms, reload <= 100 ms, check <= 15 s. The
+machine's load is printed too: on a shared machine the wall times grow with it.
+
+Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--logdir DIR]
+[--load_fast true|false] [--skip_check] [--browser]``; ``--browser`` also times
+view switches of the tab in headless Chromium; a ``--logdir`` that already holds the
+run is reused (writing 100,000 steps takes a few minutes).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,22 +45,33 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tensorboard.compat.proto import summary_pb2  # noqa: E402
 
-from tb_gradplugin import metadata  # noqa: E402
+from tb_gradplugin import blocks, data_server, diagnosis, metadata, reader  # noqa: E402
 from tests import gh_logdirs  # noqa: E402
 
 RUN = "big"
+TARGET_FIRST_MS = 300.0
+TARGET_RELOAD_MS = 100.0
+TARGET_CHECK_S = 15.0
 
 
-def write_logdir(root: str, steps: int, n_vars: int, runs: int = 1) -> None:
-    """Writes the benchmark runs (about a minute per 100,000 steps)."""
-    for i in range(runs):
-        name = RUN if i == 0 else f"{RUN}_{i:02d}"
-        write_run(os.path.join(root, name), steps, n_vars, seed=i)
+def write_run(
+    run_dir: str,
+    first: int,
+    last: int,
+    n_vars: int,
+    window: int,
+    block: int = 0,
+    per_step: bool = True,
+    seed: int = 0,
+) -> None:
+    """Writes steps ``first..last`` of the benchmark run as one new event file.
 
-
-def write_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> None:
-    """Writes one benchmark run."""
-    rng = np.random.default_rng(seed)
+    With ``block > 0`` it also writes the ``block/<key>`` summary of every
+    ``step/*`` and ``layer/*`` key each ``block`` steps, as ``blocks.summarize``
+    makes them; with ``per_step=False`` only those (the values are drawn from the
+    same seed, so a second call adds the blocks of an existing run).
+    """
+    rng = np.random.default_rng(seed + first)
     w = gh_logdirs.Writer(run_dir)
     variables = [f"layer_{i}/kernel" for i in range(n_vars)]
     content = {"variables": variables}
@@ -57,28 +80,69 @@ def write_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> None:
         data_class=summary_pb2.DATA_CLASS_SCALAR,
     )
     scale = np.logspace(0, -3, n_vars)
+    total = max(last, 100_000)
+    pending: list = []
     t0 = time.time()
-    for step in range(1, steps + 1):
-        t = step / steps
+    for step in range(first, last + 1):
+        t = step / total
         loss = 2.3 * np.exp(-3 * t) + 0.05 * rng.random()
         grad = 5 * np.exp(-2 * t) + 0.1 * rng.random()
-        vals = {
-            metadata.step_tag("loss"): (loss, None, False),
-            metadata.step_tag("grad_norm"): (grad, None, False),
-            metadata.step_tag("param_norm"): (10 + t, None, False),
-            metadata.step_tag("update_norm"): (1e-3 * grad, None, False),
-            metadata.step_tag("update_ratio"): (1e-4 * grad, None, False),
-            metadata.step_tag("learning_rate"): (1e-3, None, False),
-            metadata.step_tag("nonfinite_grads"): (0.0, None, False),
-            metadata.step_tag("nonfinite_loss"): (0.0, None, False),
-            metadata.layer_tag("grad_norm"): (grad * scale, content, True),
-            metadata.layer_tag("update_ratio"): (1e-3 * scale, content, True),
+        layer = grad * scale * (1 + 0.1 * rng.random(n_vars))
+        step_values = {
+            "loss": loss,
+            "grad_norm": grad,
+            "param_norm": 10 + t,
+            "update_norm": 1e-3 * grad,
+            "update_ratio": 1e-4 * grad,
+            "learning_rate": 1e-3,
+            "nonfinite_grads": 0.0,
+            "nonfinite_loss": 0.0,
         }
-        w.write(step, vals)
-        w.write_plain_scalar(step, "loss", loss, scalars_meta)
+        layer_values = {
+            "grad_norm": layer,
+            "grad_mean_abs": layer / 30,
+            "param_norm": 1 + scale,
+            "update_norm": 1e-3 * layer,
+            "update_ratio": 1e-3 * scale,
+            "zero_fraction": np.zeros(n_vars),
+            "nonfinite_grads": np.zeros(n_vars),
+        }
+        vals = {metadata.step_tag(k): (v, None, False) for k, v in step_values.items()}
+        vals.update(
+            {metadata.layer_tag(k): (v, content, True) for k, v in layer_values.items()}
+        )
+        if step % window == 0:
+            for stat in ("grad_variance", "grad_mean_abs"):
+                vals[metadata.window_layer_tag(stat)] = (layer**2, content, True)
+            for stat in ("grad_variance", "grad_mean_abs", "noise_scale", "grad_snr"):
+                vals[metadata.window_tag(stat)] = (grad, None, False)
+        if per_step:
+            w.write(step, vals)
+            w.write_plain_scalar(step, "loss", loss, scalars_meta)
+        if block:
+            pending.append((step, step_values, layer_values))
+            if step % block == 0 or step == last:
+                w.write(step, block_summaries(pending, content))
+                pending = []
         if step % 10_000 == 0:
             print(f"  wrote {step} steps in {time.time() - t0:.0f} s", flush=True)
     w.close()
+
+
+def block_summaries(pending: list, content: dict) -> dict[str, tuple]:
+    """The ``block/<key>`` values of one block of ``(step, step_values, layers)``."""
+    steps = np.array([p[0] for p in pending])
+    out = {}
+    for index, tag_of, meta in (
+        (1, metadata.step_tag, None),
+        (2, metadata.layer_tag, content),
+    ):
+        for name in pending[0][index]:
+            values = np.array([p[index][name] for p in pending], dtype=np.float32)
+            key = tag_of(name)[len(metadata.TAG_PREFIX) :]
+            tag = metadata.TAG_PREFIX + blocks.block_key(key)
+            out[tag] = (blocks.summarize(steps, values), meta, True)
+    return out
 
 
 def timed_get(url: str) -> float:
@@ -89,6 +153,31 @@ def timed_get(url: str) -> float:
         if resp.status != 200:
             raise RuntimeError(f"{url}: {resp.status}")
     return time.perf_counter() - t0
+
+
+def served_step(base: str) -> int:
+    """The last step of the run that TensorBoard serves (-1 while it has none)."""
+    url = f"{base}/data/plugin/gradient_health/tags?run={RUN}"
+    try:
+        with urllib.request.urlopen(url, timeout=600) as resp:
+            tags = json.loads(resp.read())
+        return min(
+            tags["scalars"]["step/loss"]["max_step"],
+            tags["tensors"]["layer/grad_norm"]["max_step"],
+        )
+    except (OSError, KeyError):
+        return -1
+
+
+def wait_for_step(base: str, step: int, proc, timeout_s: float = 1800) -> float:
+    """Waits until TensorBoard serves the run up to ``step``; returns the seconds."""
+    t0 = time.time()
+    while True:
+        if served_step(base) >= step:
+            return time.time() - t0
+        if proc.poll() is not None or time.time() - t0 > timeout_s:
+            raise RuntimeError("tensorboard did not load the logdir")
+        time.sleep(0.5)
 
 
 def view_switch_times(base: str, repeats: int = 3) -> dict[str, float]:
@@ -129,15 +218,60 @@ def view_switch_times(base: str, repeats: int = 3) -> dict[str, float]:
     return {v: statistics.median(t) for v, t in times.items()}
 
 
+def routes(base: str) -> dict[str, str]:
+    """The URL of TensorBoard's scalars route and of each view's data route."""
+    p = f"{base}/data/plugin/gradient_health/"
+    return {
+        "scalars (TensorBoard)": f"{base}/data/plugin/scalars/scalars"
+        f"?run={RUN}&tag=loss",
+        "tags": f"{p}tags?run={RUN}",
+        "overview": f"{p}overview?run={RUN}",
+        "series step/loss": f"{p}series?run={RUN}&key=step/loss",
+        "layers (heatmap)": f"{p}layers?run={RUN}&stat=grad_norm",
+        "slices": f"{p}slices?run={RUN}",
+        "loss_components": f"{p}loss_components?run={RUN}",
+        "curvature": f"{p}curvature?run={RUN}",
+        "trajectory": f"{p}trajectory?run={RUN}",
+        "flags": f"{p}flags?run={RUN}",
+    }
+
+
+def check_times(logdir: str) -> tuple[float, float]:
+    """Wall seconds of ``tb-gradhealth check`` and of the data-server read + check."""
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "tb_gradplugin.cli", "check", logdir, "--json"]
+    subprocess.run(cmd, capture_output=True, check=False)
+    cli = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with data_server.data_server_provider(logdir) as provider:
+        datas = [reader.read_run(provider, r) for r in reader.list_runs(provider)]
+    for data in datas:
+        diagnosis.run_report(data)
+    return cli, time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs the benchmark and prints a table of latencies and ratios."""
+    """Runs the benchmark and prints first-request, warm and reload latencies."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--vars", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument(
+        "--block",
+        type=int,
+        default=100,
+        help="steps per block summary written beside the per-step data (0: none)",
+    )
+    parser.add_argument(
+        "--add_blocks",
+        action="store_true",
+        help="add the block summaries to an existing --logdir run written without",
+    )
+    parser.add_argument("--append", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--load_fast", choices=["true", "false"], default="true")
     parser.add_argument("--logdir", help="reuse or create this log directory")
-    parser.add_argument("--runs", type=int, default=1, help="runs in the logdir")
+    parser.add_argument("--skip_check", action="store_true")
     parser.add_argument(
         "--browser",
         action="store_true",
@@ -146,68 +280,76 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = args.logdir or tempfile.mkdtemp(prefix="gh_latency_")
-    if not os.path.isdir(os.path.join(root, RUN)):
+    run_dir = os.path.join(root, RUN)
+    if not os.path.isdir(run_dir):
         print(f"writing {args.steps} steps x {args.vars} variables to {root}")
-        write_logdir(root, args.steps, args.vars, args.runs)
+        write_run(run_dir, 1, args.steps, args.vars, args.window, args.block)
+    elif args.add_blocks:
+        print(f"adding block summaries of {args.block} steps to {run_dir}")
+        write_run(run_dir, 1, args.steps, args.vars, args.window, args.block, False)
+    size = sum(e.stat().st_size for e in os.scandir(run_dir)) / 1e6
+    print(f"run: {size:.0f} MB of event files; load average {os.getloadavg()[0]:.1f}")
     port = gh_logdirs.free_port()
     base = f"http://127.0.0.1:{port}"
     proc = gh_logdirs.start_tensorboard(
-        root, port, f"--load_fast={args.load_fast}", "--samples_per_plugin=scalars=0"
+        root,
+        port,
+        f"--load_fast={args.load_fast}",
+        "--samples_per_plugin=scalars=0",
+        "--reload_interval=1",
     )
-    prefix = f"{base}/data/plugin/gradient_health/"
-    routes = {
-        "scalars (TensorBoard)": f"{base}/data/plugin/scalars/scalars"
-        f"?run={RUN}&tag=loss",
-        "series step/loss": f"{prefix}series?run={RUN}&key=step/loss",
-        "overview": f"{prefix}overview?run={RUN}",
-        "layers (heatmap)": f"{prefix}layers?run={RUN}&stat=grad_norm",
-        "flags": f"{prefix}flags?run={RUN}",
-    }
+    urls = routes(base)
     try:
-        t0 = time.time()
-        check = f"{prefix}tags?run={RUN}"
-        while True:
-            try:
-                with urllib.request.urlopen(check, timeout=600) as resp:
-                    tags = json.loads(resp.read())
-                ends = [
-                    tags["scalars"]["step/loss"]["max_step"],
-                    tags["tensors"]["layer/grad_norm"]["max_step"],
-                ]
-                if min(ends) >= args.steps:
-                    break
-            except (OSError, KeyError):
-                pass
-            if proc.poll() is not None or time.time() - t0 > 1800:
-                print("tensorboard did not load the logdir", file=sys.stderr)
-                return 1
-            time.sleep(2)
-        print(f"loaded in {time.time() - t0:.0f} s (load_fast={args.load_fast})")
-        results = {}
-        for name, url in routes.items():
-            cold = timed_get(url)
-            warm = [timed_get(url) for _ in range(args.repeats)]
-            results[name] = (cold, statistics.median(warm))
-        ref_cold, ref_warm = results["scalars (TensorBoard)"]
-        print(f"\n{args.steps} steps x {args.vars} variables, median of {args.repeats}")
-        print(f"{'route':<24}{'first ms':>10}{'median ms':>11}{'ratio':>8}")
-        for name, (cold, warm) in results.items():
-            print(
-                f"{name:<24}{cold * 1e3:>10.1f}{warm * 1e3:>11.1f}"
-                f"{warm / ref_warm:>8.2f}"
-            )
-        print(
-            "(ratio = median / median of the scalars route; first of scalars: "
-            f"{ref_cold * 1e3:.1f} ms)"
+        print(f"loaded in {wait_for_step(base, args.steps, proc):.0f} s")
+        time.sleep(3)  # steps appended by an earlier run of this benchmark
+        last = served_step(base)
+        first = {name: timed_get(url) for name, url in urls.items()}
+        warm = {
+            name: statistics.median(timed_get(url) for _ in range(args.repeats))
+            for name, url in urls.items()
+        }
+        write_run(
+            run_dir, last + 1, last + args.append, args.vars, args.window, args.block
         )
-        if args.browser:
-            switch = view_switch_times(base)
-            print(f"\nview switch in Chromium, {args.runs} run(s), median of 3:")
-            for view, sec in switch.items():
-                print(f"  {view:<18}{sec * 1e3:>8.0f} ms")
+        print(f"appended {args.append} steps")
+        wait_for_step(base, last + args.append, proc)
+        reload = {name: timed_get(url) for name, url in urls.items()}
+        switch = view_switch_times(base) if args.browser else {}
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    print(
+        f"\n{last} steps x {args.vars} variables (load_fast={args.load_fast}), "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'route':<24}{'first ms':>10}{'warm ms':>9}{'reload ms':>11}  targets")
+    for name in urls:
+        ok = (
+            ""
+            if name.startswith("scalars")
+            else "  "
+            + " ".join(
+                [
+                    "first ok"
+                    if first[name] * 1e3 <= TARGET_FIRST_MS
+                    else "FIRST SLOW",
+                    "reload ok"
+                    if reload[name] * 1e3 <= TARGET_RELOAD_MS
+                    else "RELOAD SLOW",
+                ]
+            )
+        )
+        print(
+            f"{name:<24}{first[name] * 1e3:>10.1f}{warm[name] * 1e3:>9.1f}"
+            f"{reload[name] * 1e3:>11.1f}{ok}"
+        )
+    print(f"(warm: median of {args.repeats}; reload: first after {args.append} steps)")
+    for view, sec in switch.items():
+        print(f"view switch in Chromium, {view:<16}{sec * 1e3:>8.0f} ms (median of 3)")
+    if not args.skip_check:
+        cli, fast = check_times(root)
+        print(f"\ntb-gradhealth check: {cli:.1f} s (target {TARGET_CHECK_S:.0f} s)")
+        print(f"check read through the Rust data server: {fast:.1f} s")
     return 0
 
 

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import data_provider as tb_data_provid
 from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.data import provider as tb_provider
 
-from tb_gradplugin import metadata
+from tb_gradplugin import data_server, metadata
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,15 @@ class RunData:
         return self.tensors.get(key)
 
 
-def _key(tag: str) -> str | None:
+def tag_key(tag: str) -> str | None:
+    """Returns a gradient-health tag's key (the tag without the prefix), else ``None``.
+
+    Args:
+        tag: A tag, e.g. ``"gradient_health/step/loss"``.
+
+    Returns:
+        The key, e.g. ``"step/loss"``; ``None`` for another plugin's tag.
+    """
     if not tag.startswith(metadata.TAG_PREFIX):
         return None
     return tag[len(metadata.TAG_PREFIX) :]
@@ -111,12 +119,33 @@ def _stack(rows: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _scalar_values(datums) -> np.ndarray:
-    return np.array([d.value for d in datums], dtype=np.float64)
-
-
-def _tensor_values(datums) -> np.ndarray:
-    return _stack([d.numpy for d in datums])
+def _read_points(
+    provider, ctx, kind: str, experiment_id: str, run: str, tags, downsample: int
+) -> dict[str, data_server.Points]:
+    """Reads some series of one kind of a run as arrays, by tag."""
+    fast = data_server.read_points(provider, kind, experiment_id, run, tags, downsample)
+    if fast is not None:
+        return fast
+    read = provider.read_scalars if kind == "scalar" else provider.read_tensors
+    points = read(
+        ctx,
+        experiment_id=experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        downsample=downsample,
+        run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=tags),
+    )
+    out: dict[str, data_server.Points] = {}
+    for tag, datums in points.get(run, {}).items():
+        if kind == "scalar":
+            values = np.array([d.value for d in datums], dtype=np.float64)
+        else:
+            values = _stack([d.numpy for d in datums])
+        out[tag] = (
+            np.array([d.step for d in datums], dtype=np.int64),
+            np.array([d.wall_time for d in datums], dtype=np.float64),
+            values,
+        )
+    return out
 
 
 def list_runs(
@@ -171,22 +200,24 @@ def read_run(
     data = RunData(run=run)
     kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
     kinds = (
-        (provider.list_scalars, provider.read_scalars, data.scalars, _scalar_values),
-        (provider.list_tensors, provider.read_tensors, data.tensors, _tensor_values),
+        ("scalar", provider.list_scalars, data.scalars),
+        ("tensor", provider.list_tensors, data.tensors),
     )
-    for list_fn, read_fn, target, values in kinds:
+    for kind, list_fn, target in kinds:
         meta = list_fn(ctx, run_tag_filter=filt, **kw).get(run, {})
         if not meta:
             continue
-        points = read_fn(ctx, downsample=downsample, run_tag_filter=filt, **kw)
-        for tag, datums in points.get(run, {}).items():
-            key = _key(tag)
+        points = _read_points(
+            provider, ctx, kind, experiment_id, run, set(meta), downsample
+        )
+        for tag, (steps, wall_times, values) in points.items():
+            key = tag_key(tag)
             if key is None or tag not in meta:
                 continue
             target[key] = Series(
-                steps=np.array([d.step for d in datums], dtype=np.int64),
-                values=values(datums),
-                wall_times=np.array([d.wall_time for d in datums], dtype=np.float64),
+                steps=steps,
+                values=values,
+                wall_times=wall_times,
                 content=_content(meta[tag]),
             )
     return data

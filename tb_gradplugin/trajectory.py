@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["pca_trajectories"]
+__all__ = ["comparable_runs", "pca_trajectories"]
 
 
 def _as_matrix(run: str, steps: Sequence[int], snapshots: Any) -> np.ndarray:
@@ -30,6 +30,35 @@ def _as_matrix(run: str, steps: Sequence[int], snapshots: Any) -> np.ndarray:
     if len(steps) != x.shape[0]:
         raise ValueError(f"run {run!r}: {len(steps)} steps but {x.shape[0]} snapshots")
     return x
+
+
+def comparable_runs(
+    projections: Mapping[str, tuple[Sequence[int], Any, Mapping[str, Any]]],
+) -> tuple[dict[str, tuple[Sequence[int], Any]], list[str]]:
+    """Picks the runs whose snapshots can share one PCA.
+
+    Only projections made with the same matrix share a space, and the matrix is
+    a function of ``(seed, dim, n_params)`` in the series content. The largest
+    group of such runs is kept (the first run's group on a tie).
+
+    Args:
+        projections: Run name -> ``(steps, X, content)``: a run's projected
+            snapshots and the content of its ``trajectory/projection`` series.
+
+    Returns:
+        ``(runs, excluded)``: the kept runs as :func:`pca_trajectories` takes
+        them, and the sorted names of the runs left out. Both empty when
+        ``projections`` is.
+    """
+    groups: dict[tuple, dict[str, tuple[Sequence[int], Any]]] = {}
+    for run, (steps, snapshots, content) in projections.items():
+        group = (content.get("seed"), content.get("dim"), content.get("n_params"))
+        groups.setdefault(group, {})[run] = (steps, snapshots)
+    if not groups:
+        return {}, []
+    kept = max(groups.values(), key=len)
+    excluded = sorted(r for g in groups.values() if g is not kept for r in g)
+    return kept, excluded
 
 
 def pca_trajectories(

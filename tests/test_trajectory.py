@@ -117,3 +117,16 @@ def test_module_imports_without_tensorflow():
     )
     assert done.returncode == 0, done.stderr
     assert "[1.0, 0.0]" in done.stdout
+
+
+def test_comparable_runs_keeps_the_largest_group_of_one_projection():
+    """Runs projected with another matrix are left out and named."""
+    same = {"seed": 0, "dim": 8, "n_params": 100}
+    other = {"seed": 0, "dim": 8, "n_params": 50}
+    x = np.zeros((2, 8))
+    kept, excluded = trajectory.comparable_runs(
+        {"a": ([0, 1], x, same), "odd": ([0, 1], x, other), "b": ([0, 1], x, same)}
+    )
+    assert sorted(kept) == ["a", "b"] and excluded == ["odd"]
+    assert kept["a"][0] == [0, 1] and kept["a"][1] is x
+    assert trajectory.comparable_runs({}) == ({}, [])

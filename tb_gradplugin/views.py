@@ -1,0 +1,438 @@
+"""The data each view of the tab shows, as plain JSON-ready objects.
+
+Each ``*_impl`` method is what a route of :mod:`tb_gradplugin.plugin` answers:
+it lists and reads series through one
+:class:`tb_gradplugin.cached_reader.CachedReader`
+(so a series is read again only when it grew), hands them to
+:mod:`tb_gradplugin.shaping`, and caches what it made under the versions of the
+series it read. Errors are raised as ``tensorboard.errors``. Imports no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tensorboard import errors
+
+from tb_gradplugin import (
+    blocks,
+    cached_reader,
+    diagnosis,
+    metadata,
+    reader,
+    shaping,
+    trajectory,
+)
+from tb_gradplugin.json_encoding import encode_json
+
+_JSON = "application/json"
+
+BLOCK_MIN_POINTS = 20_000
+"""Logged steps from which a view draws a series from its block summaries
+(:mod:`tb_gradplugin.blocks`) rather than reading every step: below, a full read of
+a 100-variable tensor is a few MB and fast."""
+
+OVERVIEW_KEYS = (
+    "step/loss",
+    "step/grad_norm",
+    "step/param_norm",
+    "step/update_ratio",
+)
+"""The whole-model per-step scalars the overview view draws (others: ``series``).
+
+Each costs a full read of the series on a cold cache, so the overview reads only
+what it draws."""
+
+_LAYER_KEYS = tuple(f"layer/{stat}" for stat in metadata.LAYER_STATS)
+_CURVATURE_KEYS = tuple(f"hessian/{stat}" for stat in metadata.HESSIAN_SCALARS) + (
+    "window/noise_scale",
+    "window/grad_snr",
+)
+_TRAJECTORY_KEY = metadata.TRAJECTORY_TAG[len(metadata.TAG_PREFIX) :]
+
+
+class ViewData:
+    """Answers the data of every view from a run's series.
+
+    Args:
+        data_reader: The reader (and its cache) to read through.
+
+    Example:
+        >>> provider = reader.provider_for_logdir("runs")  # doctest: +SKIP
+        >>> views = ViewData(cached_reader.CachedReader(provider))  # doctest: +SKIP
+        >>> views.runs_impl(ctx=None, experiment_id="")  # doctest: +SKIP
+        ['exp1']
+    """
+
+    def __init__(self, data_reader: cached_reader.CachedReader):
+        self._reader = data_reader
+
+    def runs_impl(self, ctx, experiment_id: str) -> list[str]:
+        """Lists the runs with gradient-health data.
+
+        Args:
+            ctx: The request context.
+            experiment_id: The experiment.
+
+        Returns:
+            The sorted run names.
+        """
+        return self._reader.list_runs(ctx, experiment_id)
+
+    def tags_impl(self, ctx, eid: str, run: str) -> dict[str, Any]:
+        """What a run holds, without reading a series.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+
+        Returns:
+            ``{"run", "scalars": {key: {"max_step", "content"}}, "tensors": ...}``.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        out: dict[str, dict] = {"scalars": {}, "tensors": {}}
+        for key, version in sorted(self._reader.known_run(ctx, eid, run).items()):
+            try:
+                parsed = metadata.parse_plugin_content(version.content)
+            except ValueError:
+                parsed = {}
+            out[f"{version.kind}s"][key] = {
+                "max_step": int(version.max_step),
+                "content": parsed,
+            }
+        return {"run": run, **out}
+
+    def flags_impl(self, ctx, eid: str, run: str) -> dict[str, Any]:
+        """Diagnoses a run: the contract's ``flags`` object.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+
+        Returns:
+            ``{"run", "last_step", "flags": [...]}`` as in the CLI.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        versions = self._reader.known_run(ctx, eid, run)
+        return self._reader.memo(
+            ("flags", eid, run, cached_reader.version_stamp(versions)),
+            lambda: diagnosis.run_report(
+                self._reader.read_run_data(ctx, eid, run, versions)
+            ),
+        )
+
+    def series_impl(self, ctx, eid: str, run: str, key: str, n: int) -> dict[str, Any]:
+        """One series of a run, downsampled for display.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            key: The series' key, e.g. ``"step/loss"``.
+            n: Most points.
+
+        Returns:
+            ``{"run", "key", "kind", **S}`` or ``**T`` (``http_api.md``).
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run or key.
+        """
+        keys = [key, blocks.block_key(key)]
+        versions = self._reader.known_run(ctx, eid, run, keys=keys)
+        if key not in versions:
+            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+        kind = versions[key].kind
+
+        def compute():
+            coarse = self._coarse(ctx, eid, run, [key], versions)
+            if kind == "scalar" and key in coarse:
+                drawn = blocks.series_json(coarse[key], n)
+                return {"run": run, "key": key, "kind": kind, **drawn}
+            series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
+            shape = (
+                shaping.series_json if kind == "scalar" else shaping.tensor_series_json
+            )
+            return {"run": run, "key": key, "kind": kind, **shape(series, n)}
+
+        stamp = cached_reader.version_stamp(versions)
+        return self._reader.memo(("series", eid, run, key, n, stamp), compute)
+
+    def overview_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
+        """The overview of a run: whole-model per-step series.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            n: Most points per series.
+
+        Returns:
+            :func:`tb_gradplugin.shaping.overview_json`.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        keys = OVERVIEW_KEYS + tuple(blocks.block_key(k) for k in OVERVIEW_KEYS)
+        versions = self._reader.known_run(ctx, eid, run, keys=keys)
+        last = max((int(v.max_step) for v in versions.values()), default=None)
+
+        def compute():
+            coarse = self._coarse(ctx, eid, run, OVERVIEW_KEYS, versions)
+            fine = [k for k in OVERVIEW_KEYS if k not in coarse]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            out = shaping.overview_json(run, last, got, n)
+            for key, summary in coarse.items():
+                out["series"][key] = blocks.series_json(summary, n)
+            if {"step/param_norm", "step/grad_norm"} <= coarse.keys():
+                out["norms"] = blocks.pairs_from_blocks(
+                    coarse["step/param_norm"], coarse["step/grad_norm"], n
+                )
+            return out
+
+        stamp = cached_reader.version_stamp(versions)
+        return self._reader.memo(("overview", eid, run, n, stamp), compute)
+
+    def layers_impl(
+        self, ctx, eid: str, run: str, stat: str, buckets: int
+    ) -> dict[str, Any]:
+        """Per-layer heatmap data and the latest update/parameter ratio per layer.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            stat: A per-layer statistic (``metadata.LAYER_STATS`` key).
+            buckets: Most step buckets.
+
+        Returns:
+            ``{"run", "stat", "stats": [available], "heatmap": heatmap_json,
+            "update_ratio": {"variables", "step", "values", "median"}}``:
+            the ratios at the last logged step and their median over the last
+            :data:`tb_gradplugin.plugin.RECENT_STEPS` logged steps.
+
+        Raises:
+            tensorboard.errors.InvalidArgumentError: For an unknown ``stat``.
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        if stat not in metadata.LAYER_STATS:
+            raise errors.InvalidArgumentError(f"unknown stat: {stat[:80]!r}")
+        keys = sorted({f"layer/{stat}", "layer/update_ratio"})
+        listed = _LAYER_KEYS + tuple(blocks.block_key(k) for k in keys)
+        versions = self._reader.known_run(ctx, eid, run, keys=listed)
+        available = [s for s in metadata.LAYER_STATS if f"layer/{s}" in versions]
+        read = set(keys) | {blocks.block_key(k) for k in keys}
+        used = {k: v for k, v in versions.items() if k in read}
+
+        def compute():
+            coarse = self._coarse(ctx, eid, run, keys, versions)
+            fine = [k for k in keys if k not in coarse]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            heat_key, ratio_key = f"layer/{stat}", "layer/update_ratio"
+            if heat_key in coarse:
+                heatmap = blocks.heatmap_json(coarse[heat_key], buckets)
+            elif heat_key in got:
+                heatmap = shaping.heatmap_json(got[heat_key], buckets)
+            else:
+                heatmap = None
+            if ratio_key in coarse:
+                latest = blocks.latest_json(coarse[ratio_key])
+            else:
+                latest = _analysis().latest_update_ratios(got.get(ratio_key))
+            return {
+                "run": run,
+                "stat": stat,
+                "stats": available,
+                "heatmap": heatmap,
+                "update_ratio": latest,
+            }
+
+        stamp = cached_reader.version_stamp(used)
+        return self._reader.memo(("layers", eid, run, stat, buckets, stamp), compute)
+
+    def slices_impl(self, ctx, eid: str, runs: list[str], n: int) -> dict[str, Any]:
+        """Slice and window gradient statistics of several runs.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            runs: The runs.
+            n: Most points per series.
+
+        Returns:
+            ``{"runs": {run: shaping.slices_json}}``.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        out: dict[str, Any] = {}
+        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
+        for run in runs:
+            versions = listing[run]
+            keys = [k for k in versions if k.startswith(("slice/", "window/"))]
+            got = self._reader.read_series(ctx, eid, run, keys, versions)
+            out[run] = shaping.slices_json(got, n)
+        return {"runs": out}
+
+    def loss_components_impl(
+        self, ctx, eid: str, runs: list[str], n: int
+    ) -> dict[str, Any]:
+        """Loss components of several runs with each one's volatility.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            runs: The runs.
+            n: Most points per series.
+
+        Returns:
+            ``{"runs": {run: {name: {**series_json, "volatility": float|null}}}}``;
+            the volatility (:func:`tb_gradplugin.plugin.volatility`) uses every
+            point.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        out: dict[str, Any] = {}
+        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
+        for run in runs:
+            versions = listing[run]
+            keys = [k for k in versions if k.startswith("loss_component/")]
+            got = self._reader.read_series(ctx, eid, run, keys, versions)
+            out[run] = {
+                key.partition("/")[2]: {
+                    **shaping.series_json(s, n),
+                    "volatility": _analysis().volatility(s.values),
+                }
+                for key, s in sorted(got.items())
+            }
+        return {"runs": out}
+
+    def curvature_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
+        """Curvature series, the min-ratio vs loss pairs and the noise scale.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            n: Most points per series.
+
+        Returns:
+            :func:`tb_gradplugin.shaping.curvature_json`; ``available`` is false
+            when the run has no ``hessian/*`` and no window noise data.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        versions = self._reader.known_run(ctx, eid, run, keys=_CURVATURE_KEYS)
+        got = self._reader.read_series(ctx, eid, run, _CURVATURE_KEYS, versions)
+        return shaping.curvature_json(run, got, n)
+
+    def trajectory_impl(self, ctx, eid: str, runs: list[str]) -> dict[str, Any]:
+        """PCA of the parameter trajectories of several runs, in one basis.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            runs: The runs.
+
+        Returns:
+            ``{"available": bool, "runs": {run: {"steps", "xy"}},
+            "explained_variance_ratio": [r1, r2], "excluded": [run]}``;
+            ``available`` is false (and ``excluded`` absent) when no run has a
+            ``trajectory/projection``. ``excluded`` names the runs projected
+            with another matrix (:func:`tb_gradplugin.trajectory.comparable_runs`).
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+            tensorboard.errors.InvalidArgumentError: When the kept runs cannot
+                share a PCA.
+        """
+        projections = {}
+        for run in runs:
+            versions = self._reader.known_run(ctx, eid, run, keys=[_TRAJECTORY_KEY])
+            got = self._reader.read_series(ctx, eid, run, [_TRAJECTORY_KEY], versions)
+            s = got.get(_TRAJECTORY_KEY)
+            if s is not None and len(s) >= 1:
+                projections[run] = (s.steps, s.values, s.content)
+        kept, excluded = trajectory.comparable_runs(projections)
+        if not kept:
+            return {"available": False, "runs": {}, "explained_variance_ratio": []}
+        try:
+            result = trajectory.pca_trajectories(kept)
+        except ValueError as err:
+            raise errors.InvalidArgumentError(
+                f"trajectories cannot be compared: {err}"
+            ) from err
+        return {"available": bool(result.get("runs")), "excluded": excluded, **result}
+
+    def export_impl(
+        self, ctx, eid: str, run: str, key: str, fmt: str
+    ) -> tuple[str, str]:
+        """Every point of one series, as CSV or JSON.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            key: The series' key.
+            fmt: ``"csv"`` or ``"json"``.
+
+        Returns:
+            ``(body, mime_type)``.
+
+        Raises:
+            tensorboard.errors.InvalidArgumentError: For another ``fmt``.
+            tensorboard.errors.NotFoundError: For an unknown run or key.
+        """
+        if fmt not in ("csv", "json"):
+            raise errors.InvalidArgumentError("format must be csv or json")
+        versions = self._reader.known_run(ctx, eid, run, keys=[key])
+        if key not in versions:
+            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
+        tensor = versions[key].kind == "tensor"
+        if fmt == "csv":
+            return shaping.export_csv(series, tensor), "text/csv"
+        body = shaping.export_json(series, tensor)
+        payload = {"run": run, "key": key, "kind": versions[key].kind, **body}
+        return encode_json(payload), _JSON
+
+    def _coarse(
+        self,
+        ctx,
+        eid: str,
+        run: str,
+        keys,
+        versions: dict[str, cached_reader.TagVersion],
+    ) -> dict[str, reader.Series]:
+        """The block summaries of those ``keys`` long enough to be drawn from them.
+
+        Returns:
+            Per-step key -> its ``block/<key>`` series, for the keys whose
+            blocks summarise at least :data:`BLOCK_MIN_POINTS` steps.
+        """
+        wanted = {blocks.block_key(k): k for k in keys}
+        got = self._reader.read_series(ctx, eid, run, wanted, versions)
+        return {
+            wanted[block_key]: summary
+            for block_key, summary in got.items()
+            if blocks.total_points(summary) >= BLOCK_MIN_POINTS
+        }
+
+
+def _analysis():
+    """The module holding the loss volatility and the recent update-ratio median.
+
+    They sit in ``plugin.py`` (which imports this module) until the diagnosis
+    package takes them, so the import waits until a view needs them.
+    """
+    from tb_gradplugin import plugin
+
+    return plugin

@@ -1,0 +1,98 @@
+"""Tests of tb_gradplugin.cached_reader: one versioned cache over real event files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tensorboard import context as tb_context
+from tensorboard import errors
+from tensorboard.backend.event_processing import data_provider as tb_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+
+from tb_gradplugin import cached_reader, metadata, reader
+from tests import eventfiles
+
+
+def _live_provider(logdir):
+    """A provider whose multiplexer the test reloads after writing more steps."""
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+    )
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    return multiplexer, tb_data_provider.MultiplexerDataProvider(
+        multiplexer, str(logdir)
+    )
+
+
+def test_cached_reader_rereads_a_series_only_when_it_grows(tmp_path, monkeypatch):
+    """A series comes from the cache until its last step changes, then is re-read."""
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+    eventfiles.write_run(tmp_path, "r", steps=np.arange(1, 11), loss=np.ones(10))
+    multiplexer, provider = _live_provider(tmp_path)
+    cached = cached_reader.CachedReader(provider)
+    ctx = tb_context.RequestContext()
+    versions = cached.known_run(ctx, "", "r", keys=["step/loss"])
+    first = cached.read_series(ctx, "", "r", ["step/loss"], versions)["step/loss"]
+    again = cached.read_series(ctx, "", "r", ["step/loss"], versions)["step/loss"]
+    assert again is first and len(first) == 10
+    eventfiles.write_run(
+        tmp_path, "r", steps=np.arange(11, 16), loss=np.ones(5), filename_suffix=".b"
+    )
+    multiplexer.Reload()
+    versions = cached.known_run(ctx, "", "r", keys=["step/loss"])
+    assert versions["step/loss"].max_step == 15
+    grown = cached.read_series(ctx, "", "r", ["step/loss"], versions)["step/loss"]
+    assert grown is not first and grown.steps.tolist() == list(range(1, 16))
+
+
+def test_known_run_tells_unknown_run_from_unknown_key(tmp_path):
+    """An unknown run raises NotFoundError; a known run without the key is empty."""
+    eventfiles.write_run(tmp_path, "r", steps=[1, 2], loss=[1.0, 0.5])
+    cached = cached_reader.CachedReader(reader.provider_for_logdir(tmp_path))
+    ctx = tb_context.RequestContext()
+    assert cached.known_run(ctx, "", "r", keys=["step/nope"]) == {}
+    assert cached.known_run(ctx, "", "r")["step/loss"].kind == "scalar"
+    with pytest.raises(errors.NotFoundError):
+        cached.known_run(ctx, "", "nope")
+    with pytest.raises(cached_reader.UnavailableError):
+        cached_reader.CachedReader(None).list_runs(ctx, "")
+
+
+def test_read_run_data_sorts_series_by_kind(tmp_path):
+    """read_run_data puts scalars and tensors where RunData expects them."""
+    eventfiles.write_run(
+        tmp_path,
+        "r",
+        steps=[1, 2],
+        loss=[1.0, 0.5],
+        variables=["w"],
+        layers={"grad_norm": np.ones((2, 1))},
+    )
+    cached = cached_reader.CachedReader(reader.provider_for_logdir(tmp_path))
+    data = cached.read_run_data(tb_context.RequestContext(), "", "r")
+    assert "step/loss" in data.scalars and "layer/grad_norm" in data.tensors
+    assert data.last_step == 2
+
+
+def test_lru_cache_forgets_the_least_recently_used():
+    """Over capacity the entry read longest ago goes; memo computes once."""
+    cache = cached_reader.LRUCache(2)
+    cache.put(("a",), 1)
+    cache.put(("b",), 2)
+    assert cache.get(("a",)) == 1
+    cache.put(("c",), 3)
+    assert cache.get(("b",)) is None and len(cache) == 2
+    calls = []
+    assert cache.memo(("d",), lambda: calls.append(1) or 4) == 4
+    assert cache.memo(("d",), lambda: calls.append(1) or 5) == 4
+    assert calls == [1]
+
+
+def test_version_stamp_changes_when_a_series_grows():
+    """The stamp differs as soon as one series has a new last step."""
+    before = {"step/loss": cached_reader.TagVersion("scalar", 10, 1.0, b"")}
+    after = {"step/loss": cached_reader.TagVersion("scalar", 11, 1.0, b"")}
+    assert cached_reader.version_stamp(before) != cached_reader.version_stamp(after)
+    assert cached_reader.kind_of("layer/grad_norm") == "tensor"
+    assert cached_reader.kind_of("step/loss") == "scalar"
