@@ -658,9 +658,9 @@ def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
     Tags: ``hessian/<stat>`` scalars (:data:`metadata.HESSIAN_SCALARS`),
     ``hessian_layer/<stat>`` tensors ``[n_variables]``
     (:data:`metadata.HESSIAN_LAYER_STATS`) and
-    :data:`metadata.HESSIAN_SPECTRUM_TAG`, a float32 tensor ``[3 · points]``:
-    the grid, the density and the exact histogram (NaN on the Lanczos path),
-    one after the other.
+    :data:`metadata.HESSIAN_SPECTRUM_TAG`, a float32 tensor
+    ``[1 + 3 · points]``: the broadening σ, then the grid, the density and the
+    exact histogram (NaN on the Lanczos path), one after the other.
 
     Args:
         result: The result of :func:`compute_curvature`.
@@ -694,18 +694,20 @@ def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
         write(metadata.hessian_layer_tag(stat), value, text, names, tensor=True)
     points = int(result.density_grid.size)
     hist = result.histogram
-    rows = np.concatenate(
+    # σ changes from step to step while a tag's content is fixed by its first
+    # write, so it leads the row.
+    row = np.concatenate(
         [
+            [result.broadening],
             result.density_grid,
             result.density,
             hist if hist is not None else np.full(points, math.nan),
         ]
     ).astype(np.float32)
-    layout = {"points": points, "broadening": float(result.broadening)}
     write(
         metadata.HESSIAN_SPECTRUM_TAG,
-        tf.constant(rows),
+        tf.constant(row),
         metadata.HESSIAN_SPECTRUM_TEXT,
-        layout,
+        {"points": points},
         tensor=True,
     )

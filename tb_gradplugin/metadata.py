@@ -119,8 +119,9 @@ HESSIAN_LAYER_STATS = {
 }
 
 HESSIAN_SPECTRUM_TAG = TAG_PREFIX + "hessian_spectrum/density"
-"""Float32 tensor ``[3 * points]``: eigenvalue grid, spectral density, exact
-eigenvalue histogram (share per bin; NaN on the Lanczos path)."""
+"""Float32 tensor ``[1 + 3 * points]``: the density's broadening, then the
+eigenvalue grid, the spectral density and the exact eigenvalue histogram (share
+per bin; NaN on the Lanczos path); ``points`` is in the content."""
 
 HESSIAN_SPECTRUM_TEXT = (
     "Hessian spectral density: grid, density (Gaussian broadening), exact histogram"

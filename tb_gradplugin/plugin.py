@@ -31,7 +31,7 @@ from tensorboard.data import provider as tb_provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import metadata, reader
+from tb_gradplugin import metadata, reader, spectrum
 
 try:  # The diagnosis engine is its own module; the tab works without it.
     from tb_gradplugin import diagnosis as _diagnosis
@@ -467,7 +467,13 @@ def _runs_param(args) -> list[str] | None:
     return list(dict.fromkeys(runs)) or None
 
 
-_TENSOR_PREFIXES = ("layer/", "window_layer/", "hessian_layer/", "trajectory/")
+_TENSOR_PREFIXES = (
+    "layer/",
+    "window_layer/",
+    "hessian_layer/",
+    "hessian_spectrum/",
+    "trajectory/",
+)
 
 
 def _kind_of(key: str) -> str:
@@ -1041,36 +1047,56 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         runs = _runs_param(args) or self.runs_impl(ctx, eid)
         return self.loss_components_impl(ctx, eid, runs, n)
 
-    def curvature_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
-        """Curvature series, the min-ratio vs loss pairs and the noise scale.
+    def curvature_impl(
+        self, ctx, eid: str, run: str, n: int, step: int | None = None
+    ) -> dict[str, Any]:
+        """Curvature series, the min-ratio vs loss pairs, the spectral density.
 
         Args:
             ctx: The request context.
             eid: The experiment.
             run: The run.
             n: Most points per series.
+            step: The curvature step whose density to send. Defaults to
+                ``None``: the latest.
 
         Returns:
             ``{"run", "available": bool, "series": {key: series_json},
             "min_ratio_vs_loss": {"steps", "x" (probe loss), "y" (min ratio)},
-            "content": {...}}``; ``available`` is false when the run has no
-            ``hessian/*`` and no ``window/noise_scale`` data.
+            "spectral_density": {...} or None, "content": {...}}``;
+            ``available`` is false when the run has no ``hessian/*`` and no
+            ``window/noise_scale`` data. The density's layout is in
+            ``http_api.md``.
         """
-        versions = self._known_run(ctx, eid, run, keys=_CURVATURE_KEYS)
+        density_key = metadata.HESSIAN_SPECTRUM_TAG[len(metadata.TAG_PREFIX) :]
+        versions = self._known_run(ctx, eid, run, keys=_CURVATURE_KEYS + (density_key,))
         keys = [k for k in versions if k.startswith("hessian/")]
         keys += [k for k in ("window/noise_scale", "window/grad_snr") if k in versions]
+        keys += [density_key] if density_key in versions else []
         got = self.read_series(ctx, eid, run, keys, versions)
+        density = got.get(density_key)
+        got = {k: s for k, s in got.items() if k != density_key}
         steps, loss, ratio = _aligned(
             got.get("hessian/probe_loss"), got.get("hessian/min_ratio")
         )
         content = next(
             (s.content for k, s in got.items() if k.startswith("hessian/")), {}
         )
+        shown = None
+        if density is not None and len(density):
+            unpacked = spectrum.unpack_density(
+                density.steps, density.values, density.content, step
+            )
+            shown = {
+                k: float_list(v) if isinstance(v, np.ndarray) else v
+                for k, v in unpacked.items()
+            }
         return {
             "run": run,
             "available": bool(got),
             "series": {k: series_json(s, n) for k, s in sorted(got.items())},
             "min_ratio_vs_loss": _pairs_json(steps, loss, ratio, n),
+            "spectral_density": shown,
             "content": content,
         }
 

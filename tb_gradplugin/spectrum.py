@@ -59,6 +59,7 @@ __all__ = [
     "rademacher",
     "slq_spectrum",
     "symmetric_eigenvalues",
+    "unpack_density",
 ]
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
@@ -525,3 +526,47 @@ def slq_spectrum(
         method="lanczos",
     )
     return spectrum
+
+
+def unpack_density(
+    steps: np.ndarray,
+    values: np.ndarray,
+    content: dict,
+    step: int | None = None,
+) -> dict:
+    """Unpacks one step of the logged ``hessian_spectrum/density`` series.
+
+    Each logged row is ``[σ, grid, density, histogram]`` laid end to end, the
+    three arrays ``content["points"]`` long (``curvature.write_summary``).
+
+    Args:
+        steps: ``[n]`` the curvature steps of the series, ascending.
+        values: ``[n, 1 + 3 · points]`` the logged rows.
+        content: The series' content (``points``, ``method``).
+        step: The step to unpack. Defaults to ``None``: the latest; a step
+            that was not logged gives the latest before it (or the first).
+
+    Returns:
+        ``{"step", "steps", "method", "broadening", "grid", "density",
+        "histogram"}`` with ``grid``, ``density`` float arrays ``[points]``
+        and ``histogram`` such an array, or ``None`` where it is all NaN (the
+        Lanczos path).
+    """
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    points = int(content.get("points", (values.shape[1] - 1) // 3))
+    if step is None:
+        row = steps.shape[0] - 1
+    else:
+        row = max(0, int(np.searchsorted(steps, step, side="right")) - 1)
+    sigma = float(values[row, 0])
+    grid, dens, hist = values[row, 1 : 1 + 3 * points].reshape(3, points)
+    return {
+        "step": int(steps[row]),
+        "steps": steps.tolist(),
+        "method": content.get("method"),
+        "broadening": sigma if math.isfinite(sigma) else None,
+        "grid": grid,
+        "density": dens,
+        "histogram": None if np.all(np.isnan(hist)) else hist,
+    }

@@ -517,10 +517,11 @@ def test_every_curvature_tag_is_read_back_from_the_event_files(
         assert layer.names == list(result.variables)
     spectrum = run.tensor(metadata.HESSIAN_SPECTRUM_TAG[len(prefix) :])
     points = spectrum.content["points"]
-    grid, density, histogram = spectrum.values[0].reshape(3, points)
+    assert spectrum.values.shape == (1, 1 + 3 * points)
+    np.testing.assert_allclose(spectrum.values[0, 0], result.broadening, rtol=1e-6)
+    grid, density, histogram = spectrum.values[0, 1:].reshape(3, points)
     np.testing.assert_allclose(grid, result.density_grid, rtol=1e-6)
     np.testing.assert_allclose(density, result.density, rtol=1e-6)
-    assert spectrum.content["broadening"] == pytest.approx(result.broadening)
     if result.method == "exact":
         np.testing.assert_allclose(histogram, result.histogram, rtol=1e-6)
         assert run.scalar("hessian/tolerance").values[0] == 0.0

@@ -213,3 +213,24 @@ def test_non_finite_quadrature_gives_nan():
     assert np.isnan(s.min_ratio) and s.method == "lanczos"
     sigma, grid, dens = spectrum.density_of(quad.nodes, quad.weights, 4, points=8)
     assert np.isnan(sigma) and np.all(np.isnan(dens)) and dens.size == 8
+
+
+def test_unpack_density_picks_the_step_and_drops_an_all_nan_histogram():
+    """Rows laid out as [σ, grid, density, histogram] come back by step."""
+    grid = np.linspace(0.0, 1.0, 4)
+    rows = np.array(
+        [
+            np.concatenate([[0.1], grid, [1, 2, 3, 4], [0.5, 0.5, 0, 0]]),
+            np.concatenate([[0.2], grid + 1, [4, 3, 2, 1], np.full(4, np.nan)]),
+        ]
+    )
+    content = {"points": 4, "method": "lanczos"}
+    latest = spectrum.unpack_density([5, 9], rows, content)
+    assert (latest["step"], latest["steps"], latest["method"]) == (9, [5, 9], "lanczos")
+    assert latest["broadening"] == 0.2 and latest["histogram"] is None
+    np.testing.assert_array_equal(latest["grid"], grid + 1)
+    np.testing.assert_array_equal(latest["density"], [4, 3, 2, 1])
+    for step in (5, 8, 0):  # a step between or before logged ones: the one before
+        first = spectrum.unpack_density([5, 9], rows, content, step=step)
+        assert first["step"] == 5 and first["broadening"] == 0.1
+        np.testing.assert_array_equal(first["histogram"], [0.5, 0.5, 0, 0])
