@@ -529,3 +529,27 @@ def test_every_curvature_tag_is_read_back_from_the_event_files(
         assert np.all(np.isnan(histogram))
         assert np.isnan(run.scalar("hessian/zero_ratio").values[0])
         assert run.scalar("hessian/tolerance").values[0] > 0
+
+
+def test_docstring_states_the_defaults_and_tolerance_the_code_uses():
+    """compute_curvature's documented defaults and ε are those of the code."""
+    import inspect
+    import re
+
+    doc = " ".join(curvature.compute_curvature.__doc__.split())
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(curvature.compute_curvature).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for name in ("resolution", "lanczos_steps", "lanczos_probes", "density_points"):
+        documented = re.search(rf"{name}: .*?Defaults to ([0-9.e+-]+)", doc)
+        assert documented, name
+        assert float(documented.group(1).rstrip(".")) == defaults[name], name
+    assert "ε = 2⁻²³" in doc and EPS32 == 2.0**-23
+    # The exact path applies that ε: n·ε·max|λ| for a block of 3.
+    eig = np.array([-1.0, 3 * EPS32 * 4.0 * 0.9, 4.0])
+    model = _quadratic_model(np.diag(eig), w0=[0.1, 0.1, 0.1])
+    result = curvature.compute_curvature(model, *_probe())
+    assert result.zero_threshold == pytest.approx(3 * EPS32 * 4.0)
+    assert (result.min_ratio, result.zero_ratio) == (pytest.approx(1 / 3),) * 2
