@@ -105,6 +105,8 @@ class CurvatureResult:
         near_zero_ratio: Share with ``|λ| <= resolution · max|λ|``.
         band_min_ratio: Share of positive eigenvalues among those outside that
             band.
+        band_negative_ratio: Share of all eigenvalues below the band: the
+            negative curvature resolved on either path.
         resolution: Relative half-width of the band (raised to ``2 / steps``
             on the Lanczos path).
         top_eigenvalue: Largest eigenvalue (sharpness).

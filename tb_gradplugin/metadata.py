@@ -105,6 +105,7 @@ HESSIAN_SCALARS = {
     ),
     "near_zero_ratio": "share with |lambda| <= resolution * max|lambda|",
     "band_min_ratio": "share of positive eigenvalues among those outside the band",
+    "band_negative_ratio": "share of eigenvalues below -resolution * max|lambda|",
     "top_eigenvalue": "largest Hessian eigenvalue (sharpness)",
     "trace": "Hessian trace (exact, or Hutchinson estimate on Lanczos)",
     "tolerance": "bound on the error of min_ratio (0 when exact)",

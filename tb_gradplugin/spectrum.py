@@ -18,6 +18,7 @@ Definitions (for a block of ``n`` eigenvalues ``λ`` with ``M = max|λ|``):
   is the share with ``|λ| <= r · M`` and ``band_min_ratio`` the share of
   positive eigenvalues among those outside that band: the answer to "minimum
   or saddle?" that a flat bulk near zero does not dilute.
+  ``band_negative_ratio`` is the share of all eigenvalues below ``-r · M``.
 * Lanczos path. Stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru,
   Chen & Saad 2017) gives per random probe the Gauss nodes ``θ`` and weights
   ``w`` of the probe's spectral measure. The spectral density is their
@@ -104,6 +105,9 @@ class Spectrum:
         near_zero_ratio: Share with ``|λ| <= resolution · max|λ|``.
         band_min_ratio: Share of positive eigenvalues among those outside the
             band (NaN when none is outside).
+        band_negative_ratio: Share of all eigenvalues below the band,
+            ``λ < -resolution · max|λ|``: negative curvature that is resolved
+            on either path (what a saddle test should read).
         resolution: Relative half-width of the band used.
         top: Largest eigenvalue (largest node on the Lanczos path).
         tolerance: Bound on the error of ``min_ratio``: ``0`` when exact,
@@ -119,6 +123,7 @@ class Spectrum:
     zero_threshold: float
     near_zero_ratio: float
     band_min_ratio: float
+    band_negative_ratio: float
     resolution: float
     top: float
     tolerance: float
@@ -127,8 +132,9 @@ class Spectrum:
     @classmethod
     def nan(cls, method: str, resolution: float) -> Spectrum:
         """Returns the spectrum of a block whose Hessian is not finite."""
-        nan = math.nan
-        return cls(nan, nan, nan, nan, nan, nan, nan, nan, resolution, nan, nan, method)
+        values = {f.name: math.nan for f in dataclasses.fields(cls)}
+        values.update(resolution=resolution, method=method)
+        return cls(**values)
 
 
 def symmetric_eigenvalues(h: np.ndarray) -> np.ndarray:
@@ -185,6 +191,7 @@ def exact_spectrum(
         zero_threshold=tau,
         near_zero_ratio=float(np.mean(np.abs(eig) <= band)),
         band_min_ratio=float(np.mean(outside > 0)) if outside.size else math.nan,
+        band_negative_ratio=float(np.mean(eig < -band)),
         resolution=float(resolution),
         top=float(np.max(eig)),
         tolerance=0.0,
@@ -502,6 +509,9 @@ def slq_spectrum(
     pos_out = np.array(
         [float(w[t > band].sum()) for t, w in zip(nodes, weights, strict=True)]
     )
+    neg_out = np.array(
+        [float(w[t < -band].sum()) for t, w in zip(nodes, weights, strict=True)]
+    )
     p = float(point.mean())
     share = min(p, 1.0 - p)
     var_theory = 2.0 * max(share, 0.0) / n
@@ -520,6 +530,7 @@ def slq_spectrum(
         zero_threshold=sigma,
         near_zero_ratio=float(near.mean()),
         band_min_ratio=float(pos_out.mean()) / outside if outside > 0 else math.nan,
+        band_negative_ratio=float(neg_out.mean()),
         resolution=band_rel,
         top=float(every.max()),
         tolerance=max(high - p, p - low),

@@ -141,6 +141,7 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
         outside = ref_eig[np.abs(ref_eig) > band]
         assert r.near_zero_ratio == pytest.approx(np.mean(np.abs(ref_eig) <= band))
         assert r.band_min_ratio == pytest.approx(np.mean(outside > 0))
+        assert r.band_negative_ratio == pytest.approx(np.mean(ref_eig < -band))
         assert r.min_ratio == result.min_ratio  # the band leaves the ratio alone
     assert result.top_eigenvalue == pytest.approx(ref_eig[-1], rel=1e-4)
     assert result.trace == pytest.approx(np.trace(h), rel=1e-4, abs=1e-5)
@@ -311,6 +312,7 @@ def test_quadratic_with_known_spectrum_exact_and_lanczos():
         assert lanczos.resolution == 2 / 128
         assert abs(lanczos.near_zero_ratio - 50 / 300) <= 0.03
         assert abs(lanczos.band_min_ratio - 150 / 250) <= 0.03
+        assert abs(lanczos.band_negative_ratio - 100 / 300) <= 0.03
         assert np.trapezoid(lanczos.density, lanczos.density_grid) == pytest.approx(
             1.0, abs=1e-3
         )
@@ -380,6 +382,7 @@ def test_lanczos_agrees_with_exact_on_2196_parameter_model():
     assert abs(lanczos.near_zero_ratio - np.mean(np.abs(eig) <= band)) <= 0.03
     positive_outside = lanczos.band_min_ratio * (1 - lanczos.near_zero_ratio)
     assert abs(positive_outside - np.mean(eig > band)) <= 0.03
+    assert abs(lanczos.band_negative_ratio - np.mean(eig < -band)) <= 0.03
     assert lanczos.top_eigenvalue == pytest.approx(exact.top_eigenvalue, rel=1e-3)
     assert abs(lanczos.trace - exact.trace) <= 4 * lanczos.trace_stderr
     assert lanczos.probe_loss == pytest.approx(exact.probe_loss, rel=1e-6)

@@ -79,6 +79,7 @@ def test_exact_shares_at_the_machine_tolerance_and_the_band():
     assert s.near_zero_ratio == pytest.approx(6 / 10)
     # Outside the band: 4, 0.5, -1e-2, -2.
     assert s.band_min_ratio == pytest.approx(2 / 4)
+    assert s.band_negative_ratio == pytest.approx(2 / 10)
     assert s.top == 4.0
 
 
@@ -180,6 +181,8 @@ def test_slq_band_shares_match_exact_at_the_lanczos_band():
     exact = spectrum.exact_spectrum(eig, resolution=s.resolution)
     assert s.near_zero_ratio == pytest.approx(exact.near_zero_ratio, abs=0.03)
     assert s.band_min_ratio == pytest.approx(exact.band_min_ratio, abs=0.03)
+    assert s.band_negative_ratio == pytest.approx(20 / 600, abs=0.03)
+    assert exact.band_negative_ratio == pytest.approx(20 / 600)
 
 
 def test_density_integrates_to_one_and_histogram_sums_to_one():
