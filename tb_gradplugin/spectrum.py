@@ -25,11 +25,14 @@ Definitions (for a block of ``n`` eigenvalues ``λ`` with ``M = max|λ|``):
   Gaussian broadening (Ghorbani, Krishnan & Xiao 2019; PyHessian's ESD, Yao
   et al. 2020) with width ``σ = (θ_max - θ_min) / steps``, the mean spacing of
   the nodes. ``min_ratio`` is the density's mass above 0. Its range
-  ``[min_ratio_low, min_ratio_high]`` is the Chebyshev-Markov-Stieltjes bracket
-  of the distribution function at 0 (the weights of the two nodes beside 0,
-  Szegő 1939, §3.41) averaged over the probes, widened by two standard errors
-  of the probe average. Where the bulk sits at 0 the bracket is as wide as its
-  mass: the value says the sign cannot be told instead of a confident figure.
+  ``[min_ratio_low, min_ratio_high]`` runs from the Chebyshev-Markov-Stieltjes
+  lower bound of the mass above ``+δ`` to the upper bound of the mass above
+  ``-δ``, ``δ = max(σ, τ)`` (Szegő 1939, §3.41: each bound is the quadrature's
+  sum give or take the weight of the node beside ``±δ``), averaged over the
+  probes and widened by two standard errors of the probe average, so it holds
+  the exact path's figure too. Where the bulk sits at 0 the range is as wide as
+  its mass: the value says the sign cannot be told instead of a confident
+  figure.
   ``zero_ratio`` is NaN there (machine zero is not resolved; ``zero_threshold``
   holds ``σ``), and the band of the near-zero share is at least ``2 / steps``
   (``σ <= 2 M / steps``).
@@ -470,8 +473,8 @@ def slq_spectrum(
     """Reads the sign shares from a stochastic Lanczos quadrature.
 
     See the module docstring for the definitions; the uncertainty combines
-    the quadrature's CMS bracket at 0 with two standard errors of the probe
-    average (the larger of the probes' spread and the Rademacher bound
+    the quadrature's CMS brackets at ``±δ`` with two standard errors of the
+    probe average (the larger of the probes' spread and the Rademacher bound
     ``Var <= 2 · share / n``, Avron & Toledo 2011).
 
     Args:
@@ -493,25 +496,17 @@ def slq_spectrum(
     every = np.concatenate(nodes)
     scale = float(np.max(np.abs(every)))
     sigma = broadening(float(every.min()), float(every.max()), steps)
-    point = np.array(
-        [float(w @ _normal_cdf(t / sigma)) for t, w in zip(nodes, weights, strict=True)]
-    )
+    pairs = list(zip(nodes, weights, strict=True))
+    point = np.array([float(w @ _normal_cdf(t / sigma)) for t, w in pairs])
     # The range must hold the exact path's figure (share above τ) as well as
     # the mass above 0: bracket the mass above +δ and above -δ, δ >= τ, σ.
     delta = max(sigma, n * FLOAT32_EPS * scale)
-    pairs = list(zip(nodes, weights, strict=True))
     lows = np.array([_cms_bracket(t, w, delta)[0] for t, w in pairs])
     highs = np.array([_cms_bracket(t, w, -delta)[1] for t, w in pairs])
     band = band_rel * scale
-    near = np.array(
-        [float(w[np.abs(t) <= band].sum()) for t, w in zip(nodes, weights, strict=True)]
-    )
-    pos_out = np.array(
-        [float(w[t > band].sum()) for t, w in zip(nodes, weights, strict=True)]
-    )
-    neg_out = np.array(
-        [float(w[t < -band].sum()) for t, w in zip(nodes, weights, strict=True)]
-    )
+    near = np.array([float(w[np.abs(t) <= band].sum()) for t, w in pairs])
+    pos_out = np.array([float(w[t > band].sum()) for t, w in pairs])
+    neg_out = np.array([float(w[t < -band].sum()) for t, w in pairs])
     p = float(point.mean())
     share = min(p, 1.0 - p)
     var_theory = 2.0 * max(share, 0.0) / n
