@@ -141,8 +141,11 @@ def _report(name, result, ours, parts, epoch):
     med.update({label: statistics.median(t) for label, t in parts})
     print(f"\n{name}: {result.n_params:,} parameters, method {result.method}")
     print(
-        f"  min_ratio {result.min_ratio:.3f} (± {result.tolerance:.3f}), zero "
-        f"{result.zero_ratio:.3f}, negative {result.negative_ratio:.3f}, top "
+        f"  min_ratio {result.min_ratio:.3f} (range {result.min_ratio_low:.3f}-"
+        f"{result.min_ratio_high:.3f}), zero {result.zero_ratio:.3f}, negative "
+        f"{result.negative_ratio:.3f}, near zero {result.near_zero_ratio:.3f} and "
+        f"positive outside {result.band_min_ratio:.3f} at "
+        f"{result.resolution:.3g}·max|λ|, top "
         f"{result.top_eigenvalue:.4g}, trace {result.trace:.4g}, "
         f"{result.hvp_count} HVPs/Jacobian rows"
     )

@@ -36,6 +36,7 @@ _TENSOR_PREFIXES = (
     "layer/",
     "window_layer/",
     "hessian_layer/",
+    "hessian_spectrum/",
     "trajectory/",
     "block/",
 )

@@ -748,7 +748,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         return probe.batch() if probe is not None else None
 
     def _curvature(self):
-        from tb_gradplugin import curvature, summary
+        from tb_gradplugin import curvature
 
         batch = self._probe_batch()
         if batch is None:
@@ -771,15 +771,16 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
         def write():
             with self._writer.as_default():
-                summary.write_curvature(result, step, size)
+                curvature.write_summary(result, step, size)
 
         self._guarded(write)
 
     def _trajectory(self):
-        from tb_gradplugin import curvature, summary
+        from tb_gradplugin import summary
+        from tb_gradplugin.trajectory import project_parameters
 
         variables = self.model.trainable_variables
-        vector = curvature.project_parameters(
+        vector = project_parameters(
             variables, dim=self.trajectory_dim, seed=self.trajectory_seed
         )
         n_params = int(sum(np.prod(v.shape) for v in variables))

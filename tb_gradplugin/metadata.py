@@ -17,7 +17,8 @@ Layout of a run's tags, all under :data:`TAG_PREFIX`:
 * ``slice/<name>/<stat>`` scalars for named parameter slices
   (:data:`SLICE_STATS`).
 * ``loss_component/<name>`` scalars for the logged loss components.
-* ``hessian/<stat>`` curvature scalars, ``hessian_layer/<stat>`` tensors.
+* ``hessian/<stat>`` curvature scalars, ``hessian_layer/<stat>`` tensors,
+  ``hessian_spectrum/density`` the spectral density of each curvature step.
 * ``trajectory/projection`` float32 tensors: a random projection of the
   parameters.
 """
@@ -85,22 +86,47 @@ SLICE_STATS = {
     "grad_variance": "per-entry gradient variance over the window, averaged",
 }
 
+# Curvature of the whole model; definitions and tolerances in spectrum.py.
 HESSIAN_SCALARS = {
-    "min_ratio": "share of positive Hessian eigenvalues (minimal ratio)",
-    "zero_ratio": "share of eigenvalues within the tolerance of zero",
-    "negative_ratio": "share of negative Hessian eigenvalues",
+    "min_ratio": (
+        "minimal ratio: share of Hessian eigenvalues above n*eps*max|lambda| "
+        "(exact) or spectral-density mass above 0 (Lanczos)"
+    ),
+    "min_ratio_low": "lower end of the minimal ratio's range: share surely positive",
+    "min_ratio_high": "upper end of the minimal ratio's range: share not surely <0",
+    "zero_ratio": "share within n*eps*max|lambda| of zero (exact; NaN on Lanczos)",
+    "negative_ratio": (
+        "share of eigenvalues below -n*eps*max|lambda| (exact) or density mass "
+        "below 0 (Lanczos)"
+    ),
+    "zero_threshold": (
+        "width within which a sign is not told: n*eps*max|lambda| (exact) or "
+        "the density's broadening sigma (Lanczos)"
+    ),
+    "near_zero_ratio": "share with |lambda| <= resolution * max|lambda|",
+    "band_min_ratio": "share of positive eigenvalues among those outside the band",
+    "band_negative_ratio": "share of eigenvalues below -resolution * max|lambda|",
     "top_eigenvalue": "largest Hessian eigenvalue (sharpness)",
-    "trace": "Hessian trace (Hutchinson estimate)",
-    "tolerance": "bound on the error of the whole-model ratios (0 when exact)",
+    "trace": "Hessian trace (exact, or Hutchinson estimate on Lanczos)",
+    "tolerance": "bound on the error of min_ratio (0 when exact)",
     "probe_loss": "loss on the probe batch where the Hessian was taken",
     "grad_norm": "gradient norm on the probe batch",
 }
 
 HESSIAN_LAYER_STATS = {
-    "min_ratio": "share of positive eigenvalues of the variable's Hessian block",
-    "zero_ratio": "share of the block's eigenvalues within tolerance of zero",
+    "min_ratio": "minimal ratio of the variable's diagonal Hessian block",
+    "zero_ratio": "share of the block's eigenvalues within n*eps*max|lambda|",
     "top_eigenvalue": "largest eigenvalue of the variable's Hessian block",
 }
+
+HESSIAN_SPECTRUM_TAG = TAG_PREFIX + "hessian_spectrum/density"
+"""Float32 tensor ``[1 + 3 * points]``: the density's broadening, then the
+eigenvalue grid, the spectral density and the exact eigenvalue histogram (share
+per bin; NaN on the Lanczos path); ``points`` is in the content."""
+
+HESSIAN_SPECTRUM_TEXT = (
+    "Hessian spectral density: grid, density (Gaussian broadening), exact histogram"
+)
 
 TRAJECTORY_TAG = TAG_PREFIX + "trajectory/projection"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tb_gradplugin import spectrum
 from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
 
@@ -345,27 +346,48 @@ def slices_json(got: Mapping[str, Series], n: int) -> dict[str, Any]:
     return {"slices": slices, "window": window}
 
 
-def curvature_json(run: str, got: Mapping[str, Series], n: int) -> dict[str, Any]:
+def curvature_json(
+    run: str,
+    got: Mapping[str, Series],
+    n: int,
+    density: Series | None = None,
+    step: int | None = None,
+) -> dict[str, Any]:
     """The payload of the ``curvature`` route.
 
     Args:
         run: The run.
         got: The run's ``hessian/*`` and window noise series, by key.
         n: Most points per series.
+        density: The run's ``hessian_spectrum/density`` series. Defaults to
+            ``None``: the payload's ``spectral_density`` is ``None``.
+        step: The curvature step whose density to send. Defaults to ``None``:
+            the latest.
 
     Returns:
         ``{"run", "available": bool, "series": {key: series_json},
         "min_ratio_vs_loss": {"steps", "x" (probe loss), "y" (min ratio)},
-        "content": {...}}``.
+        "spectral_density": {...} or None, "content": {...}}``; the density's
+        layout is in ``http_api.md``.
     """
     steps, loss, ratio = aligned(
         got.get("hessian/probe_loss"), got.get("hessian/min_ratio")
     )
     content = next((s.content for k, s in got.items() if k.startswith("hessian/")), {})
+    shown = None
+    if density is not None and len(density):
+        unpacked = spectrum.unpack_density(
+            density.steps, density.values, density.content, step
+        )
+        shown = {
+            k: float_list(v) if isinstance(v, np.ndarray) else v
+            for k, v in unpacked.items()
+        }
     return {
         "run": run,
         "available": bool(got),
         "series": {k: series_json(s, n) for k, s in sorted(got.items())},
         "min_ratio_vs_loss": pairs_json(steps, loss, ratio, n),
+        "spectral_density": shown,
         "content": content,
     }

@@ -6,7 +6,8 @@ random projection whose matrix depends only on ``(seed, dim, parameter
 count)`` (``trajectory/projection``), so the snapshots of all runs of one
 architecture live in the same space; :func:`pca_trajectories` fits a single
 PCA to all of them together and returns each run's path in its first two
-components. This module never imports TensorFlow.
+components. :func:`project_parameters` makes the projection. This module never
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["comparable_runs", "pca_trajectories"]
+__all__ = ["comparable_runs", "pca_trajectories", "project_parameters"]
 
 
 def _as_matrix(run: str, steps: Sequence[int], snapshots: Any) -> np.ndarray:
@@ -128,3 +129,66 @@ def pca_trajectories(
         xy[~finite[run]] = math.nan
         result["runs"][run] = {"steps": steps_of[run], "xy": xy.tolist()}
     return result
+
+
+_PROJECTION_CHUNK = 1 << 14
+"""Parameters per generated block of the projection matrix (16,384 rows × dim
+columns: 16 MiB of float32 for dim 256)."""
+
+
+def _projection_bits(seed: int, dim: int, n: int, block: int, rows: int) -> np.ndarray:
+    """Returns the 0/1 entries of one block of the projection, as float32.
+
+    Raw PCG64 output seeded through ``SeedSequence`` is stable across numpy
+    versions and platforms (unlike ``Generator`` methods), so a matrix made
+    today matches one made later for the same architecture.
+    """
+    generator = np.random.PCG64(np.random.SeedSequence([seed, dim, n, block]))
+    words = generator.random_raw(-(-rows * dim // 64)).astype("<u8")
+    bits = np.unpackbits(words.view(np.uint8), bitorder="little")
+    return bits[: rows * dim].reshape(rows, dim).astype(np.float32)
+
+
+def project_parameters(
+    variables: Sequence[Any], dim: int = 256, seed: int = 0
+) -> np.ndarray:
+    """Projects the concatenated parameters with a fixed random ±1/√dim matrix.
+
+    The matrix (Achlioptas 2003: ±1 entries preserve distances like Gaussian
+    ones) is generated block by block of 16,384 parameters from a generator
+    seeded with ``(seed, dim, parameter count, block index)`` only, so every run
+    of the same architecture gets the same matrix and the memory stays bounded
+    whatever the model's size. Cost: ~1.5 s per million parameters at dim 256
+    on 2 cores (measured here), so mind ``trajectory_freq`` for big models.
+
+    Args:
+        variables: The variables (or arrays) to project, in a fixed order,
+            e.g. ``model.trainable_variables``.
+        dim: Output dimension. Defaults to 256.
+        seed: Seed shared by the runs to compare. Defaults to 0.
+
+    Returns:
+        A float32 array of shape ``[dim]``.
+
+    Raises:
+        ValueError: When ``dim`` or ``seed`` is negative or ``dim`` is zero, or
+            there are no parameters.
+    """
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    arrays = [np.asarray(v, dtype=np.float32).reshape(-1) for v in variables]
+    n = sum(a.size for a in arrays)
+    if n == 0:
+        raise ValueError("project_parameters: no parameters to project")
+    flat = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    out = np.zeros(dim, dtype=np.float64)
+    for block, start in enumerate(range(0, n, _PROJECTION_CHUNK)):
+        part = flat[start : start + _PROJECTION_CHUNK]
+        bits = _projection_bits(seed, dim, n, block, part.size)
+        # x @ (2B - 1) = 2 x @ B - sum(x).
+        out += 2.0 * (part @ bits).astype(np.float64) - float(
+            part.sum(dtype=np.float64)
+        )
+    return (out / math.sqrt(dim)).astype(np.float32)

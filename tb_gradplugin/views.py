@@ -50,6 +50,7 @@ _CURVATURE_KEYS = tuple(f"hessian/{stat}" for stat in metadata.HESSIAN_SCALARS) 
     "window/grad_snr",
 )
 _TRAJECTORY_KEY = metadata.TRAJECTORY_TAG[len(metadata.TAG_PREFIX) :]
+_DENSITY_KEY = metadata.HESSIAN_SPECTRUM_TAG[len(metadata.TAG_PREFIX) :]
 
 
 class ViewData:
@@ -314,14 +315,18 @@ class ViewData:
             }
         return {"runs": out}
 
-    def curvature_impl(self, ctx, eid: str, run: str, n: int) -> dict[str, Any]:
-        """Curvature series, the min-ratio vs loss pairs and the noise scale.
+    def curvature_impl(
+        self, ctx, eid: str, run: str, n: int, step: int | None = None
+    ) -> dict[str, Any]:
+        """Curvature series, the min-ratio vs loss pairs, the spectral density.
 
         Args:
             ctx: The request context.
             eid: The experiment.
             run: The run.
             n: Most points per series.
+            step: The curvature step whose density to send. Defaults to
+                ``None``: the latest.
 
         Returns:
             :func:`tb_gradplugin.shaping.curvature_json`; ``available`` is false
@@ -330,9 +335,11 @@ class ViewData:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
-        versions = self._reader.known_run(ctx, eid, run, keys=_CURVATURE_KEYS)
-        got = self._reader.read_series(ctx, eid, run, _CURVATURE_KEYS, versions)
-        return shaping.curvature_json(run, got, n)
+        keys = _CURVATURE_KEYS + (_DENSITY_KEY,)
+        versions = self._reader.known_run(ctx, eid, run, keys=keys)
+        got = dict(self._reader.read_series(ctx, eid, run, keys, versions))
+        density = got.pop(_DENSITY_KEY, None)
+        return shaping.curvature_json(run, got, n, density, step)
 
     def trajectory_impl(self, ctx, eid: str, runs: list[str]) -> dict[str, Any]:
         """PCA of the parameter trajectories of several runs, in one basis.

@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tb_gradplugin import curvature  # noqa: E402
+from tb_gradplugin import curvature, metadata, reader  # noqa: E402
 
 
 def _reference_hessian(loss_fn, variables):
@@ -32,13 +32,21 @@ def _reference_hessian(loss_fn, variables):
     return float(loss), h
 
 
-def _shares(eig, rel_tol):
-    tol = rel_tol * np.max(np.abs(eig))
+EPS32 = np.finfo(np.float32).eps
+
+
+def _shares(eig, tol):
+    """Returns numpy's (positive, zero, negative) shares at an absolute tolerance."""
     return (
         np.mean(eig > tol),
         np.mean(np.abs(eig) <= tol),
         np.mean(eig < -tol),
     )
+
+
+def _machine_tolerance(eig):
+    """Returns the stated exact-path tolerance n·ε·max|λ| (float32 ε)."""
+    return eig.size * EPS32 * np.max(np.abs(eig))
 
 
 class _Quadratic(keras.layers.Layer):
@@ -116,14 +124,25 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
     scale = np.max(np.abs(ref_eig))
     np.testing.assert_allclose(result.eigenvalues, ref_eig, atol=1e-4 * scale)
     assert ref_eig.min() < 0 < ref_eig.max()
-    for tol in (0.0, 1e-2):
+    # The minimal ratio is numpy's share above the stated tolerance.
+    tau = _machine_tolerance(ref_eig)
+    assert result.zero_threshold == pytest.approx(tau, rel=1e-4)
+    assert (result.min_ratio, result.zero_ratio, result.negative_ratio) == (
+        pytest.approx(_shares(ref_eig, tau))
+    )
+    assert result.min_ratio_low == result.min_ratio
+    assert result.min_ratio_high == pytest.approx(1 - result.negative_ratio)
+    assert result.tolerance == 0.0
+    for resolution in (1e-3, 1e-2):
         r = curvature.compute_curvature(
-            model, x, y, max_exact_params=1000, zero_tolerance=tol
+            model, x, y, max_exact_params=1000, resolution=resolution
         )
-        pos, zero, neg = _shares(ref_eig, tol)
-        assert (r.min_ratio, r.zero_ratio, r.negative_ratio) == pytest.approx(
-            (pos, zero, neg)
-        )
+        band = resolution * scale
+        outside = ref_eig[np.abs(ref_eig) > band]
+        assert r.near_zero_ratio == pytest.approx(np.mean(np.abs(ref_eig) <= band))
+        assert r.band_min_ratio == pytest.approx(np.mean(outside > 0))
+        assert r.band_negative_ratio == pytest.approx(np.mean(ref_eig < -band))
+        assert r.min_ratio == result.min_ratio  # the band leaves the ratio alone
     assert result.top_eigenvalue == pytest.approx(ref_eig[-1], rel=1e-4)
     assert result.trace == pytest.approx(np.trace(h), rel=1e-4, abs=1e-5)
     offsets = np.cumsum(
@@ -132,7 +151,7 @@ def test_exact_matches_nested_tape_hessian_with_regularisation():
     for i in range(len(model.trainable_variables)):
         block = h[offsets[i] : offsets[i + 1], offsets[i] : offsets[i + 1]]
         block_eig = np.linalg.eigvalsh(0.5 * (block + block.T))
-        pos, zero, _ = _shares(block_eig, curvature.DEFAULT_ZERO_TOLERANCE)
+        pos, zero, _ = _shares(block_eig, _machine_tolerance(block_eig))
         assert result.layer_min_ratio[i] == pytest.approx(pos)
         assert result.layer_zero_ratio[i] == pytest.approx(zero)
         assert result.layer_top_eigenvalue[i] == pytest.approx(
@@ -191,7 +210,7 @@ def test_exact_matches_finite_differences_on_float64_conv_classifier():
     np.testing.assert_allclose(
         result.eigenvalues, ref_eig, atol=1e-5 * np.abs(ref_eig).max()
     )
-    pos, zero, neg = _shares(ref_eig, curvature.DEFAULT_ZERO_TOLERANCE)
+    pos, zero, neg = _shares(ref_eig, _machine_tolerance(ref_eig))
     assert (result.min_ratio, result.zero_ratio, result.negative_ratio) == (
         pytest.approx(pos),
         pytest.approx(zero),
@@ -227,6 +246,25 @@ def test_saddle_x2_minus_y2():
     assert result.probe_loss == pytest.approx(0.3**2 - 0.2**2)
     assert result.grad_norm == pytest.approx(np.hypot(0.6, 0.4), rel=1e-6)
     np.testing.assert_allclose(result.eigenvalues, [-2.0, 2.0], rtol=1e-6)
+    assert result.zero_threshold == pytest.approx(2 * EPS32 * 2.0)
+    assert (result.min_ratio_low, result.min_ratio_high) == (0.5, 0.5)
+
+
+def test_quadratic_over_six_decades_counts_every_eigenvalue_positive():
+    """Eigenvalues from 1 down to 1e-5 of the largest, rotated, all count positive."""
+    eig = np.logspace(0, -5, 24)
+    rng = np.random.default_rng(5)
+    q, _ = np.linalg.qr(rng.normal(size=(24, 24)))
+    model = _quadratic_model((q * eig) @ q.T, w0=np.full(24, 0.1))
+    x, y = _probe()
+    result = curvature.compute_curvature(model, x, y)
+    assert result.method == "exact"
+    np.testing.assert_allclose(result.eigenvalues, np.sort(eig), rtol=1e-2)
+    assert (result.min_ratio, result.zero_ratio, result.negative_ratio) == (1, 0, 0)
+    assert result.zero_threshold < 1e-5 * eig.max()
+    # 10 of the 24 are within the default band of 1e-3 · max|λ|.
+    assert result.near_zero_ratio == pytest.approx(10 / 24)
+    assert result.band_min_ratio == 1.0
 
 
 def _known_spectrum(n_pos, n_zero, n_neg, seed=0):
@@ -264,12 +302,40 @@ def test_quadratic_with_known_spectrum_exact_and_lanczos():
         )
         assert lanczos.method == "lanczos"
         assert lanczos.layer_method == ("lanczos",)
-        assert 0 < lanczos.tolerance < 0.2
+        # The 50 exact zeros cannot be signed by the density: the range holds
+        # them on either side, and the real error is within the tolerance.
+        assert lanczos.min_ratio_low <= 0.5 <= 0.5 + 50 / 300 <= lanczos.min_ratio_high
         assert abs(lanczos.min_ratio - 0.5) <= lanczos.tolerance
         assert abs(lanczos.negative_ratio - 100 / 300) <= lanczos.tolerance
+        assert np.isnan(lanczos.zero_ratio)
+        # What the density resolves is within 0.03 of exact, at its band.
+        assert lanczos.resolution == 2 / 128
+        assert abs(lanczos.near_zero_ratio - 50 / 300) <= 0.03
+        assert abs(lanczos.band_min_ratio - 150 / 250) <= 0.03
+        assert abs(lanczos.band_negative_ratio - 100 / 300) <= 0.03
+        assert np.trapezoid(lanczos.density, lanczos.density_grid) == pytest.approx(
+            1.0, abs=1e-3
+        )
+        assert lanczos.histogram is None and lanczos.eigenvalues is None
         assert lanczos.top_eigenvalue == pytest.approx(eig.max(), rel=1e-4)
         assert abs(lanczos.trace - eig.sum()) <= 4 * lanczos.trace_stderr
         assert lanczos.hvp_count == 4 * 128 + 12
+
+
+def test_exact_density_and_histogram_describe_the_eigenvalues():
+    """The exact path's density has unit mass and its histogram counts eigenvalues."""
+    eig, a = _known_spectrum(30, 10, 20)
+    model = _quadratic_model(a, w0=np.full(60, 0.1))
+    x, y = _probe()
+    result = curvature.compute_curvature(model, x, y, density_points=256)
+    grid = result.density_grid
+    assert grid.size == result.density.size == result.histogram.size == 256
+    assert result.broadening == pytest.approx((eig.max() - eig.min()) / 128, rel=1e-4)
+    assert grid[0] == pytest.approx(eig.min() - 5 * result.broadening, rel=1e-3)
+    assert np.trapezoid(result.density, grid) == pytest.approx(1.0, abs=1e-3)
+    assert result.histogram.sum() == pytest.approx(1.0)
+    zero_bin = np.argmin(np.abs(grid))
+    assert result.histogram[zero_bin] == pytest.approx(10 / 60)
 
 
 def _classifier(seed=3):
@@ -297,15 +363,26 @@ def _classifier(seed=3):
 
 
 def test_lanczos_agrees_with_exact_on_2196_parameter_model():
-    """Lanczos quadrature is within 0.02 of the exact ratios on a trained MLP."""
+    """SLQ's ratio is within its own tolerance of exact; resolved shares within 0.03."""
     model, x, y = _classifier()
     assert 2000 <= model.count_params() <= 4000
     exact = curvature.compute_curvature(model, x, y, max_exact_params=4000)
     lanczos = curvature.compute_curvature(model, x, y, max_exact_params=1100)
     assert exact.method == "exact" and lanczos.method == "lanczos"
-    assert abs(lanczos.min_ratio - exact.min_ratio) <= 0.02
-    assert abs(lanczos.negative_ratio - exact.negative_ratio) <= 0.02
-    assert abs(lanczos.zero_ratio - exact.zero_ratio) <= 0.02
+    error = abs(lanczos.min_ratio - exact.min_ratio)
+    assert error <= lanczos.tolerance
+    assert lanczos.min_ratio_low <= exact.min_ratio <= lanczos.min_ratio_high
+    assert np.trapezoid(lanczos.density, lanczos.density_grid) == pytest.approx(
+        1.0, abs=1e-3
+    )
+    # At the band the density resolves (2 / steps of max|λ|) the near-zero and
+    # signed shares agree with the exact eigenvalues.
+    eig = exact.eigenvalues
+    band = lanczos.resolution * np.abs(eig).max()
+    assert abs(lanczos.near_zero_ratio - np.mean(np.abs(eig) <= band)) <= 0.03
+    positive_outside = lanczos.band_min_ratio * (1 - lanczos.near_zero_ratio)
+    assert abs(positive_outside - np.mean(eig > band)) <= 0.03
+    assert abs(lanczos.band_negative_ratio - np.mean(eig < -band)) <= 0.03
     assert lanczos.top_eigenvalue == pytest.approx(exact.top_eigenvalue, rel=1e-3)
     assert abs(lanczos.trace - exact.trace) <= 4 * lanczos.trace_stderr
     assert lanczos.probe_loss == pytest.approx(exact.probe_loss, rel=1e-6)
@@ -380,10 +457,10 @@ def test_bad_input_gives_clear_errors():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="lanczos_steps"):
         curvature.compute_curvature(model, x, y, lanczos_steps=0)
-    with pytest.raises(ValueError, match="zero_tolerance"):
-        curvature.compute_curvature(model, x, y, zero_tolerance=1.5)
-    with pytest.raises(ValueError, match="dim"):
-        curvature.project_parameters(model.trainable_variables, dim=0)
+    with pytest.raises(ValueError, match="resolution"):
+        curvature.compute_curvature(model, x, y, resolution=1.5)
+    with pytest.raises(ValueError, match="density_points"):
+        curvature.compute_curvature(model, x, y, density_points=1)
 
 
 def test_non_finite_loss_gives_nan_not_error():
@@ -398,60 +475,84 @@ def test_non_finite_loss_gives_nan_not_error():
         assert np.isnan(result.min_ratio) and np.isnan(result.probe_loss)
         assert np.all(np.isnan(result.layer_min_ratio))
         assert result.method == ("exact" if exact_limit else "lanczos")
+        assert np.all(np.isnan(result.density))
 
 
-def test_projection_is_fixed_by_seed_dim_and_size_only():
-    """The projection is linear, ±1/√dim per column, and ignores variable split."""
-    n, dim = 40_000, 64  # more than two generated blocks of 16,384 rows
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=n), rng.normal(size=n)
-    whole = curvature.project_parameters([a], dim=dim, seed=5)
-    split = curvature.project_parameters([a[:10], a[10:20_000], a[20_000:]], dim, 5)
-    np.testing.assert_allclose(whole, split, rtol=1e-6)
-    assert whole.shape == (dim,) and whole.dtype == np.float32
-    summed = curvature.project_parameters([a + b], dim=dim, seed=5)
-    parts = whole + curvature.project_parameters([b], dim=dim, seed=5)
-    np.testing.assert_allclose(summed, parts, rtol=1e-4, atol=1e-3)
-    for i in (0, 16_383, 16_384, n - 1):
-        unit = np.zeros(n)
-        unit[i] = 1.0
-        column = curvature.project_parameters([unit], dim=dim, seed=5)
-        np.testing.assert_allclose(np.abs(column), 1 / np.sqrt(dim), rtol=1e-6)
-    other_seed = curvature.project_parameters([a], dim=dim, seed=6)
-    assert not np.allclose(whole, other_seed)
-    # Johnson-Lindenstrauss: distances survive within ~3/√dim relative error.
-    ratio = np.linalg.norm(whole) / np.linalg.norm(a)
-    assert abs(ratio - 1) < 3 / np.sqrt(dim)
+def _read_back(tmp_path, result, step, probe_size):
+    """Writes a result with write_summary and reads the run back from disk."""
+    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
+    with writer.as_default():
+        curvature.write_summary(result, step=step, probe_size=probe_size)
+    writer.close()
+    return reader.read_run(reader.provider_for_logdir(tmp_path), "run")
 
 
-def test_projection_same_for_two_models_of_one_architecture():
-    """Two separately built models project through the same matrix."""
-
-    def build(seed):
-        keras.utils.set_random_seed(seed)
-        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-
-    m1, m2 = build(1), build(2)
-    p1 = curvature.project_parameters(m1.trainable_variables, dim=32)
-    m1.set_weights(m2.get_weights())
-    assert not np.allclose(p1, curvature.project_parameters(m1.trainable_variables, 32))
-    np.testing.assert_array_equal(
-        curvature.project_parameters(m1.trainable_variables, dim=32),
-        curvature.project_parameters(m2.trainable_variables, dim=32),
+@pytest.mark.parametrize("max_exact_params", [100, 10])
+def test_every_curvature_tag_is_read_back_from_the_event_files(
+    tmp_path, max_exact_params
+):
+    """Every hessian scalar, layer tensor and the density come back as computed."""
+    model, x, y = _small_regression()
+    result = curvature.compute_curvature(model, x, y, max_exact_params=max_exact_params)
+    run = _read_back(tmp_path, result, step=7, probe_size=32)
+    prefix = metadata.TAG_PREFIX
+    keys = set(run.scalars) | set(run.tensors)
+    assert keys == (
+        {f"hessian/{stat}" for stat in metadata.HESSIAN_SCALARS}
+        | {f"hessian_layer/{stat}" for stat in metadata.HESSIAN_LAYER_STATS}
+        | {metadata.HESSIAN_SPECTRUM_TAG[len(prefix) :]}
     )
+    for stat in metadata.HESSIAN_SCALARS:
+        series = run.scalar(f"hessian/{stat}")
+        assert series.steps.tolist() == [7]
+        np.testing.assert_allclose(
+            series.values[0], np.float32(getattr(result, stat)), rtol=1e-6
+        )
+        assert series.content["method"] == result.method
+        assert series.content["probe_size"] == 32
+        assert series.content["resolution"] == result.resolution
+        assert series.content["eps"] == EPS32
+    for stat in metadata.HESSIAN_LAYER_STATS:
+        layer = run.tensor(f"hessian_layer/{stat}")
+        np.testing.assert_allclose(
+            layer.values[0], getattr(result, "layer_" + stat).astype(np.float32)
+        )
+        assert layer.names == list(result.variables)
+    spectrum = run.tensor(metadata.HESSIAN_SPECTRUM_TAG[len(prefix) :])
+    points = spectrum.content["points"]
+    assert spectrum.values.shape == (1, 1 + 3 * points)
+    np.testing.assert_allclose(spectrum.values[0, 0], result.broadening, rtol=1e-6)
+    grid, density, histogram = spectrum.values[0, 1:].reshape(3, points)
+    np.testing.assert_allclose(grid, result.density_grid, rtol=1e-6)
+    np.testing.assert_allclose(density, result.density, rtol=1e-6)
+    if result.method == "exact":
+        np.testing.assert_allclose(histogram, result.histogram, rtol=1e-6)
+        assert run.scalar("hessian/tolerance").values[0] == 0.0
+    else:
+        assert np.all(np.isnan(histogram))
+        assert np.isnan(run.scalar("hessian/zero_ratio").values[0])
+        assert run.scalar("hessian/tolerance").values[0] > 0
 
 
-def test_projection_matrix_follows_documented_raw_pcg64_bits():
-    """Entry (i, c) is bit i·dim + c of raw PCG64 words, fixed across versions."""
-    x, dim = np.arange(10.0), 4
-    word = int(
-        np.random.PCG64(np.random.SeedSequence([0, dim, x.size, 0])).random_raw()
-    )
-    matrix = np.array(
-        [[2 * ((word >> (i * dim + c)) & 1) - 1 for c in range(dim)] for i in range(10)]
-    )
-    expected = x @ matrix / np.sqrt(dim)
-    got = curvature.project_parameters([x], dim=dim, seed=0)
-    np.testing.assert_allclose(got, expected)
-    # Golden values: a change here breaks comparisons with older logdirs.
-    np.testing.assert_array_equal(got, np.float32([7.5, 5.5, -0.5, 1.5]))
+def test_docstring_states_the_defaults_and_tolerance_the_code_uses():
+    """compute_curvature's documented defaults and ε are those of the code."""
+    import inspect
+    import re
+
+    doc = " ".join(curvature.compute_curvature.__doc__.split())
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(curvature.compute_curvature).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for name in ("resolution", "lanczos_steps", "lanczos_probes", "density_points"):
+        documented = re.search(rf"{name}: .*?Defaults to ([0-9.e+-]+)", doc)
+        assert documented, name
+        assert float(documented.group(1).rstrip(".")) == defaults[name], name
+    assert "ε = 2⁻²³" in doc and EPS32 == 2.0**-23
+    # The exact path applies that ε: n·ε·max|λ| for a block of 3.
+    eig = np.array([-1.0, 3 * EPS32 * 4.0 * 0.9, 4.0])
+    model = _quadratic_model(np.diag(eig), w0=[0.1, 0.1, 0.1])
+    result = curvature.compute_curvature(model, *_probe())
+    assert result.zero_threshold == pytest.approx(3 * EPS32 * 4.0)
+    assert (result.min_ratio, result.zero_ratio) == (pytest.approx(1 / 3),) * 2

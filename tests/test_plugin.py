@@ -29,7 +29,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
 from tb_gradplugin import diagnosis, metadata, plugin, reader
-from tests import gh_logdirs
+from tests import eventfiles, gh_logdirs
 
 HOSTILE = gh_logdirs.HOSTILE
 SYN_STEPS = gh_logdirs.SYN_STEPS
@@ -447,3 +447,63 @@ def test_tensorboard_process_serves_all_points(logdir, load_fast):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def density_served(tmp_path_factory):
+    """A run with two logged spectral densities, served by the Python ingester."""
+    root = str(tmp_path_factory.mktemp("density"))
+    points = 8
+    grid = np.linspace(-1.0, 3.0, points)
+    rows = []
+    for shift in (0.0, 1.0):
+        density = np.exp(-0.5 * (grid - shift) ** 2)
+        histogram = np.full(points, np.nan) if shift else np.eye(points)[2]
+        rows.append(np.concatenate([[0.5 + shift], grid, density, histogram]))
+    steps = np.arange(1, 21)
+    eventfiles.write_run(
+        root,
+        "curved",
+        steps=steps,
+        loss=np.linspace(1.0, 0.5, 20),
+        scalars={
+            "hessian/min_ratio": ([10, 20], [0.25, 0.5]),
+            "hessian/probe_loss": ([10, 20], [0.9, 0.6]),
+        },
+        tensors={
+            "hessian_spectrum/density": (
+                [10, 20],
+                np.array(rows),
+                {"points": points, "method": "exact"},
+            )
+        },
+    )
+    flags = configured_flags(root, "false")
+    ingester = data_ingester.LocalDataIngester(flags)
+    ingester.start()
+    wait_loaded(ingester.data_provider, {"curved": 20})
+    context = base_plugin.TBContext(
+        data_provider=ingester.data_provider, logdir=root, flags=flags
+    )
+    gh = plugin.GradientHealthLoader().load(context)
+    client = werkzeug_test.Client(application.TensorBoardWSGI([gh]))
+    return {"client": client, "plugin": gh, "rows": rows, "points": points}
+
+
+def test_curvature_route_serves_the_spectral_density(density_served):
+    """The curvature route sends the latest density; a chosen step gets its own."""
+    body = get_json(density_served["client"], "curvature?run=curved")
+    shown = body["spectral_density"]
+    points = density_served["points"]
+    latest = density_served["rows"][1][1:].reshape(3, points)
+    assert shown["step"] == 20 and shown["steps"] == [10, 20]
+    assert shown["method"] == "exact" and shown["broadening"] == 1.5
+    np.testing.assert_allclose(shown["grid"], latest[0], rtol=1e-6)
+    np.testing.assert_allclose(shown["density"], latest[1], rtol=1e-6)
+    assert shown["histogram"] is None  # all NaN: a Lanczos step
+    assert "hessian_spectrum/density" not in body["series"]
+    first = density_served["plugin"].data.curvature_impl(
+        tb_context.RequestContext(), "", "curved", 100, step=15
+    )["spectral_density"]
+    assert first["step"] == 10 and first["broadening"] == 0.5
+    np.testing.assert_allclose(first["histogram"], np.eye(points)[2])

@@ -130,3 +130,65 @@ def test_comparable_runs_keeps_the_largest_group_of_one_projection():
     assert sorted(kept) == ["a", "b"] and excluded == ["odd"]
     assert kept["a"][0] == [0, 1] and kept["a"][1] is x
     assert trajectory.comparable_runs({}) == ({}, [])
+
+
+def test_projection_is_fixed_by_seed_dim_and_size_only():
+    """The projection is linear, ±1/√dim per column, and ignores variable split."""
+    n, dim = 40_000, 64  # more than two generated blocks of 16,384 rows
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    whole = trajectory.project_parameters([a], dim=dim, seed=5)
+    split = trajectory.project_parameters([a[:10], a[10:20_000], a[20_000:]], dim, 5)
+    np.testing.assert_allclose(whole, split, rtol=1e-6)
+    assert whole.shape == (dim,) and whole.dtype == np.float32
+    summed = trajectory.project_parameters([a + b], dim=dim, seed=5)
+    parts = whole + trajectory.project_parameters([b], dim=dim, seed=5)
+    np.testing.assert_allclose(summed, parts, rtol=1e-4, atol=1e-3)
+    for i in (0, 16_383, 16_384, n - 1):
+        unit = np.zeros(n)
+        unit[i] = 1.0
+        column = trajectory.project_parameters([unit], dim=dim, seed=5)
+        np.testing.assert_allclose(np.abs(column), 1 / np.sqrt(dim), rtol=1e-6)
+    other_seed = trajectory.project_parameters([a], dim=dim, seed=6)
+    assert not np.allclose(whole, other_seed)
+    with pytest.raises(ValueError, match="dim"):
+        trajectory.project_parameters([a], dim=0)
+    # Johnson-Lindenstrauss: distances survive within ~3/√dim relative error.
+    ratio = np.linalg.norm(whole) / np.linalg.norm(a)
+    assert abs(ratio - 1) < 3 / np.sqrt(dim)
+
+
+def test_projection_same_for_two_models_of_one_architecture():
+    """Two separately built models project through the same matrix."""
+    import keras  # only this test needs models; the module itself is numpy
+
+    def build(seed):
+        keras.utils.set_random_seed(seed)
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+
+    m1, m2 = build(1), build(2)
+    p1 = trajectory.project_parameters(m1.trainable_variables, dim=32)
+    m1.set_weights(m2.get_weights())
+    assert not np.allclose(
+        p1, trajectory.project_parameters(m1.trainable_variables, 32)
+    )
+    np.testing.assert_array_equal(
+        trajectory.project_parameters(m1.trainable_variables, dim=32),
+        trajectory.project_parameters(m2.trainable_variables, dim=32),
+    )
+
+
+def test_projection_matrix_follows_documented_raw_pcg64_bits():
+    """Entry (i, c) is bit i·dim + c of raw PCG64 words, fixed across versions."""
+    x, dim = np.arange(10.0), 4
+    word = int(
+        np.random.PCG64(np.random.SeedSequence([0, dim, x.size, 0])).random_raw()
+    )
+    matrix = np.array(
+        [[2 * ((word >> (i * dim + c)) & 1) - 1 for c in range(dim)] for i in range(10)]
+    )
+    expected = x @ matrix / np.sqrt(dim)
+    got = trajectory.project_parameters([x], dim=dim, seed=0)
+    np.testing.assert_allclose(got, expected)
+    # Golden values: a change here breaks comparisons with older logdirs.
+    np.testing.assert_array_equal(got, np.float32([7.5, 5.5, -0.5, 1.5]))

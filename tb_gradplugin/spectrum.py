@@ -1,0 +1,578 @@
+"""Eigenvalue shares, stochastic Lanczos quadrature and spectral densities (numpy).
+
+Seed 003 asks whether a point where the gradient is almost zero is a minimum or
+a saddle; the answer is in the signs of the Hessian's eigenvalues. This module
+turns a spectrum (exact eigenvalues, or Lanczos quadrature nodes and weights)
+into the figures the callback logs. It never imports TensorFlow, so it is
+tested on its own and can be used by the plugin side.
+
+Definitions (for a block of ``n`` eigenvalues ``λ`` with ``M = max|λ|``):
+
+* Exact path. The eigenvalues are known to the precision of the stored
+  Hessian, so zero ends at the machine tolerance ``τ = n · ε · M``, with ``ε``
+  the float32 machine epsilon (the Hessian is computed and stored in float32):
+  the rank tolerance of ``numpy.linalg.matrix_rank`` (Press et al., Numerical
+  Recipes, 2nd ed., §2.6). ``min_ratio`` is the share of eigenvalues above
+  ``+τ``, ``negative_ratio`` below ``-τ``, ``zero_ratio`` within ``[-τ, τ]``.
+* At a stated resolution ``r`` (relative, default 1e-3), ``near_zero_ratio``
+  is the share with ``|λ| <= r · M`` and ``band_min_ratio`` the share of
+  positive eigenvalues among those outside that band: the answer to "minimum
+  or saddle?" that a flat bulk near zero does not dilute.
+  ``band_negative_ratio`` is the share of all eigenvalues below ``-r · M``.
+* Lanczos path. Stochastic Lanczos quadrature (Golub & Meurant 2010; Ubaru,
+  Chen & Saad 2017) gives per random probe the Gauss nodes ``θ`` and weights
+  ``w`` of the probe's spectral measure. The spectral density is their
+  Gaussian broadening (Ghorbani, Krishnan & Xiao 2019; PyHessian's ESD, Yao
+  et al. 2020) with width ``σ = (θ_max - θ_min) / steps``, the mean spacing of
+  the nodes. ``min_ratio`` is the density's mass above 0. Its range
+  ``[min_ratio_low, min_ratio_high]`` runs from the Chebyshev-Markov-Stieltjes
+  lower bound of the mass above ``+δ`` to the upper bound of the mass above
+  ``-δ``, ``δ = max(σ, τ)`` (Szegő 1939, §3.41: each bound is the quadrature's
+  sum give or take the weight of the node beside ``±δ``), averaged over the
+  probes and widened by two standard errors of the probe average, so it holds
+  the exact path's figure too. Where the bulk sits at 0 the range is as wide as
+  its mass: the value says the sign cannot be told instead of a confident
+  figure.
+  ``zero_ratio`` is NaN there (machine zero is not resolved; ``zero_threshold``
+  holds ``σ``), and the band of the near-zero share is at least ``2 / steps``
+  (``σ <= 2 M / steps``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_DENSITY_POINTS",
+    "DEFAULT_RESOLUTION",
+    "FLOAT32_EPS",
+    "Quadrature",
+    "Spectrum",
+    "broadening",
+    "density",
+    "density_grid",
+    "density_of",
+    "exact_spectrum",
+    "histogram",
+    "lanczos",
+    "lanczos_band",
+    "rademacher",
+    "slq_spectrum",
+    "symmetric_eigenvalues",
+    "unpack_density",
+]
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+"""Machine epsilon of float32 (2⁻²³), the dtype of the computed Hessian."""
+
+DEFAULT_RESOLUTION = 1e-3
+"""Relative half-width of the near-zero band. A network's spectrum has a
+continuous bulk over decades below its outliers (Sagun et al. 2017): the
+1,090-parameter ReLU regressor of seed 003 has 94-99 % of its eigenvalues
+within 1e-3 · max|λ| (measured here), so the band's share is reported beside
+the sign ratio among the eigenvalues outside it."""
+
+DEFAULT_DENSITY_POINTS = 512
+"""Grid points of the logged density. The grid spans the spectrum plus 5 σ on
+each side; with σ = width / 128 its spacing is about σ / 3, fine enough for the
+trapezoid rule to integrate the Gaussians to 1 within 1e-3."""
+
+_TAIL_SIGMAS = 5.0
+"""Grid margin beyond the extreme nodes, in σ: the Gaussian mass left outside
+is below 3e-7."""
+
+_REORTH_BUDGET_BYTES = 512 * 2**20
+"""Memory for the stored Lanczos basis (float64) when reorthogonalising; beyond
+it the basis is not kept and no reorthogonalisation is done."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Spectrum:
+    """Sign shares and scale of one Hessian block's spectrum.
+
+    Attributes:
+        min_ratio: Minimal ratio: share of eigenvalues above ``zero_threshold``
+            (exact) or density mass above 0 (Lanczos).
+        min_ratio_low: Lower end of the range of ``min_ratio``: share surely
+            positive (exact: above ``+τ``; Lanczos: CMS bracket minus two
+            standard errors).
+        min_ratio_high: Upper end: share not surely negative.
+        zero_ratio: Share within ``[-τ, τ]`` (exact); NaN on the Lanczos path.
+        negative_ratio: Share below ``-τ`` (exact) or density mass below 0.
+        zero_threshold: Absolute width within which a sign is not told:
+            ``τ = n · ε · max|λ|`` (exact) or the broadening ``σ`` (Lanczos).
+        near_zero_ratio: Share with ``|λ| <= resolution · max|λ|``.
+        band_min_ratio: Share of positive eigenvalues among those outside the
+            band (NaN when none is outside).
+        band_negative_ratio: Share of all eigenvalues below the band,
+            ``λ < -resolution · max|λ|``: negative curvature that is resolved
+            on either path (what a saddle test should read).
+        resolution: Relative half-width of the band used.
+        top: Largest eigenvalue (largest node on the Lanczos path).
+        tolerance: Bound on the error of ``min_ratio``: ``0`` when exact,
+            ``max(high - min_ratio, min_ratio - low)`` on the Lanczos path.
+        method: ``"exact"`` or ``"lanczos"``.
+    """
+
+    min_ratio: float
+    min_ratio_low: float
+    min_ratio_high: float
+    zero_ratio: float
+    negative_ratio: float
+    zero_threshold: float
+    near_zero_ratio: float
+    band_min_ratio: float
+    band_negative_ratio: float
+    resolution: float
+    top: float
+    tolerance: float
+    method: str
+
+    @classmethod
+    def nan(cls, method: str, resolution: float) -> Spectrum:
+        """Returns the spectrum of a block whose Hessian is not finite."""
+        values = {f.name: math.nan for f in dataclasses.fields(cls)}
+        values.update(resolution=resolution, method=method)
+        return cls(**values)
+
+
+def symmetric_eigenvalues(h: np.ndarray) -> np.ndarray:
+    """Returns the ascending eigenvalues of a (nearly) symmetric Hessian block.
+
+    Args:
+        h: A square ``[n, n]`` array; autodiff rows agree with columns only to
+            round-off.
+
+    Returns:
+        float64 ``[n]``, ascending; all NaN when ``h`` has a non-finite entry.
+    """
+    h = np.asarray(h, dtype=np.float64)
+    if not np.all(np.isfinite(h)):
+        return np.full(h.shape[0], math.nan)
+    # eigvalsh reads one triangle: symmetrise first to use both.
+    return np.linalg.eigvalsh(0.5 * (h + h.T))
+
+
+def exact_spectrum(
+    eigenvalues: np.ndarray,
+    eps: float = FLOAT32_EPS,
+    resolution: float = DEFAULT_RESOLUTION,
+) -> Spectrum:
+    """Counts the signs of exact eigenvalues (see the module docstring).
+
+    Args:
+        eigenvalues: The block's eigenvalues, any order, ``[n]``.
+        eps: Machine epsilon of the dtype the Hessian was computed in.
+            Defaults to :data:`FLOAT32_EPS`.
+        resolution: Relative half-width of the near-zero band. Defaults to
+            :data:`DEFAULT_RESOLUTION` (1e-3).
+
+    Returns:
+        The :class:`Spectrum`, ``method="exact"``, ``tolerance=0``; all NaN
+        for an empty or non-finite input.
+    """
+    eig = np.asarray(eigenvalues, dtype=np.float64).reshape(-1)
+    if eig.size == 0 or not np.all(np.isfinite(eig)):
+        return Spectrum.nan("exact", resolution)
+    n = eig.size
+    scale = float(np.max(np.abs(eig)))
+    tau = n * eps * scale
+    positive = float(np.mean(eig > tau))
+    negative = float(np.mean(eig < -tau))
+    band = resolution * scale
+    outside = eig[np.abs(eig) > band]
+    return Spectrum(
+        min_ratio=positive,
+        min_ratio_low=positive,
+        min_ratio_high=1.0 - negative,
+        zero_ratio=1.0 - positive - negative,
+        negative_ratio=negative,
+        zero_threshold=tau,
+        near_zero_ratio=float(np.mean(np.abs(eig) <= band)),
+        band_min_ratio=float(np.mean(outside > 0)) if outside.size else math.nan,
+        band_negative_ratio=float(np.mean(eig < -band)),
+        resolution=float(resolution),
+        top=float(np.max(eig)),
+        tolerance=0.0,
+        method="exact",
+    )
+
+
+def rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Returns ±1 entries as float64.
+
+    Args:
+        rng: The generator.
+        shape: The shape, e.g. ``(probes, n)``.
+
+    Returns:
+        float64 array of ``shape`` with independent ±1 entries.
+    """
+    return rng.integers(0, 2, size=shape, dtype=np.int8).astype(np.float64) * 2 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Quadrature:
+    """Gauss quadrature of the spectral measures of some probe vectors.
+
+    Attributes:
+        nodes: Per probe, the Ritz values (Gauss nodes), ascending.
+        weights: Per probe, the Gauss weights (squared first components of the
+            tridiagonal's eigenvectors), summing to 1.
+        rayleigh: ``q₁ᵀ A q₁`` per probe (``q₁`` the normalised start vector),
+            for Hutchinson's trace.
+        applied: Operator rows applied.
+    """
+
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+    rayleigh: np.ndarray
+    applied: int
+
+    def finite(self) -> bool:
+        """Whether every node is finite."""
+        return all(np.all(np.isfinite(t)) for t in self.nodes)
+
+
+def lanczos(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    start: np.ndarray,
+    steps: int,
+    reorthogonalize: bool = False,
+) -> Quadrature:
+    """Runs Lanczos from several start vectors at once and returns its quadrature.
+
+    Without reorthogonalisation finite-precision Lanczos is exact Lanczos on a
+    nearby matrix, so the Gauss quadrature stays accurate (Greenbaum 1989).
+
+    Args:
+        matvec: Maps a ``[b, n]`` batch of vectors to the symmetric operator
+            applied to each row.
+        start: ``[b, n]`` start vectors (Rademacher for SLQ).
+        steps: Lanczos steps per probe (capped at ``n``).
+        reorthogonalize: Whether to keep the basis and orthogonalise each new
+            vector against it (memory ``b · steps · n`` float64, skipped beyond
+            512 MiB). Defaults to ``False``.
+
+    Returns:
+        The :class:`Quadrature` of each probe.
+    """
+    b, n = start.shape
+    m = min(steps, n)
+    reorth = reorthogonalize and b * m * n * 8 <= _REORTH_BUDGET_BYTES
+    basis = np.zeros((b, m, n)) if reorth else None
+    q = start / np.linalg.norm(start, axis=1, keepdims=True)
+    q_prev = np.zeros_like(q)
+    beta_prev = np.zeros(b)
+    alphas = np.zeros((b, m))
+    betas = np.zeros((b, m))
+    length = np.full(b, m)
+    active = np.ones(b, dtype=bool)
+    applied = 0
+    for k in range(m):
+        if basis is not None:
+            basis[:, k] = q
+        w = matvec(q)
+        applied += int(np.count_nonzero(active))
+        alpha = np.einsum("bn,bn->b", w, q)
+        w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
+        if basis is not None:
+            # Two passes of classical Gram-Schmidt ("twice is enough").
+            for _ in range(2):
+                kept = basis[:, : k + 1]
+                c = np.matmul(kept, w[:, :, None])
+                w = w - np.matmul(kept.transpose(0, 2, 1), c)[:, :, 0]
+        beta = np.linalg.norm(w, axis=1)
+        alphas[:, k] = np.where(active, alpha, 0.0)
+        # An invariant subspace (beta ~ 0) makes the quadrature exact: stop
+        # that probe there.
+        scale = np.maximum(np.abs(alphas[:, : k + 1]).max(axis=1), 1e-300)
+        finished = active & (beta <= 1e-10 * scale)
+        length[finished] = k + 1
+        active &= ~finished
+        betas[:, k] = np.where(active, beta, 0.0)
+        if not active.any():
+            break
+        q_prev = np.where(active[:, None], q, 0.0)
+        q = np.where(active[:, None], w / np.where(beta > 0, beta, 1.0)[:, None], 0.0)
+        beta_prev = np.where(active, beta, 0.0)
+
+    nodes, weights = [], []
+    for j in range(b):
+        size = int(length[j])
+        t = np.diag(alphas[j, :size])
+        if size > 1:
+            off = betas[j, : size - 1]
+            t += np.diag(off, 1) + np.diag(off, -1)
+        if not np.all(np.isfinite(t)):
+            nodes.append(np.full(size, math.nan))
+            weights.append(np.full(size, math.nan))
+            continue
+        theta, u = np.linalg.eigh(t)
+        nodes.append(theta)
+        weights.append(u[0] ** 2)
+    return Quadrature(nodes, weights, alphas[:, 0].copy(), applied)
+
+
+def broadening(lo: float, hi: float, steps: int) -> float:
+    """Returns the Gaussian width σ of a density from ``steps`` nodes.
+
+    Args:
+        lo: Smallest eigenvalue (or node).
+        hi: Largest eigenvalue (or node).
+        steps: Lanczos steps: the nodes per probe.
+
+    Returns:
+        ``(hi - lo) / steps``, the mean spacing of the nodes; ``|hi| / steps``
+        (or 1) for a single point, so the density stays finite.
+    """
+    width = float(hi - lo)
+    if width <= 0:
+        width = abs(float(hi)) or 1.0
+    return width / max(1, steps)
+
+
+def density_grid(lo: float, hi: float, sigma: float, points: int) -> np.ndarray:
+    """Returns the evaluation grid of a density: the spectrum plus 5 σ each side.
+
+    Args:
+        lo: Smallest eigenvalue.
+        hi: Largest eigenvalue.
+        sigma: Gaussian width.
+        points: Number of grid points (at least 2).
+
+    Returns:
+        float64 ``[points]``, uniform and ascending.
+    """
+    margin = _TAIL_SIGMAS * sigma
+    return np.linspace(lo - margin, hi + margin, max(2, points))
+
+
+def density(
+    nodes: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray],
+    sigma: float,
+    grid: np.ndarray,
+) -> np.ndarray:
+    """Evaluates the Gaussian-broadened spectral density on a grid.
+
+    ``ρ(t) = (1/B) Σ_b Σ_k w_bk · N(t; θ_bk, σ²)`` (PyHessian's
+    ``density_generate``). For exact eigenvalues pass one "probe" with weights
+    ``1/n``.
+
+    Args:
+        nodes: Per probe, the nodes ``θ``.
+        weights: Per probe, their weights (each probe's sum to 1).
+        sigma: Gaussian width, > 0, in eigenvalue units.
+        grid: Points ``t`` to evaluate at.
+
+    Returns:
+        ``[len(grid)]`` density in 1 / eigenvalue units; it integrates to 1 over
+        a grid from :func:`density_grid`.
+    """
+    theta = np.concatenate([np.asarray(t, np.float64) for t in nodes])
+    w = np.concatenate([np.asarray(x, np.float64) for x in weights]) / len(nodes)
+    out = np.zeros(grid.shape[0])
+    # Chunked over nodes: a full [nodes, grid] matrix is 512 × 512 × 8 B per
+    # probe, fine, but thousands of exact eigenvalues would make it large.
+    for start in range(0, theta.size, 1024):
+        z = (grid[None, :] - theta[start : start + 1024, None]) / sigma
+        out += w[start : start + 1024] @ np.exp(-0.5 * z * z)
+    return out / (sigma * math.sqrt(2.0 * math.pi))
+
+
+def density_of(
+    nodes: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray],
+    steps: int,
+    points: int = DEFAULT_DENSITY_POINTS,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Returns the broadening, grid and density of a quadrature or spectrum.
+
+    Args:
+        nodes: Per probe, the nodes (exact eigenvalues: one probe).
+        weights: Per probe, their weights, each summing to 1.
+        steps: Nodes per probe that set the broadening (:func:`broadening`).
+        points: Grid points. Defaults to :data:`DEFAULT_DENSITY_POINTS`.
+
+    Returns:
+        ``(sigma, grid, density)``, the arrays ``[points]``; NaN when a node
+        is not finite.
+    """
+    every = np.concatenate([np.asarray(t, np.float64) for t in nodes])
+    if every.size == 0 or not np.all(np.isfinite(every)):
+        nan = np.full(points, math.nan)
+        return math.nan, nan, nan.copy()
+    lo, hi = float(every.min()), float(every.max())
+    sigma = broadening(lo, hi, steps)
+    grid = density_grid(lo, hi, sigma, points)
+    return sigma, grid, density(nodes, weights, sigma, grid)
+
+
+def histogram(eigenvalues: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Returns the share of eigenvalues in bins centred on a uniform grid.
+
+    Args:
+        eigenvalues: ``[n]`` eigenvalues.
+        grid: Uniform ascending bin centres ``[k]``.
+
+    Returns:
+        ``[k]`` shares summing to 1 (the grid spans every eigenvalue).
+    """
+    half = 0.5 * (grid[1] - grid[0])
+    edges = np.concatenate([grid - half, [grid[-1] + half]])
+    counts, _ = np.histogram(np.asarray(eigenvalues, np.float64), edges)
+    return counts / max(1, np.asarray(eigenvalues).size)
+
+
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(z) / math.sqrt(2.0)))
+
+
+def _cms_bracket(theta: np.ndarray, w: np.ndarray, t: float) -> tuple[float, float]:
+    """Returns the Chebyshev-Markov-Stieltjes bracket of the mass above ``t``.
+
+    With ``θ_j <= t < θ_{j+1}`` the distribution function satisfies
+    ``Σ_{k<j} w_k <= F(t) <= Σ_{k<=j+1} w_k`` (Szegő, Orthogonal Polynomials,
+    §3.41), so the mass above ``t`` lies within the weights of the two nodes
+    beside ``t`` of the quadrature's ``Σ_{θ>t} w``.
+    """
+    above = theta > t
+    mass = float(w[above].sum())
+    below_idx = np.nonzero(~above)[0]
+    above_idx = np.nonzero(above)[0]
+    w_below = float(w[below_idx[-1]]) if below_idx.size else 0.0
+    w_above = float(w[above_idx[0]]) if above_idx.size else 0.0
+    return mass - w_above, mass + w_below
+
+
+def lanczos_band(resolution: float, steps: int) -> float:
+    """Returns the relative band half-width the Lanczos path can resolve.
+
+    Args:
+        resolution: The requested relative resolution.
+        steps: Lanczos steps per probe.
+
+    Returns:
+        ``max(resolution, 2 / steps)``: the broadening σ is at most
+        ``2 · max|λ| / steps``, so no finer band is meaningful.
+    """
+    return max(resolution, 2.0 / max(1, steps))
+
+
+def slq_spectrum(
+    quadrature: Quadrature,
+    n: int,
+    steps: int,
+    resolution: float = DEFAULT_RESOLUTION,
+) -> Spectrum:
+    """Reads the sign shares from a stochastic Lanczos quadrature.
+
+    See the module docstring for the definitions; the uncertainty combines
+    the quadrature's CMS brackets at ``±δ`` with two standard errors of the
+    probe average (the larger of the probes' spread and the Rademacher bound
+    ``Var <= 2 · share / n``, Avron & Toledo 2011).
+
+    Args:
+        quadrature: The quadrature of ``B`` Rademacher probes.
+        n: Dimension of the operator.
+        steps: Lanczos steps per probe (sets the broadening).
+        resolution: Requested relative half-width of the near-zero band.
+            Defaults to :data:`DEFAULT_RESOLUTION`; raised to
+            :func:`lanczos_band`.
+
+    Returns:
+        The :class:`Spectrum`, ``method="lanczos"``.
+    """
+    band_rel = lanczos_band(resolution, steps)
+    if not quadrature.finite():
+        return Spectrum.nan("lanczos", band_rel)
+    nodes, weights = quadrature.nodes, quadrature.weights
+    b = len(nodes)
+    every = np.concatenate(nodes)
+    scale = float(np.max(np.abs(every)))
+    sigma = broadening(float(every.min()), float(every.max()), steps)
+    pairs = list(zip(nodes, weights, strict=True))
+    point = np.array([float(w @ _normal_cdf(t / sigma)) for t, w in pairs])
+    # The range must hold the exact path's figure (share above τ) as well as
+    # the mass above 0: bracket the mass above +δ and above -δ, δ >= τ, σ.
+    delta = max(sigma, n * FLOAT32_EPS * scale)
+    lows = np.array([_cms_bracket(t, w, delta)[0] for t, w in pairs])
+    highs = np.array([_cms_bracket(t, w, -delta)[1] for t, w in pairs])
+    band = band_rel * scale
+    near = np.array([float(w[np.abs(t) <= band].sum()) for t, w in pairs])
+    pos_out = np.array([float(w[t > band].sum()) for t, w in pairs])
+    neg_out = np.array([float(w[t < -band].sum()) for t, w in pairs])
+    p = float(point.mean())
+    share = min(p, 1.0 - p)
+    var_theory = 2.0 * max(share, 0.0) / n
+    var_probes = float(point.var(ddof=1)) if b > 1 else 0.0
+    sampling = 2.0 * math.sqrt(max(var_theory, var_probes) / b)
+    low = max(0.0, float(lows.mean()) - sampling)
+    high = min(1.0, float(highs.mean()) + sampling)
+    p = min(max(p, low), high)
+    outside = 1.0 - float(near.mean())
+    spectrum = Spectrum(
+        min_ratio=p,
+        min_ratio_low=low,
+        min_ratio_high=high,
+        zero_ratio=math.nan,
+        negative_ratio=1.0 - p,
+        zero_threshold=sigma,
+        near_zero_ratio=float(near.mean()),
+        band_min_ratio=float(pos_out.mean()) / outside if outside > 0 else math.nan,
+        band_negative_ratio=float(neg_out.mean()),
+        resolution=band_rel,
+        top=float(every.max()),
+        tolerance=max(high - p, p - low),
+        method="lanczos",
+    )
+    return spectrum
+
+
+def unpack_density(
+    steps: np.ndarray,
+    values: np.ndarray,
+    content: dict,
+    step: int | None = None,
+) -> dict:
+    """Unpacks one step of the logged ``hessian_spectrum/density`` series.
+
+    Each logged row is ``[σ, grid, density, histogram]`` laid end to end, the
+    three arrays ``content["points"]`` long (``curvature.write_summary``).
+
+    Args:
+        steps: ``[n]`` the curvature steps of the series, ascending.
+        values: ``[n, 1 + 3 · points]`` the logged rows.
+        content: The series' content (``points``, ``method``).
+        step: The step to unpack. Defaults to ``None``: the latest; a step
+            that was not logged gives the latest before it (or the first).
+
+    Returns:
+        ``{"step", "steps", "method", "broadening", "grid", "density",
+        "histogram"}`` with ``grid``, ``density`` float arrays ``[points]``
+        and ``histogram`` such an array, or ``None`` where it is all NaN (the
+        Lanczos path).
+    """
+    steps = np.asarray(steps, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    points = int(content.get("points", (values.shape[1] - 1) // 3))
+    if step is None:
+        row = steps.shape[0] - 1
+    else:
+        row = max(0, int(np.searchsorted(steps, step, side="right")) - 1)
+    sigma = float(values[row, 0])
+    grid, dens, hist = values[row, 1 : 1 + 3 * points].reshape(3, points)
+    return {
+        "step": int(steps[row]),
+        "steps": steps.tolist(),
+        "method": content.get("method"),
+        "broadening": sigma if math.isfinite(sigma) else None,
+        "grid": grid,
+        "density": dens,
+        "histogram": None if np.all(np.isnan(hist)) else hist,
+    }
