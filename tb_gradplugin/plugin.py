@@ -20,7 +20,6 @@ import mimetypes
 import pathlib
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -32,6 +31,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from tb_gradplugin import metadata, reader
+from tb_gradplugin.diagnosis import RECENT_STEPS, recent_median, volatility
 
 try:  # The diagnosis engine is its own module; the tab works without it.
     from tb_gradplugin import diagnosis as _diagnosis
@@ -59,9 +59,6 @@ DEFAULT_HEATMAP_BUCKETS = 200
 
 MAX_HEATMAP_BUCKETS = 5000
 """The largest ``buckets`` the ``layers`` route accepts."""
-
-RECENT_STEPS = 100
-"""Logged steps over which the per-variable update ratio's median is taken."""
 
 MAX_RUNS_PER_REQUEST = 200
 """The most ``run`` parameters one multi-run request may carry."""
@@ -351,32 +348,6 @@ def heatmap_json(series: reader.Series, buckets: int) -> dict[str, Any]:
         "values": float_list(hi.T),
         "total_points": n,
     }
-
-
-def volatility(values: np.ndarray) -> float | None:
-    """Measures how much a loss jumps from one logged point to the next.
-
-    The figure is the standard deviation of the point-to-point differences
-    over the second half of the series divided by the mean absolute value over
-    that half: about 0 for a settled loss, near or above 1 for a loss that
-    keeps swinging by its own size (seed 002's HRM 0.5 and 10.0 runs). The
-    first half is left out so that the initial descent does not count.
-
-    Args:
-        values: The loss values in step order.
-
-    Returns:
-        The volatility, or ``None`` when fewer than 4 finite points exist.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size < 4:
-        return None
-    tail = v[v.size // 2 :]
-    scale = float(np.mean(np.abs(tail)))
-    if scale == 0.0:
-        return 0.0
-    return float(np.std(np.diff(tail)) / scale)
 
 
 def export_csv(series: reader.Series, tensor: bool) -> str:
@@ -937,10 +908,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         ratio = got.get("layer/update_ratio")
         latest = {"variables": [], "step": None, "values": [], "median": []}
         if ratio is not None and len(ratio):
-            recent = ratio.values[-RECENT_STEPS:]
-            with np.errstate(all="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
-                med = np.nanmedian(np.where(np.isfinite(recent), recent, np.nan), 0)
+            med = recent_median(ratio.values, RECENT_STEPS)
             latest = {
                 "variables": _variable_names(ratio),
                 "step": int(ratio.steps[-1]),

@@ -89,9 +89,7 @@ class RunData:
 
 
 def _key(tag: str) -> str | None:
-    if not tag.startswith(metadata.TAG_PREFIX):
-        return None
-    return tag[len(metadata.TAG_PREFIX) :]
+    return metadata.tag_key(tag)
 
 
 def _content(ts) -> dict:

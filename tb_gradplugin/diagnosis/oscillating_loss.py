@@ -1,0 +1,167 @@
+"""Rule ``oscillating_loss``: the loss swings up and down without settling.
+
+Sources: seed 004's unstable run (a loss between 0.54 and 0.95 around 0.61: a
+spread of ≈ 0.5 of its median; ``oscillation_amplitude`` = 0.4); this project —
+the loss is judged on block means as well as points, so that the noise of small
+batches is not mistaken for oscillation; batch noise is uncorrelated (lag-1
+autocorrelation ≈ 0 ± 2/√n) while an unstable run alternates (r₁ < 0) or swings
+in waves (r₁ > 0); the swings must keep climbing back towards the initial loss
+(``oscillation_rebound``), else the loss has settled.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tb_gradplugin.diagnosis.flags import Flag, figure, short
+from tb_gradplugin.diagnosis.robust import (
+    candidate_starts,
+    initial_loss,
+    lag1_autocorrelation,
+    thirds,
+)
+from tb_gradplugin.diagnosis.run_view import RunView
+from tb_gradplugin.diagnosis.thresholds import Thresholds
+
+__all__ = ["rule", "swing_figures"]
+
+
+def swing_figures(
+    w: np.ndarray, initial: float, floor: float, thresholds: Thresholds, *, need_r1: str
+) -> dict | None:
+    """The figures of a window of loss values that swings, or ``None``.
+
+    Args:
+        w: The window (block means, or raw points).
+        initial: The run's initial loss.
+        floor: The lowest level the run's loss reached (block means).
+        thresholds: The thresholds.
+        need_r1: ``"any"``: |r1| must reach the threshold (raw points: batch
+            noise is uncorrelated); ``"negative"``: r1 must be below minus it
+            (step-to-step alternation); ``"none"``: no condition (block means,
+            where averaging already removed the batch noise).
+
+    Returns:
+        The evidence of the swing, or ``None`` when the window does not swing.
+    """
+    if w.shape[0] < 10:
+        return None
+    med = float(np.median(w))
+    if abs(med) < 1e-12:
+        return None
+    m1, m3 = thirds(w)
+    # Swinginess: the path the loss travels against the range it covers (1 for
+    # a monotone series). A falling (learning) or rising (diverging) loss is a
+    # trend, not a swing, unless it zig-zags far more than it moves.
+    travel = float(np.sum(np.abs(np.diff(w))))
+    span_w = float(np.max(w) - np.min(w))
+    swing = travel / span_w if span_w > 0 else 0.0
+    trending = abs(m1 - m3) > (1 - thresholds.oscillation_trend) * max(abs(m1), abs(m3))
+    if trending and swing < thresholds.oscillation_swing:
+        return None
+    q10, q90 = (float(q) for q in np.quantile(w, [0.1, 0.9]))
+    amplitude = (q90 - q10) / abs(med)
+    if amplitude < thresholds.oscillation_amplitude:
+        return None
+    # Not settled: the recent swings (the window's last third) still reach
+    # back up towards where the loss started.
+    recent_top = float(np.quantile(w[-max(3, w.shape[0] // 3) :], 0.9))
+    span = initial - floor
+    rebound = (recent_top - floor) / span if span > 0 else math.inf
+    if rebound < thresholds.oscillation_rebound:
+        return None
+    r1 = lag1_autocorrelation(w)
+    if need_r1 == "any" and abs(r1) < thresholds.oscillation_autocorr:
+        return None
+    if need_r1 == "negative" and r1 > -thresholds.oscillation_autocorr:
+        return None
+    return {
+        "median_loss": figure(med),
+        "initial_loss": figure(initial),
+        "lowest_loss": figure(floor),
+        "relative_amplitude": figure(amplitude),
+        "rebound": figure(rebound),
+        "q10_loss": figure(q10),
+        "q90_loss": figure(q90),
+        "lag1_autocorrelation": figure(r1),
+        "swinginess": figure(swing),
+        "amplitude_threshold": thresholds.oscillation_amplitude,
+        "rebound_threshold": thresholds.oscillation_rebound,
+    }
+
+
+def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
+    """Flags a loss that keeps swinging.
+
+    Args:
+        view: The run before any divergence.
+        thresholds: Uses the ``oscillation_*`` thresholds and
+            ``min_trend_points``.
+
+    Returns:
+        At most one warning.
+    """
+    s, v = view.finite_loss()
+    n = v.shape[0]
+    if n < thresholds.min_trend_points:
+        return []
+    # Block means over ~40 blocks average out the batch-to-batch noise, which
+    # is large for small batches; swings that survive are the optimizer's.
+    b = max(1, n // thresholds.oscillation_blocks)
+    nb = n // b
+    block_means = v[: nb * b].reshape(nb, b).mean(axis=1)
+    block_steps = s[: nb * b : b]
+    initial = float(block_means[0]) if b > 1 else initial_loss(v)
+    floor = float(np.min(block_means))
+    found = None
+    for start in candidate_starts(nb):
+        route = "none" if b > 1 else "any"
+        ev = swing_figures(
+            block_means[start:], initial, floor, thresholds, need_r1=route
+        )
+        if ev is not None:
+            found = (int(block_steps[start]), ev, "blocks" if b > 1 else "steps")
+            break
+    if found is None and b > 1:
+        # Step-to-step alternation cancels in block means: look at the points.
+        for start in candidate_starts(n):
+            ev = swing_figures(
+                v[start:], initial, floor, thresholds, need_r1="negative"
+            )
+            if ev is not None:
+                found = (int(s[start]), ev, "steps")
+                break
+    if found is None:
+        return []
+    first, ev, over = found
+    ev["measured_on"] = (
+        f"means of blocks of {b} logged steps" if over == "blocks" else "logged steps"
+    )
+    how = (
+        "alternates step to step"
+        if over == "steps" and ev["lag1_autocorrelation"] < 0
+        else "swings up and down"
+    )
+    grad_note = ""
+    g = view.value_at(view.grad, s[s >= first])
+    if np.isfinite(g).sum() >= 4:
+        gq10, gq90 = np.nanquantile(g, [0.1, 0.9])
+        ev["grad_norm_q10"], ev["grad_norm_q90"] = figure(gq10), figure(gq90)
+        grad_note = f"; the gradient norm ranges {short(gq10)}-{short(gq90)}"
+    return [
+        Flag(
+            kind="oscillating_loss",
+            severity="warning",
+            first_step=first,
+            last_step=int(s[-1]),
+            layer=None,
+            message=(
+                f"From step {first} the loss {how} between {short(ev['q10_loss'])} "
+                f"and {short(ev['q90_loss'])} ({ev['measured_on']}; initial "
+                f"{short(initial)}, best {short(floor)}) without settling{grad_note}."
+            ),
+            evidence=ev,
+        )
+    ]

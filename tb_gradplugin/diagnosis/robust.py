@@ -1,0 +1,193 @@
+"""Robust statistics of a series: rolling medians, quantiles, autocorrelation.
+
+The rules judge medians and quantiles over windows rather than single points,
+so that one bad batch never decides a flag. Every function takes plain numpy
+arrays and ignores nothing silently: where NaN is skipped, the name says so.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "candidate_starts",
+    "cumulative_quantile",
+    "improvement",
+    "initial_loss",
+    "lag1_autocorrelation",
+    "late_window",
+    "nanmedian",
+    "nanquantile",
+    "rolling_median",
+    "thirds",
+]
+
+
+def rolling_median(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred rolling median, the window shrinking at the ends.
+
+    Args:
+        x: The series, shape ``[n]``; NaN is skipped inside a window.
+        width: The window width, odd (an even one acts as ``width + 1``).
+
+    Returns:
+        Shape ``[n]``: the median of ``x[i - width // 2 : i + width // 2 + 1]``.
+    """
+    n = x.shape[0]
+    if n == 0 or width <= 1:
+        return x.copy()
+    half = width // 2
+    if n > 2 * half and np.isfinite(x).all():
+        # A plain median over the full windows, the ends one by one: the
+        # NaN-aware median below is several times slower.
+        out = np.empty(n)
+        windows = np.lib.stride_tricks.sliding_window_view(x, 2 * half + 1)
+        out[half : n - half] = np.median(windows, axis=1)
+        for i in list(range(half)) + list(range(n - half, n)):
+            out[i] = np.median(x[max(0, i - half) : i + half + 1])
+        return out
+    padded = np.concatenate([np.full(half, np.nan), x, np.full(half, np.nan)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(windows, axis=1)
+
+
+def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarray:
+    """The q-quantile of everything seen so far, at every point.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+        q: The quantile in ``[0, 1]``.
+        points: Places where it is computed exactly; between two, the earlier
+            value holds (the cost stays O(points · n)). Defaults to 400.
+
+    Returns:
+        Shape ``[n]``: the q-quantile of ``x[: i + 1]``.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return x.copy()
+    at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
+    vals = np.array([np.quantile(x[: i + 1], q) for i in at])
+    idx = np.searchsorted(at, np.arange(n), side="right") - 1
+    return vals[idx]
+
+
+def nanmedian(x: np.ndarray) -> float:
+    """The median of the finite values, or NaN when there are none.
+
+    Args:
+        x: Any array.
+
+    Returns:
+        A float.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def nanquantile(x: np.ndarray, q: float) -> float:
+    """The q-quantile of the finite values, or NaN when there are none.
+
+    Args:
+        x: Any array.
+        q: The quantile in ``[0, 1]``.
+
+    Returns:
+        A float.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.quantile(x, q)) if x.size else math.nan
+
+
+def lag1_autocorrelation(x: np.ndarray) -> float:
+    """Lag-1 autocorrelation after removing a least-squares straight line.
+
+    Uncorrelated noise gives about 0 ± 2/√n; a series that alternates step to
+    step gives a negative value, slow waves a positive one.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+
+    Returns:
+        ``Σ r_t r_{t+1} / Σ r_t²`` of the residuals ``r``; 0 for fewer than
+        4 points or a straight line.
+    """
+    n = x.shape[0]
+    if n < 4:
+        return 0.0
+    t = np.arange(n, dtype=np.float64)
+    slope, intercept = np.polyfit(t, x, 1)
+    residual = x - (slope * t + intercept)
+    denom = float(np.dot(residual, residual))
+    if denom <= 0 or not math.isfinite(denom):
+        return 0.0
+    return float(np.dot(residual[:-1], residual[1:]) / denom)
+
+
+def thirds(x: np.ndarray) -> tuple[float, float]:
+    """The medians of the first and the last third of a series.
+
+    Args:
+        x: The series, shape ``[n]``, ``n >= 1``.
+
+    Returns:
+        ``(median of the first third, median of the last third)``.
+    """
+    k = max(1, x.shape[0] // 3)
+    return float(np.median(x[:k])), float(np.median(x[-k:]))
+
+
+def late_window(n: int) -> slice:
+    """The late window of ``n`` points: the second half (at least one point).
+
+    Args:
+        n: The number of points.
+
+    Returns:
+        A slice.
+    """
+    return slice(n // 2 if n > 1 else 0, n)
+
+
+def initial_loss(values: np.ndarray) -> float:
+    """The loss a run started from: the median of its first three points.
+
+    Args:
+        values: The loss values, shape ``[n]``, ``n >= 1``.
+
+    Returns:
+        A float (the first point alone is one batch, too noisy).
+    """
+    return float(np.median(values[: min(3, values.shape[0])]))
+
+
+def improvement(initial: float, level: float) -> float:
+    """How much of the initial loss has been removed.
+
+    Args:
+        initial: The initial loss.
+        level: The loss now.
+
+    Returns:
+        ``(initial - level) / |initial|``: 1 = all, 0 = none, < 0 = worse.
+    """
+    return (initial - level) / max(abs(initial), 1e-12)
+
+
+def candidate_starts(n: int) -> list[int]:
+    """Where a late window of ``n`` points may begin: 0, n/8, n/4, 3n/8, n/2.
+
+    Args:
+        n: The number of points.
+
+    Returns:
+        Sorted distinct start indices; the rules try the longest window first.
+    """
+    return sorted({0, n // 8, n // 4, (3 * n) // 8, n // 2})
