@@ -18,3 +18,17 @@ def test_scenario_gets_its_flags(tmp_path, scenario):
     else:
         assert scenario.expected <= serious, report["flags"]
         assert serious <= scenario.expected | scenario.allowed, report["flags"]
+
+
+BY_NAME = {s.name: s for s in SCENARIOS}
+
+
+@pytest.mark.slow
+def test_a_layer_that_blocks_the_gradient_is_reported_with_the_starved_one(tmp_path):
+    """One dead_layer error on the blocking layer; the starved layer is evidence."""
+    report = run_scenario(BY_NAME["dead_blocking"], str(tmp_path), seed=0)
+    dead = [f for f in report["flags"] if f["kind"] == "dead_layer"]
+    assert [f["layer"].rsplit("/", 2)[-2:] for f in dead] == [["blocker", "kernel"]]
+    assert dead[0]["severity"] == "error"
+    starved = dead[0]["evidence"]["starved_layers"]
+    assert [name.rsplit("/", 2)[-2:] for name in starved] == [["hidden", "kernel"]]

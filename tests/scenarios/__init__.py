@@ -120,6 +120,31 @@ def dead_relu(seed):
     return _compile(model, keras.optimizers.Adam(1e-3)), x, y, _fit(6), {}
 
 
+def dead_blocking(seed):
+    """A healthy first layer before a layer whose ReLUs never fire.
+
+    The second layer's bias of -20 keeps every unit off for every example:
+    it passes no gradient back, so the first layer's gradient is exactly zero
+    too, through no fault of its own (it is starved, not dead).
+    """
+    keras.utils.set_random_seed(seed)
+    x, y = _classes(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((32,)),
+            keras.layers.Dense(32, activation="relu", name="hidden"),
+            keras.layers.Dense(
+                32,
+                activation="relu",
+                bias_initializer=keras.initializers.Constant(-20.0),
+                name="blocker",
+            ),
+            keras.layers.Dense(5, name="out"),
+        ]
+    )
+    return _compile(model, keras.optimizers.Adam(1e-3)), x, y, _fit(4), {}
+
+
 def oscillating(seed):
     """Momentum SGD, batch size 1, high learning rate: the loss swings, no NaN."""
     keras.utils.set_random_seed(seed)
@@ -250,6 +275,12 @@ SCENARIOS = [
         dead_relu,
         frozenset({"dead_layer"}),
         frozenset({"vanishing_gradient", "loss_plateau"}),
+    ),
+    Scenario(
+        "dead_blocking",
+        dead_blocking,
+        frozenset({"dead_layer"}),
+        frozenset({"loss_plateau", "vanishing_gradient"}),
     ),
     Scenario("oscillating", oscillating, frozenset({"oscillating_loss"})),
     Scenario("nan_input", nan_input, frozenset({"non_finite"}), onset=11),
