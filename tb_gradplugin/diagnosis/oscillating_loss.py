@@ -6,7 +6,12 @@ the loss is judged on block means as well as points, so that the noise of small
 batches is not mistaken for oscillation; batch noise is uncorrelated (lag-1
 autocorrelation ≈ 0 ± 2/√n) while an unstable run alternates (r₁ < 0) or swings
 in waves (r₁ > 0); the swings must keep climbing back towards the initial loss
-(``oscillation_rebound``), else the loss has settled.
+(``oscillation_rebound``), else the loss has settled. Block means that swing
+must also move more than batch noise can move them: around the best
+non-increasing fit of the loss, the variance ratio of Lo & MacKinlay (1988)
+is ≈ 1 for uncorrelated noise, far above it for swings
+(``oscillation_variance_ratio``), so noise around a falling trend (a clipped
+RNN at a small batch, a network learning at batch size 2) is not oscillation.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from tb_gradplugin.diagnosis.flags import Flag, figure, short
 from tb_gradplugin.diagnosis.robust import (
     candidate_starts,
     initial_loss,
+    isotonic_decreasing,
     lag1_autocorrelation,
     thirds,
+    variance_ratio,
 )
 from tb_gradplugin.diagnosis.run_view import RunView
 from tb_gradplugin.diagnosis.thresholds import Thresholds
@@ -115,15 +122,25 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
     block_steps = s[: nb * b : b]
     initial = float(block_means[0]) if b > 1 else initial_loss(v)
     floor = float(np.min(block_means))
+    # What is left around the best falling curve: batch noise around a
+    # learning loss leaves uncorrelated residuals, swings leave swings.
+    residual = v - isotonic_decreasing(v)
     found = None
     for start in candidate_starts(nb):
         route = "none" if b > 1 else "any"
         ev = swing_figures(
             block_means[start:], initial, floor, thresholds, need_r1=route
         )
-        if ev is not None:
-            found = (int(block_steps[start]), ev, "blocks" if b > 1 else "steps")
-            break
+        if ev is None:
+            continue
+        if b > 1:
+            ratio = variance_ratio(residual[start * b : nb * b], b)
+            ev["variance_ratio"] = figure(ratio)
+            ev["variance_ratio_threshold"] = thresholds.oscillation_variance_ratio
+            if not ratio >= thresholds.oscillation_variance_ratio:
+                continue  # the block means move no more than batch noise does
+        found = (int(block_steps[start]), ev, "blocks" if b > 1 else "steps")
+        break
     if found is None and b > 1:
         # Step-to-step alternation cancels in block means: look at the points.
         for start in candidate_starts(n):
@@ -135,7 +152,19 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
                 break
     if found is None:
         return []
-    first, ev, over = found
+    return [_oscillation_flag(view, s, b, initial, floor, *found)]
+
+
+def _oscillation_flag(
+    view: RunView,
+    s: np.ndarray,
+    b: int,
+    initial: float,
+    floor: float,
+    first: int,
+    ev: dict,
+    over: str,
+) -> Flag:
     ev["measured_on"] = (
         f"means of blocks of {b} logged steps" if over == "blocks" else "logged steps"
     )
@@ -150,18 +179,16 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
         gq10, gq90 = np.nanquantile(g, [0.1, 0.9])
         ev["grad_norm_q10"], ev["grad_norm_q90"] = figure(gq10), figure(gq90)
         grad_note = f"; the gradient norm ranges {short(gq10)}-{short(gq90)}"
-    return [
-        Flag(
-            kind="oscillating_loss",
-            severity="warning",
-            first_step=first,
-            last_step=int(s[-1]),
-            layer=None,
-            message=(
-                f"From step {first} the loss {how} between {short(ev['q10_loss'])} "
-                f"and {short(ev['q90_loss'])} ({ev['measured_on']}; initial "
-                f"{short(initial)}, best {short(floor)}) without settling{grad_note}."
-            ),
-            evidence=ev,
-        )
-    ]
+    return Flag(
+        kind="oscillating_loss",
+        severity="warning",
+        first_step=first,
+        last_step=int(s[-1]),
+        layer=None,
+        message=(
+            f"From step {first} the loss {how} between {short(ev['q10_loss'])} "
+            f"and {short(ev['q90_loss'])} ({ev['measured_on']}; initial "
+            f"{short(initial)}, best {short(floor)}) without settling{grad_note}."
+        ),
+        evidence=ev,
+    )

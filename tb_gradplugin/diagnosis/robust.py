@@ -13,6 +13,8 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "isotonic_decreasing",
+    "variance_ratio",
     "candidate_starts",
     "cumulative_quantile",
     "improvement",
@@ -191,3 +193,54 @@ def candidate_starts(n: int) -> list[int]:
         Sorted distinct start indices; the rules try the longest window first.
     """
     return sorted({0, n // 8, n // 4, (3 * n) // 8, n // 2})
+
+
+def isotonic_decreasing(x: np.ndarray) -> np.ndarray:
+    """The least-squares non-increasing fit of a series (pool adjacent violators).
+
+    A learning loss falls with noise on top: this fit follows the fall however
+    curved it is, and leaves the noise (and any swing back up) in the residual.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+
+    Returns:
+        Shape ``[n]``: the non-increasing ``f`` that minimises ``Σ (x - f)²``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    levels: list[float] = []
+    weights: list[int] = []
+    for value in x:
+        levels.append(float(value))
+        weights.append(1)
+        # Merge the last two blocks while they rise (violate the order).
+        while len(levels) > 1 and levels[-2] < levels[-1]:
+            w = weights[-2] + weights[-1]
+            level = (levels[-2] * weights[-2] + levels[-1] * weights[-1]) / w
+            levels[-2:], weights[-2:] = [level], [w]
+    return np.repeat(levels, weights)
+
+
+def variance_ratio(residual: np.ndarray, block: int) -> float:
+    """How much more block means vary than independent points would let them.
+
+    ``block · var(means of blocks) / var(points)``: about 1 for uncorrelated
+    noise (± √(2 / number of blocks)), far above 1 when the series swings over
+    many points, below 1 when it alternates step to step (Lo & MacKinlay 1988,
+    the variance-ratio test, here on levels rather than increments).
+
+    Args:
+        residual: The series with its trend removed, shape ``[n]``, finite.
+        block: Points per block, ``>= 1``.
+
+    Returns:
+        The ratio; NaN with fewer than 2 blocks or a constant series.
+    """
+    count = residual.shape[0] // block
+    if count < 2:
+        return math.nan
+    points = float(np.var(residual[: count * block]))
+    if not points > 0:
+        return math.nan
+    means = residual[: count * block].reshape(count, block).mean(axis=1)
+    return block * float(np.var(means)) / points

@@ -69,6 +69,11 @@ class Thresholds:
         oscillation_swing: A window with a trend still swings when the loss
             travels this many times the range it covers: 3 (this project; a
             monotone loss travels its range once).
+        oscillation_variance_ratio: Block means swing only when they vary
+            this many times more than independent batch noise lets them, around
+            the best non-increasing fit of the loss: 3 (Lo & MacKinlay 1988:
+            the variance ratio is 1 for uncorrelated noise, ± 0.2 at 40 blocks;
+            this project chose 3).
         oscillation_blocks: The loss is averaged over this many blocks of
             steps before the swings are measured: 40 blocks (this project).
         oscillation_trend: The medians of the window's first and last thirds
@@ -114,6 +119,7 @@ class Thresholds:
     oscillation_amplitude: float = 0.4
     oscillation_autocorr: float = 0.3
     oscillation_rebound: float = 0.5
+    oscillation_variance_ratio: float = 3.0
     oscillation_blocks: int = 40
     oscillation_swing: float = 3.0
     oscillation_trend: float = 0.8
