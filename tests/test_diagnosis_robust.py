@@ -71,3 +71,39 @@ def test_initial_loss_and_improvement():
     assert robust.initial_loss(np.array([2.0, 9.0, 1.0, 0.0])) == 2.0
     assert robust.improvement(2.0, 0.5) == 0.75
     assert robust.improvement(2.0, 3.0) == -0.5
+
+
+def test_isotonic_decreasing_pools_violators_and_keeps_a_falling_series():
+    """Rises are pooled into their mean; a non-increasing series is its own fit."""
+    np.testing.assert_allclose(
+        robust.isotonic_decreasing(np.array([3.0, 1.0, 2.0, 0.0])), [3, 1.5, 1.5, 0]
+    )
+    np.testing.assert_allclose(
+        robust.isotonic_decreasing(np.array([1.0, 2.0, 3.0])), [2, 2, 2]
+    )
+    falling = np.array([5.0, 4.0, 4.0, 1.0])
+    np.testing.assert_array_equal(robust.isotonic_decreasing(falling), falling)
+
+
+def test_isotonic_decreasing_is_the_least_squares_fit():
+    """No other non-increasing series is closer (checked against perturbations)."""
+    x = rng(4).standard_normal(30).cumsum()
+    fit = robust.isotonic_decreasing(x)
+    assert np.all(np.diff(fit) <= 1e-12)
+    best = np.sum((x - fit) ** 2)
+    for seed in range(20):
+        other = np.sort(fit + 0.1 * rng(seed + 40).standard_normal(30))[::-1]
+        assert np.sum((x - other) ** 2) >= best - 1e-9
+
+
+def test_variance_ratio_is_one_for_noise_and_large_for_swings():
+    """Noise gives ≈ 1, slow waves far more, step-to-step alternation far less."""
+    noise = rng(5).standard_normal(4000)
+    assert 0.7 < robust.variance_ratio(noise, 20) < 1.3
+    t = np.arange(4000)
+    waves = np.sin(2 * np.pi * t / 400) + 0.5 * noise
+    assert robust.variance_ratio(waves, 20) > 10
+    alternating = np.where(t % 2, 1.0, -1.0) + 0.1 * noise
+    assert robust.variance_ratio(alternating, 20) < 0.1
+    assert math.isnan(robust.variance_ratio(np.ones(10), 2))
+    assert math.isnan(robust.variance_ratio(noise[:3], 2))

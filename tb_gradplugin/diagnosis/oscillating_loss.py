@@ -7,10 +7,12 @@ batches is not mistaken for oscillation; batch noise is uncorrelated (lag-1
 autocorrelation ≈ 0 ± 2/√n) while an unstable run alternates (r₁ < 0) or swings
 in waves (r₁ > 0); the swings must keep climbing back towards the initial loss
 (``oscillation_rebound``), else the loss has settled. Block means that swing
-must also move more than batch noise can move them: around the best
+must also move more than batch noise can move them — around the best
 non-increasing fit of the loss, the variance ratio of Lo & MacKinlay (1988)
 is ≈ 1 for uncorrelated noise, far above it for swings
-(``oscillation_variance_ratio``), so noise around a falling trend (a clipped
+(``oscillation_variance_ratio``) — or swing that widely without the loss
+ever getting ``plateau_improvement`` below its start (momentum SGD at batch
+size 1 throwing the weights about). Noise around a falling trend (a clipped
 RNN at a small batch, a network learning at batch size 2) is not oscillation.
 """
 
@@ -23,6 +25,7 @@ import numpy as np
 from tb_gradplugin.diagnosis.flags import Flag, figure, short
 from tb_gradplugin.diagnosis.robust import (
     candidate_starts,
+    improvement,
     initial_loss,
     isotonic_decreasing,
     lag1_autocorrelation,
@@ -133,12 +136,10 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
         )
         if ev is None:
             continue
-        if b > 1:
-            ratio = variance_ratio(residual[start * b : nb * b], b)
-            ev["variance_ratio"] = figure(ratio)
-            ev["variance_ratio_threshold"] = thresholds.oscillation_variance_ratio
-            if not ratio >= thresholds.oscillation_variance_ratio:
-                continue  # the block means move no more than batch noise does
+        if b > 1 and not _beyond_noise(
+            ev, residual[start * b : nb * b], b, initial, thresholds
+        ):
+            continue
         found = (int(block_steps[start]), ev, "blocks" if b > 1 else "steps")
         break
     if found is None and b > 1:
@@ -153,6 +154,26 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
     if found is None:
         return []
     return [_oscillation_flag(view, s, b, initial, floor, *found)]
+
+
+def _beyond_noise(
+    ev: dict, residual: np.ndarray, b: int, initial: float, thresholds: Thresholds
+) -> bool:
+    """Whether swinging block means are the optimizer's rather than batch noise.
+
+    They are when they vary more than independent batch noise lets them
+    (variance ratio), or when the loss swings that widely without ever
+    getting below where it started: noise around a level that never fell.
+    """
+    ratio = variance_ratio(residual, b)
+    ev["variance_ratio"] = figure(ratio)
+    ev["variance_ratio_threshold"] = thresholds.oscillation_variance_ratio
+    progress = improvement(initial, ev["median_loss"])
+    ev["improvement"] = figure(progress)
+    return bool(
+        ratio >= thresholds.oscillation_variance_ratio
+        or progress < thresholds.plateau_improvement
+    )
 
 
 def _oscillation_flag(
