@@ -208,10 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 when no flag is at or above ``--fail-on``, 1 when
         one is, 2 on a usage or input error.
-
-    Example:
-        >>> main(["check", "runs", "--json"])  # doctest: +SKIP
-        0
     """
     out, err = sys.stdout, sys.stderr
     # Before anything imports TensorBoard's loading code (the diagnosis

@@ -6,6 +6,7 @@ import numpy as np
 
 from tb_gradplugin import reader
 from tb_gradplugin.diagnosis import (
+    Thresholds,
     diagnose,
 )
 from tests import eventfiles
@@ -234,3 +235,31 @@ def test_a_dead_layer_after_a_healthy_one_starves_nothing_before_it():
     flags = diagnose(chain_run([1, 1, 0.1, 0.0, 1, 1], [0, 0, 0.2, 0.1, 0, 0]))
     dead = {f.layer for f in only(flags, "dead_layer")}
     assert dead == {"seq/dense/kernel", "seq/dense_2/kernel"}
+
+
+def test_units_that_fire_now_and_then_at_batch_size_one_are_not_dead():
+    """At batch size 1 a live layer is silent most steps; a step that fires counts."""
+    zero = np.ones((N, 4))
+    zero[::12, :2] = 0.6  # some units get a gradient every twelfth step
+    zero[:, 2:] = 0.05
+    layers = {"zero_fraction": zero, "grad_norm": np.tile([0.2, 0.1, 0.5, 0.3], (N, 1))}
+    flags = diagnose(
+        run_of(
+            loss=healthy_loss(), grad_norm=healthy_grad(), variables=VARS, layers=layers
+        )
+    )
+    assert only(flags, "dead_layer") == []
+    strict = Thresholds(dead_touch_steps=1)
+    (flag,) = only(
+        diagnose(
+            run_of(
+                loss=healthy_loss(),
+                grad_norm=healthy_grad(),
+                variables=VARS,
+                layers=layers,
+            ),
+            strict,
+        ),
+        "dead_layer",
+    )
+    assert flag.layer == "seq/dense/kernel"

@@ -59,3 +59,18 @@ def test_format_flag_is_the_same_for_a_flag_and_its_json():
     assert advice == "          Advice: " + diagnosis.ADVICE["dead_layer"]
     no_layer = diagnosis.format_flag(Flag("non_finite", "error", 1, 1, None, "x"))
     assert no_layer.split("\n")[0] == "ERROR   non_finite  steps 1-1"
+
+
+def test_the_docstring_examples_of_the_package_run():
+    """Every >>> example in the diagnosis package gives the output it shows."""
+    import doctest
+    import importlib
+    import pkgutil
+
+    tried = 0
+    for info in pkgutil.iter_modules(diagnosis.__path__):
+        module = importlib.import_module(f"tb_gradplugin.diagnosis.{info.name}")
+        result = doctest.testmod(module, raise_on_error=False, verbose=False)
+        assert result.failed == 0, info.name
+        tried += result.attempted
+    assert tried >= 4

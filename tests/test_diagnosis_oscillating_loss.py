@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tb_gradplugin.diagnosis import (
+    Thresholds,
     diagnose,
 )
 from tests.diagnosis_runs import (
@@ -66,3 +67,36 @@ def test_swings_that_grow_back_above_the_start_are_oscillating():
     flags = diagnose(run_of(steps=s, loss=loss, grad_norm=np.ones(880)))
     (flag,) = only(flags, "oscillating_loss")
     assert flag.evidence["rebound"] > 1
+
+
+def test_batch_noise_around_a_falling_loss_is_not_oscillating():
+    """Block means as noisy as batch-2 losses, around a falling trend: no flag."""
+    s = np.arange(1, 451)
+    wrong = 0.12 + 0.18 * np.exp(-s / 150)  # the share of examples still missed
+    r = rng(30)
+    loss = 1.5 * r.binomial(2, wrong) / 2 + 0.02 * r.random(450)
+    run = run_of(steps=s, loss=loss, grad_norm=np.ones(450))
+    assert only(diagnose(run), "oscillating_loss") == []
+    # The series passes every other test of a swing: only the comparison with
+    # batch noise (variance ratio, progress from the start) tells it apart.
+    without = Thresholds(oscillation_variance_ratio=0.0)
+    (flag,) = only(diagnose(run, without), "oscillating_loss")
+    assert flag.evidence["variance_ratio"] < 3
+    assert flag.evidence["improvement"] > 0.1
+
+
+def test_step_to_step_alternation_with_rare_spikes_is_oscillating_not_a_plateau():
+    """A loss alternating around chance level, spikes and all, is an oscillation."""
+    s = np.arange(1, 601)
+    loss = np.where(s % 2, 0.53, 0.9) + 0.03 * rng(31).standard_normal(600)
+    loss[20::47] = 11.0
+    flags = diagnose(run_of(steps=s, loss=loss, grad_norm=np.ones(600)))
+    (flag,) = only(flags, "oscillating_loss")
+    assert flag.severity == "warning"
+    assert "loss_plateau" not in kinds(flags)
+    # Without the spikes the block means are flat: the points show the swing.
+    plain = np.where(s % 2, 0.53, 0.9) + 0.03 * rng(31).standard_normal(600)
+    flags = diagnose(run_of(steps=s, loss=plain, grad_norm=np.ones(600)))
+    (flag,) = only(flags, "oscillating_loss")
+    assert flag.evidence["measured_on"] == "logged steps"
+    assert flag.evidence["lag1_autocorrelation"] < -0.5

@@ -107,3 +107,23 @@ def test_variance_ratio_is_one_for_noise_and_large_for_swings():
     assert robust.variance_ratio(alternating, 20) < 0.1
     assert math.isnan(robust.variance_ratio(np.ones(10), 2))
     assert math.isnan(robust.variance_ratio(noise[:3], 2))
+
+
+def test_rank_lag1_sees_an_alternation_through_a_rare_spike():
+    """One huge point hides an alternation from the plain r1, not from the ranks'."""
+    t = np.arange(300)
+    x = np.where(t % 2, 0.5, 0.9) + 0.02 * rng(6).standard_normal(300)
+    x[::60] = 12.0
+    assert robust.lag1_autocorrelation(x) > -0.3
+    assert robust.rank_lag1_autocorrelation(x) < -0.6
+    noise = rng(7).standard_normal(300)
+    assert abs(robust.rank_lag1_autocorrelation(noise)) < 0.2
+
+
+def test_rolling_min_is_the_minimum_of_each_run():
+    """Each output is the minimum of width consecutive points."""
+    x = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0])
+    np.testing.assert_array_equal(robust.rolling_min(x, 3), [1, 1, 1, 1, 2])
+    np.testing.assert_array_equal(robust.rolling_min(x, 20), [1])
+    np.testing.assert_array_equal(robust.rolling_min(x, 1), x)
+    assert robust.rolling_min(np.zeros(0), 3).shape == (0,)

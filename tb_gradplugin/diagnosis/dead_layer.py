@@ -4,6 +4,8 @@ Sources: AutoTrainer (ICSE 2021) — dying ReLU when ≥ 70 % of the gradient
 entries are exactly 0 (``dead_fraction``); this project — an error from 95 %
 (``dead_error_fraction``: practically every unit), and the share must hold at
 nearly every late step (its ``dead_quantile`` = 10 % quantile), not on average.
+Per-step shares are taken as their minimum over ``dead_touch_steps``
+consecutive logged steps: at batch size 1 a live unit is silent at most steps.
 A kernel is judged by its layer's bias where there is one: the bias's zero
 share is the share of units that no example of the batch activated, while the
 kernel's also counts inputs that are zero.
@@ -38,6 +40,7 @@ from tb_gradplugin.diagnosis.robust import (
     nanmedian,
     nanquantile,
     rolling_median,
+    rolling_min,
 )
 from tb_gradplugin.diagnosis.run_view import RunView, is_weight
 from tb_gradplugin.diagnosis.thresholds import Thresholds
@@ -112,7 +115,7 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
             continue  # a writer without the structure: only the name is left
         else:
             series, column = zero, index[judged]
-        found = _share(series, column, thresholds)
+        found = _share(series, column, thresholds, per_step=series is zero)
         if found is None:
             continue
         share, first_step = found
@@ -132,10 +135,15 @@ def _window_columns(series: Series | None) -> dict[str, int]:
 
 
 def _share(
-    series: Series, column: int, thresholds: Thresholds
+    series: Series, column: int, thresholds: Thresholds, *, per_step: bool
 ) -> tuple[float, int] | None:
     """(late low quantile of a zero-share column, step it stayed high from)."""
     values = series.values[:, column]
+    steps = series.steps
+    if per_step and values.shape[0] >= thresholds.dead_touch_steps:
+        # A unit touched at any of the consecutive steps is alive.
+        values = rolling_min(values, thresholds.dead_touch_steps)
+        steps = steps[: values.shape[0]]  # each run of steps from its first
     late = values[late_window(values.shape[0])]
     if not np.isfinite(late).any():
         return None
@@ -147,7 +155,7 @@ def _share(
     smooth = rolling_median(values, 5)
     below = np.nonzero(~(smooth >= thresholds.dead_fraction))[0]
     onset = min(int(below[-1] + 1) if below.size else 0, values.shape[0] - 1)
-    return share, int(series.steps[onset])
+    return share, int(steps[onset])
 
 
 def _whole(column: np.ndarray, thresholds: Thresholds) -> bool:

@@ -56,15 +56,15 @@ def rule(view: RunView, thresholds: Thresholds, strong_cause: bool) -> list[Flag
     Returns:
         At most one flag.
     """
-    s, v = view.finite_loss()
-    n = v.shape[0]
+    steps, loss = view.finite_loss()
+    n = loss.shape[0]
     if n < thresholds.min_trend_points:
         return []
-    initial = initial_loss(v)
+    initial = initial_loss(loss)
     for start in candidate_starts(n):
-        w = v[start:]
-        level = float(np.median(w))
-        m1, m3 = thirds(w)
+        window = loss[start:]
+        level = float(np.median(window))
+        m1, m3 = thirds(window)
         scale = max(abs(level), 1e-12)
         if abs(m1 - m3) > thresholds.plateau_flat * scale:
             continue
@@ -74,9 +74,9 @@ def rule(view: RunView, thresholds: Thresholds, strong_cause: bool) -> list[Flag
         if not (never or chance):
             continue
         # The plateau begins where the (smoothed) loss first enters its band.
-        rm = rolling_median(v, 9)
-        tol = max(thresholds.plateau_flat * scale, 1e-12)
-        inside = np.nonzero(np.abs(rm - level) <= tol)[0]
+        smooth = rolling_median(loss, 9)
+        band = max(thresholds.plateau_flat * scale, 1e-12)
+        inside = np.nonzero(np.abs(smooth - level) <= band)[0]
         onset = int(inside[0]) if inside.size else start
         if onset > max(start, n // 2):
             onset = start
@@ -91,11 +91,11 @@ def rule(view: RunView, thresholds: Thresholds, strong_cause: bool) -> list[Flag
             Flag(
                 kind="loss_plateau",
                 severity=severity,
-                first_step=int(s[onset]),
-                last_step=int(s[-1]),
+                first_step=int(steps[onset]),
+                last_step=int(steps[-1]),
                 layer=None,
                 message=(
-                    f"The loss stopped improving at step {int(s[onset])}: it stays "
+                    f"The loss stopped improving at step {int(steps[onset])}: it stays "
                     f"at {short(level)}, {what}, for the remaining "
                     f"{n - onset} logged steps."
                 ),

@@ -30,41 +30,52 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
     Returns:
         At most one flag: a warning where the loss is stuck, else info.
     """
-    neg = view.data.scalar("hessian/negative_ratio")
-    if neg is None or not len(neg):
-        mr = view.data.scalar("hessian/min_ratio")
-        zr = view.data.scalar("hessian/zero_ratio")
-        if mr is None or not len(mr):
+    negative = view.data.scalar("hessian/negative_ratio")
+    if negative is None or not len(negative):
+        min_ratio = view.data.scalar("hessian/min_ratio")
+        zero_ratio = view.data.scalar("hessian/zero_ratio")
+        if min_ratio is None or not len(min_ratio):
             return []
-        zero = view.value_at(zr, mr.steps) if zr is not None else np.zeros(len(mr))
-        steps, negv = mr.steps, 1.0 - mr.values - np.nan_to_num(zero, nan=0.0)
+        zero = (
+            view.value_at(zero_ratio, min_ratio.steps)
+            if zero_ratio is not None
+            else np.zeros(len(min_ratio))
+        )
+        steps, negative_share = (
+            min_ratio.steps,
+            1.0 - min_ratio.values - np.nan_to_num(zero, nan=0.0),
+        )
     else:
-        steps, negv = neg.steps, neg.values
-    hg = view.data.scalar("hessian/grad_norm")
-    g = view.value_at(hg, steps) if hg is not None else np.full(steps.shape[0], np.nan)
+        steps, negative_share = negative.steps, negative.values
+    probe_grad = view.data.scalar("hessian/grad_norm")
+    grad = (
+        view.value_at(probe_grad, steps)
+        if probe_grad is not None
+        else np.full(steps.shape[0], np.nan)
+    )
     if view.grad is not None and len(view.grad):
         # Nearest logged gradient norm where the probe batch's is missing.
         idx = np.clip(np.searchsorted(view.grad.steps, steps), 0, len(view.grad) - 1)
-        g = np.where(np.isfinite(g), g, view.grad.values[idx])
-        g0 = nanmedian(view.grad.values[:3])
+        grad = np.where(np.isfinite(grad), grad, view.grad.values[idx])
+        initial_grad = nanmedian(view.grad.values[:3])
     else:
-        g0 = nanmedian(g[:1])
-    if not (np.isfinite(g0) and g0 >= 0):
+        initial_grad = nanmedian(grad[:1])
+    if not (np.isfinite(initial_grad) and initial_grad >= 0):
         return []
-    # A run that starts on the critical point (g0 = 0, e.g. zero weights) still
+    # A run that starts on the critical point (zero weights: no gradient) still
     # counts: an exactly-zero gradient is near zero.
-    small = g <= max(thresholds.saddle_grad_fraction * g0, 1e-12)
+    small = grad <= max(thresholds.saddle_grad_fraction * initial_grad, 1e-12)
     # Where the loss has stopped moving, the expected gradient is ~0 even when
     # the batch gradient is not (sampling noise): that also counts as near zero.
     stuck = np.zeros(steps.shape[0], dtype=bool)
     if plateau is not None:
         stuck = steps >= plateau.first_step
-    hit = (negv >= thresholds.saddle_negative_ratio) & (small | stuck)
-    hit &= np.isfinite(negv)
+    hit = (negative_share >= thresholds.saddle_negative_ratio) & (small | stuck)
+    hit &= np.isfinite(negative_share)
     if not hit.any():
         return []
     idx = np.nonzero(hit)[0]
-    worst = int(idx[np.argmax(negv[idx])])
+    worst = int(idx[np.argmax(negative_share[idx])])
     loss_stuck = bool(stuck[worst])
     severity = "warning" if loss_stuck else "info"
     return [
@@ -79,16 +90,16 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
                 + (
                     "the loss had stopped moving"
                     if loss_stuck
-                    else f"the gradient norm was near zero ({short(g[worst])}; "
-                    f"initially {short(g0)})"
+                    else f"the gradient norm was near zero ({short(grad[worst])}; "
+                    f"initially {short(initial_grad)})"
                 )
-                + f" while {negv[worst]:.0%} of the Hessian eigenvalues were "
+                + f" while {negative_share[worst]:.0%} of the Hessian eigenvalues were "
                 f"negative (step {int(steps[worst])}): a saddle point, not a minimum."
             ),
             evidence={
-                "negative_ratio": figure(negv[worst]),
-                "grad_norm": figure(g[worst]),
-                "initial_grad_norm": figure(g0),
+                "negative_ratio": figure(negative_share[worst]),
+                "grad_norm": figure(grad[worst]),
+                "initial_grad_norm": figure(initial_grad),
                 "probes": int(idx.size),
                 "loss_stuck": loss_stuck,
                 "negative_threshold": thresholds.saddle_negative_ratio,

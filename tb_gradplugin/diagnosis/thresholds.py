@@ -45,6 +45,11 @@ class Thresholds:
         dead_quantile: The quantile of the layer's zero share over the late
             window that must exceed the threshold, so that it holds at nearly
             every step and not on average: 0.1 (this project).
+        dead_touch_steps: Without window shares, a unit that gets a gradient
+            at any of this many consecutive logged steps is alive: the per-step
+            zero share is judged on its minimum over them, an upper bound of the
+            share never touched in those steps (at batch size 1 one step sees
+            one example): 10 logged steps (this project).
         plateau_flat: Largest relative change of the loss between the first and
             the last third of the plateau: 0.02 = 2 % (this project).
         plateau_improvement: A loss that improved less than this share of its
@@ -70,8 +75,9 @@ class Thresholds:
             travels this many times the range it covers: 3 (this project; a
             monotone loss travels its range once).
         oscillation_variance_ratio: Block means swing only when they vary
-            this many times more than independent batch noise lets them, around
-            the best non-increasing fit of the loss: 3 (Lo & MacKinlay 1988:
+            this many times more than independent batch noise lets them (the
+            ranks of the residuals around the best non-increasing fit of the
+            loss): 3 (Lo & MacKinlay 1988:
             the variance ratio is 1 for uncorrelated noise, ± 0.2 at 40 blocks;
             this project chose 3).
         oscillation_blocks: The loss is averaged over this many blocks of
@@ -112,6 +118,7 @@ class Thresholds:
     dead_fraction: float = 0.7
     dead_error_fraction: float = 0.95
     dead_quantile: float = 0.1
+    dead_touch_steps: int = 10
     plateau_flat: float = 0.02
     plateau_improvement: float = 0.1
     chance_tolerance: float = 0.01
