@@ -47,7 +47,7 @@ def _recommender(seed):
             )
 
         def call(self, ids):
-            return keras.ops.take(self.offsets, ids)  # a gather: rows only
+            return keras.ops.take(self.offsets, ids, axis=0)  # a gather: rows only
 
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
