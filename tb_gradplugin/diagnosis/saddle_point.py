@@ -30,23 +30,10 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
     Returns:
         At most one flag: a warning where the loss is stuck, else info.
     """
-    negative = view.data.scalar("hessian/negative_ratio")
-    if negative is None or not len(negative):
-        min_ratio = view.data.scalar("hessian/min_ratio")
-        zero_ratio = view.data.scalar("hessian/zero_ratio")
-        if min_ratio is None or not len(min_ratio):
-            return []
-        zero = (
-            view.value_at(zero_ratio, min_ratio.steps)
-            if zero_ratio is not None
-            else np.zeros(len(min_ratio))
-        )
-        steps, negative_share = (
-            min_ratio.steps,
-            1.0 - min_ratio.values - np.nan_to_num(zero, nan=0.0),
-        )
-    else:
-        steps, negative_share = negative.steps, negative.values
+    found = _negative_shares(view)
+    if found is None:
+        return []
+    steps, negative_share = found
     probe_grad = view.data.scalar("hessian/grad_norm")
     grad = (
         view.value_at(probe_grad, steps)
@@ -107,3 +94,24 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
             },
         )
     ]
+
+
+def _negative_shares(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
+    """(probe steps, share of negative eigenvalues), or None without probes.
+
+    Where only the minimal ratio was written, the negative share is what the
+    positive and the near-zero shares leave.
+    """
+    negative = view.data.scalar("hessian/negative_ratio")
+    if negative is not None and len(negative):
+        return negative.steps, negative.values
+    min_ratio = view.data.scalar("hessian/min_ratio")
+    if min_ratio is None or not len(min_ratio):
+        return None
+    zero_ratio = view.data.scalar("hessian/zero_ratio")
+    zero = (
+        view.value_at(zero_ratio, min_ratio.steps)
+        if zero_ratio is not None
+        else np.zeros(len(min_ratio))
+    )
+    return min_ratio.steps, 1.0 - min_ratio.values - np.nan_to_num(zero, nan=0.0)
