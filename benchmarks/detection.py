@@ -3,7 +3,8 @@
 Trains every scenario of ``tests/scenarios`` for several seeds and prints, per
 flag kind, precision, recall and the median detection delay (steps from the
 pathology's onset to the flag's first step), and the healthy runs' false
-alarms. A kind in a scenario's ``allowed`` set is neither a hit nor a false
+alarms, and counts every warning or error flag raised on a healthy run (the
+target is 0). A kind in a scenario's ``allowed`` set is neither a hit nor a false
 alarm there.
 
 Usage: ``python benchmarks/detection.py [--seeds 3]``.
@@ -29,6 +30,7 @@ def main() -> None:
     tp, fp, fn = collections.Counter(), collections.Counter(), collections.Counter()
     delays = collections.defaultdict(list)
     healthy_alarms, healthy_runs = 0, 0
+    false_on_healthy: collections.Counter = collections.Counter()
     t0 = time.time()
     for seed in range(args.seeds):
         for sc in SCENARIOS:
@@ -45,6 +47,9 @@ def main() -> None:
             if sc.healthy:
                 healthy_runs += 1
                 healthy_alarms += bool(serious)
+                for f in report["flags"]:
+                    if f["severity"] in ("warning", "error"):
+                        false_on_healthy[f"{f['kind']} ({f['severity']})"] += 1
             for kind in sc.expected:
                 if kind in serious:
                     tp[kind] += 1
@@ -64,6 +69,11 @@ def main() -> None:
         d = statistics.median(delays[k]) if delays[k] else float("nan")
         print(f"{k:<22}{p:>10.2f}{r:>8.2f}{d:>8.0f}  ({tp[k]}/{fp[k]}/{fn[k]})")
     print(f"healthy runs with a warning or error: {healthy_alarms}/{healthy_runs}")
+    total = sum(false_on_healthy.values())
+    detail = ", ".join(f"{k}: {n}" for k, n in sorted(false_on_healthy.items()))
+    print(f"false warnings and errors on healthy runs: {total} (target 0)")
+    if detail:
+        print(f"  {detail}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from tensorboard import errors
 from tensorboard.data import provider as tb_provider
 
 from tb_gradplugin import metadata
-from tb_gradplugin.reader import RunData, Series, list_runs, read_run, tag_key
+from tb_gradplugin.metadata import tag_key
+from tb_gradplugin.reader import RunData, Series, list_runs, read_run
 
 LISTING_TTL_S = 1.0
 """Seconds a run's tag listing is reused. A listing costs 13–40 ms on the Rust
@@ -29,17 +30,6 @@ data server (measured, TensorBoard 2.21) and the data changes at most every
 CACHE_ENTRIES = 256
 """Entries the reader's cache keeps: series (at most a few MB each for 100,000
 steps), tag listings and the payloads derived from them."""
-
-# Families written as per-variable tensors (docs/INTERFACES.md); the rest are
-# scalars. Listing a named tag needs its kind.
-_TENSOR_PREFIXES = (
-    "layer/",
-    "window_layer/",
-    "hessian_layer/",
-    "hessian_spectrum/",
-    "trajectory/",
-    "block/",
-)
 
 
 def kind_of(key: str) -> str:
@@ -51,7 +41,7 @@ def kind_of(key: str) -> str:
     Returns:
         ``"tensor"`` for the per-variable families, else ``"scalar"``.
     """
-    return "tensor" if key.startswith(_TENSOR_PREFIXES) else "scalar"
+    return "tensor" if metadata.is_tensor_key(key) else "scalar"
 
 
 class TagVersion(NamedTuple):

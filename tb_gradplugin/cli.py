@@ -27,7 +27,6 @@ from typing import Any, TextIO
 
 PROG = "tb-gradhealth"
 _FAIL_ON = ("error", "warning", "never")
-_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
 class _UsageError(Exception):
@@ -116,14 +115,10 @@ class _LoadWarnings(logging.Handler):
 
 
 def _clean(text: Any) -> str:
-    """Makes a name safe to print: no control characters, no bad surrogates."""
-    out = []
-    for ch in str(text):
-        if ch.isprintable():
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out).encode("utf-8", "backslashreplace").decode("utf-8")
+    """Makes a name safe to print (the diagnosis package's one rule for it)."""
+    from tb_gradplugin.diagnosis import flags
+
+    return flags.printable(text)
 
 
 def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
@@ -132,7 +127,6 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
         raise _UsageError(f"log directory not found: {_clean(logdir)}")
     if not os.path.isdir(logdir):
         raise _UsageError(f"not a directory: {_clean(logdir)}")
-    _use_tensorboard_stub()
     from tensorboard.util import tb_logging
 
     from tb_gradplugin import diagnosis, reader
@@ -176,11 +170,15 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
 
 
 def _worst(reports: list[dict[str, Any]]) -> int:
-    ranks = [_RANK.get(f["severity"], 0) for r in reports for f in r["flags"]]
+    from tb_gradplugin.diagnosis import severity_rank
+
+    ranks = [severity_rank(f["severity"]) for r in reports for f in r["flags"]]
     return max(ranks, default=-1)
 
 
 def _print_text(reports: list[dict[str, Any]], out: TextIO) -> None:
+    from tb_gradplugin.diagnosis import format_flag
+
     counts = {"error": 0, "warning": 0, "info": 0}
     for report in reports:
         flags = report["flags"]
@@ -192,14 +190,7 @@ def _print_text(reports: list[dict[str, Any]], out: TextIO) -> None:
         print(f"{head}: {len(flags)} flag(s)", file=out)
         for f in flags:
             counts[f["severity"]] = counts.get(f["severity"], 0) + 1
-            where = f"  {_clean(f['layer'])}" if f["layer"] else ""
-            print(
-                f"  {f['severity'].upper():<8}{f['kind']}  steps "
-                f"{f['first_step']}-{f['last_step']}{where}",
-                file=out,
-            )
-            print(f"          {_clean(f['message'])}", file=out)
-            print(f"          Advice: {_clean(f['advice'])}", file=out)
+            print(format_flag(f, indent="  "), file=out)
     print(
         f"{len(reports)} run(s): {counts['error']} error(s), "
         f"{counts['warning']} warning(s), {counts['info']} info.",
@@ -217,19 +208,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 when no flag is at or above ``--fail-on``, 1 when
         one is, 2 on a usage or input error.
-
-    Example:
-        >>> main(["check", "runs", "--json"])  # doctest: +SKIP
-        0
     """
     out, err = sys.stdout, sys.stderr
+    # Before anything imports TensorBoard's loading code (the diagnosis
+    # package does, through the reader).
+    _use_tensorboard_stub()
     try:
         args = _build_parser().parse_args(argv)
         reports = _read_reports(args.logdir, err)
         if args.fail_on == "never":
             status = 0
         else:
-            status = 1 if _worst(reports) >= _RANK[args.fail_on] else 0
+            from tb_gradplugin.diagnosis import severity_rank
+
+            status = 1 if _worst(reports) >= severity_rank(args.fail_on) else 0
         if args.json:
             text = json.dumps({"runs": reports}, allow_nan=False)
             out.write(text + "\n")

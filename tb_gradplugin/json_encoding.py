@@ -9,12 +9,13 @@ NaN as a finding rather than a gap. Imports no TensorFlow.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from tensorboard.backend import json_util
 
-__all__ = ["encode_json", "float_list", "nonfinite_text"]
+__all__ = ["encode_json", "float_list", "json_safe", "nonfinite_text"]
 
 
 def nonfinite_text(value: float) -> str:
@@ -56,6 +57,32 @@ def float_list(values: np.ndarray) -> list:
         else:
             out[idx[0]][idx[1]] = text
     return out
+
+
+def json_safe(value: Any) -> Any:
+    """Converts a value into data that strict JSON accepts.
+
+    Args:
+        value: Nested dicts, lists, tuples, numpy values, numbers and strings.
+
+    Returns:
+        The same structure with numpy values turned into Python ones and
+        non-finite floats into the strings of :func:`nonfinite_text`.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [json_safe(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        number = float(value)
+        return number if np.isfinite(number) else nonfinite_text(number)
+    return value
 
 
 def encode_json(payload: Any) -> str:

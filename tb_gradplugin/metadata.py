@@ -10,7 +10,8 @@ Layout of a run's tags, all under :data:`TAG_PREFIX`:
 * ``step/<stat>`` scalars, one point per logged optimizer step
   (:data:`STEP_SCALARS`).
 * ``layer/<stat>`` float32 tensors of shape ``[n_variables]``, one per logged
-  step (:data:`LAYER_STATS`); the content names the variables in order.
+  step (:data:`LAYER_STATS`); the content names the variables in order and
+  (:data:`SPARSE_VARIABLES`) those whose gradient arrives as rows.
 * ``window/<stat>`` the statistics over a window of steps (gradient variance
   over steps, average gradient magnitude), per variable as tensors and for the
   whole model as scalars (:data:`WINDOW_LAYER_STATS`, :data:`WINDOW_SCALARS`).
@@ -70,7 +71,15 @@ WINDOW_LAYER_STATS = {
         "over the variable's entries"
     ),
     "grad_mean_abs": "mean |g| over the window's steps and the variable's entries",
+    "zero_fraction": (
+        "share of the variable's entries whose gradient was exactly 0 at every "
+        "step of the window (an entry touched at some step counts as non-zero)"
+    ),
 }
+
+SPARSE_VARIABLES = "sparse_variables"
+"""Content key of the ``layer/*`` tags: the paths of the variables whose gradient
+arrived as ``tf.IndexedSlices`` (rows read with a gather, e.g. a lookup table)."""
 
 # Window statistics of the whole model, scalars.
 WINDOW_SCALARS = {
@@ -129,6 +138,70 @@ HESSIAN_SPECTRUM_TEXT = (
 )
 
 TRAJECTORY_TAG = TAG_PREFIX + "trajectory/projection"
+
+TENSOR_FAMILIES = (
+    "layer/",
+    "window_layer/",
+    "hessian_layer/",
+    "hessian_spectrum/",
+    "trajectory/",
+    "block/",
+)
+"""Key prefixes of the families written as tensors; every other one is scalar."""
+
+WINDOW_FAMILIES = ("window/", "window_layer/", "slice/")
+"""Key prefixes of the families written when a window of steps closes; the
+others are written per logged step (or per curvature probe, per snapshot)."""
+
+
+def tag_key(tag: str) -> str | None:
+    """Returns a tag's key: the tag without :data:`TAG_PREFIX`.
+
+    Args:
+        tag: A summary tag, e.g. ``"gradient_health/step/loss"``.
+
+    Returns:
+        The key, e.g. ``"step/loss"``; ``None`` for a tag of another plugin.
+    """
+    if not tag.startswith(TAG_PREFIX):
+        return None
+    return tag[len(TAG_PREFIX) :]
+
+
+def key_tag(key: str) -> str:
+    """Returns the tag of a key: :data:`TAG_PREFIX` + ``key``.
+
+    Args:
+        key: A key, e.g. ``"layer/grad_norm"``.
+
+    Returns:
+        The tag, e.g. ``"gradient_health/layer/grad_norm"``.
+    """
+    return TAG_PREFIX + key
+
+
+def is_tensor_key(key: str) -> bool:
+    """Whether a key's series is written as tensors (else as scalars).
+
+    Args:
+        key: A key without the prefix, e.g. ``"window_layer/grad_variance"``.
+
+    Returns:
+        True for the :data:`TENSOR_FAMILIES`.
+    """
+    return key.startswith(TENSOR_FAMILIES)
+
+
+def is_window_key(key: str) -> bool:
+    """Whether a key's series is written per window of steps.
+
+    Args:
+        key: A key without the prefix, e.g. ``"slice/lo/grad_variance"``.
+
+    Returns:
+        True for the :data:`WINDOW_FAMILIES`.
+    """
+    return key.startswith(WINDOW_FAMILIES)
 
 
 def step_tag(stat: str) -> str:

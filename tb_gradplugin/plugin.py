@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import mimetypes
 import pathlib
-import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 from tensorboard import errors, plugin_util
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import cached_reader, metadata, reader, shaping, views
-from tb_gradplugin.json_encoding import encode_json, float_list
+from tb_gradplugin import cached_reader, metadata, shaping, views
+from tb_gradplugin.json_encoding import encode_json
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
 """The built frontend bundle (generated from ``frontend/``)."""
@@ -37,67 +35,10 @@ MAX_DOWNSAMPLE = 100_000
 MAX_HEATMAP_BUCKETS = 5000
 """The largest ``buckets`` the ``layers`` route accepts."""
 
-RECENT_STEPS = 100
-"""Logged steps over which the per-variable update ratio's median is taken."""
-
 MAX_RUNS_PER_REQUEST = 200
 """The most ``run`` parameters one multi-run request may carry."""
 
 _JSON = "application/json"
-
-
-# --------------------------------------------------------------------------
-# Analysis that the diagnosis package takes over.
-
-
-def volatility(values: np.ndarray) -> float | None:
-    """Measures how much a loss jumps from one logged point to the next.
-
-    The figure is the standard deviation of the point-to-point differences
-    over the second half of the series divided by the mean absolute value over
-    that half: about 0 for a settled loss, near or above 1 for a loss that
-    keeps swinging by its own size (seed 002's HRM 0.5 and 10.0 runs). The
-    first half is left out so that the initial descent does not count.
-
-    Args:
-        values: The loss values in step order.
-
-    Returns:
-        The volatility, or ``None`` when fewer than 4 finite points exist.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    if v.size < 4:
-        return None
-    tail = v[v.size // 2 :]
-    scale = float(np.mean(np.abs(tail)))
-    if scale == 0.0:
-        return 0.0
-    return float(np.std(np.diff(tail)) / scale)
-
-
-def latest_update_ratios(ratio: reader.Series | None) -> dict[str, Any]:
-    """The per-variable update ratios at the last logged step and their median.
-
-    Args:
-        ratio: The ``layer/update_ratio`` series, or ``None``.
-
-    Returns:
-        ``{"variables", "step", "values", "median"}``: the median is taken over
-        the last :data:`RECENT_STEPS` logged steps, ignoring non-finite values.
-    """
-    if ratio is None or not len(ratio):
-        return {"variables": [], "step": None, "values": [], "median": []}
-    recent = ratio.values[-RECENT_STEPS:]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
-        med = np.nanmedian(np.where(np.isfinite(recent), recent, np.nan), 0)
-    return {
-        "variables": shaping.variable_names(ratio),
-        "step": int(ratio.steps[-1]),
-        "values": float_list(ratio.values[-1]),
-        "median": float_list(med),
-    }
 
 
 # --------------------------------------------------------------------------

@@ -88,20 +88,6 @@ class RunData:
         return self.tensors.get(key)
 
 
-def tag_key(tag: str) -> str | None:
-    """Returns a gradient-health tag's key (the tag without the prefix), else ``None``.
-
-    Args:
-        tag: A tag, e.g. ``"gradient_health/step/loss"``.
-
-    Returns:
-        The key, e.g. ``"step/loss"``; ``None`` for another plugin's tag.
-    """
-    if not tag.startswith(metadata.TAG_PREFIX):
-        return None
-    return tag[len(metadata.TAG_PREFIX) :]
-
-
 def _content(ts) -> dict:
     try:
         return metadata.parse_plugin_content(ts.plugin_content)
@@ -211,7 +197,7 @@ def read_run(
             provider, ctx, kind, experiment_id, run, set(meta), downsample
         )
         for tag, (steps, wall_times, values) in points.items():
-            key = tag_key(tag)
+            key = metadata.tag_key(tag)
             if key is None or tag not in meta:
                 continue
             target[key] = Series(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tb_gradplugin import spectrum
+from tb_gradplugin.diagnosis import summaries
 from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
 
@@ -390,4 +391,25 @@ def curvature_json(
         "min_ratio_vs_loss": pairs_json(steps, loss, ratio, n),
         "spectral_density": shown,
         "content": content,
+    }
+
+
+def latest_update_ratios(ratio: Series | None) -> dict[str, Any]:
+    """The per-variable update ratios at the last logged step and their median.
+
+    Args:
+        ratio: The ``layer/update_ratio`` series, or ``None``.
+
+    Returns:
+        ``{"variables", "step", "values", "median"}``: the median is
+        :func:`tb_gradplugin.diagnosis.recent_median` over the last
+        :data:`tb_gradplugin.diagnosis.RECENT_STEPS` logged steps.
+    """
+    if ratio is None or not len(ratio):
+        return {"variables": [], "step": None, "values": [], "median": []}
+    return {
+        "variables": variable_names(ratio),
+        "step": int(ratio.steps[-1]),
+        "values": float_list(ratio.values[-1]),
+        "median": float_list(summaries.recent_median(ratio.values)),
     }

@@ -216,7 +216,7 @@ class ViewData:
             ``{"run", "stat", "stats": [available], "heatmap": heatmap_json,
             "update_ratio": {"variables", "step", "values", "median"}}``:
             the ratios at the last logged step and their median over the last
-            :data:`tb_gradplugin.plugin.RECENT_STEPS` logged steps.
+            :data:`tb_gradplugin.diagnosis.RECENT_STEPS` logged steps.
 
         Raises:
             tensorboard.errors.InvalidArgumentError: For an unknown ``stat``.
@@ -245,7 +245,7 @@ class ViewData:
             if ratio_key in coarse:
                 latest = blocks.latest_json(coarse[ratio_key])
             else:
-                latest = _analysis().latest_update_ratios(got.get(ratio_key))
+                latest = shaping.latest_update_ratios(got.get(ratio_key))
             return {
                 "run": run,
                 "stat": stat,
@@ -294,7 +294,7 @@ class ViewData:
 
         Returns:
             ``{"runs": {run: {name: {**series_json, "volatility": float|null}}}}``;
-            the volatility (:func:`tb_gradplugin.plugin.volatility`) uses every
+            the volatility (:func:`tb_gradplugin.diagnosis.volatility`) uses every
             point.
 
         Raises:
@@ -309,7 +309,7 @@ class ViewData:
             out[run] = {
                 key.partition("/")[2]: {
                     **shaping.series_json(s, n),
-                    "volatility": _analysis().volatility(s.values),
+                    "volatility": diagnosis.volatility(s.values),
                 }
                 for key, s in sorted(got.items())
             }
@@ -432,14 +432,3 @@ class ViewData:
             for block_key, summary in got.items()
             if blocks.total_points(summary) >= BLOCK_MIN_POINTS
         }
-
-
-def _analysis():
-    """The module holding the loss volatility and the recent update-ratio median.
-
-    They sit in ``plugin.py`` (which imports this module) until the diagnosis
-    package takes them, so the import waits until a view needs them.
-    """
-    from tb_gradplugin import plugin
-
-    return plugin

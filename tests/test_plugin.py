@@ -156,18 +156,6 @@ def raw_events(run_dir: str, tag: str) -> tuple[np.ndarray, np.ndarray]:
 # -- pure functions ------------------------------------------------------------
 
 
-def test_volatility_matches_numpy_and_separates_settled_from_swinging():
-    """The volatility figure is std(diff(second half)) / mean |second half|."""
-    rng = np.random.default_rng(2)
-    swing = 2 + np.sin(np.arange(200)) * 1.5
-    settled = 1 + 1e-3 * rng.normal(size=200)
-    tail = swing[100:]
-    expect = np.std(np.diff(tail)) / np.mean(np.abs(tail))
-    assert plugin.volatility(swing) == pytest.approx(expect, rel=1e-12)
-    assert plugin.volatility(settled) < 0.01 < 0.5 < plugin.volatility(swing)
-    assert plugin.volatility(np.array([1.0, np.nan])) is None
-
-
 def test_loader_fix_flags_keeps_all_points_unless_user_says():
     """fix_flags adds gradient_health=0 (all) and keeps a user's own setting."""
     loader = plugin.GradientHealthLoader()
@@ -339,7 +327,7 @@ def test_slices_and_loss_components_across_runs(served):
     body = get_json(client, "loss_components?run=synthetic&run=healthy")
     kl = body["runs"]["synthetic"]["kl_loss"]
     written = served["written"]["synthetic"].window["loss_component/kl_loss"]
-    assert kl["volatility"] == pytest.approx(plugin.volatility(written), rel=1e-12)
+    assert kl["volatility"] == pytest.approx(diagnosis.volatility(written), rel=1e-12)
     assert "mae" in body["runs"]["healthy"]
 
 

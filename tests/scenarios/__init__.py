@@ -120,12 +120,62 @@ def dead_relu(seed):
     return _compile(model, keras.optimizers.Adam(1e-3)), x, y, _fit(6), {}
 
 
+def dead_blocking(seed):
+    """A healthy first layer before a layer whose ReLUs never fire.
+
+    The second layer's bias of -20 keeps every unit off for every example:
+    it passes no gradient back, so the first layer's gradient is exactly zero
+    too, through no fault of its own (it is starved, not dead).
+    """
+    keras.utils.set_random_seed(seed)
+    x, y = _classes(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((32,)),
+            keras.layers.Dense(32, activation="relu", name="hidden"),
+            keras.layers.Dense(
+                32,
+                activation="relu",
+                bias_initializer=keras.initializers.Constant(-20.0),
+                name="blocker",
+            ),
+            keras.layers.Dense(5, name="out"),
+        ]
+    )
+    return _compile(model, keras.optimizers.Adam(1e-3)), x, y, _fit(4), {}
+
+
 def oscillating(seed):
     """Momentum SGD, batch size 1, high learning rate: the loss swings, no NaN."""
     keras.utils.set_random_seed(seed)
     x, y = _binary(seed, n=300)
     model = _compile(_mlp(20, [16], 2), keras.optimizers.SGD(0.02, momentum=0.9))
     return model, x, y, _fit(3, batch_size=1), {}
+
+
+def oscillating_alternating(seed):
+    """Momentum SGD at batch size 1 on examples whose classes alternate.
+
+    Each step pushes the output towards the other class, so the loss
+    alternates step to step (about 0.5 and 0.9, with rare spikes) around
+    chance level for the whole run, while most hidden units fall silent: an
+    oscillation, not a plateau (the kind AutoTrainer calls oscillating loss).
+    """
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(200, 20)).astype("float32")
+    y = (x @ rng.normal(size=20) > 0).astype("int64")  # separable, no label noise
+    first, second = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    pairs = min(len(first), len(second))
+    order = np.stack([first[:pairs], second[:pairs]], axis=1).reshape(-1)
+    model = _compile(_mlp(20, [16, 16], 2), keras.optimizers.SGD(0.05, momentum=0.9))
+    return (
+        model,
+        x[order],
+        y[order],
+        {**_fit(3, batch_size=1), "shuffle": False},
+        {},
+    )
 
 
 def nan_input(seed):
@@ -187,6 +237,45 @@ def healthy_sgd_batch1(seed):
     x, y = _binary(seed, n=300)
     model = _compile(_mlp(20, [16], 2), keras.optimizers.SGD(0.005, momentum=0.9))
     return model, x, y, _fit(3, batch_size=1), {}
+
+
+def healthy_sgd_batch2(seed):
+    """Momentum SGD at batch size 2 that learns: noise around a falling loss.
+
+    The loss of a 2-example batch swings from ~0 to ~1 while its epoch mean
+    falls (about 0.49, 0.34, 0.22): minibatch noise, not oscillation.
+    """
+    keras.utils.set_random_seed(seed)
+    x, y = _binary(seed, n=300)
+    model = _compile(_mlp(20, [16, 16], 2), keras.optimizers.SGD(0.03, momentum=0.9))
+    return model, x, y, _fit(3, batch_size=2), {}
+
+
+def healthy_rnn_clipped(seed):
+    """A character-level SimpleRNN with a clipped Adam on Markov-chain text.
+
+    Its epoch loss falls steadily (about 2.87, 2.46, 2.26 from ln 20 = 3.0)
+    while the per-batch loss is noisy: a falling trend, not oscillation.
+    """
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    vocab, n, length = 20, 1200, 20
+    transitions = rng.dirichlet(np.full(vocab, 0.3), size=vocab)
+    text = np.zeros(n * length + 1, dtype=np.int64)
+    for i in range(1, text.shape[0]):
+        text[i] = rng.choice(vocab, p=transitions[text[i - 1]])
+    x = text[:-1].reshape(n, length).astype("int32")
+    y = text[1:].reshape(n, length)
+    model = keras.Sequential(
+        [
+            keras.Input((length,), dtype="int32"),
+            keras.layers.Embedding(vocab, 16),
+            keras.layers.SimpleRNN(64, return_sequences=True),
+            keras.layers.Dense(vocab),
+        ]
+    )
+    model = _compile(model, keras.optimizers.Adam(3e-3, clipnorm=1.0))
+    return model, x, y, _fit(3), {}
 
 
 def healthy_rmsprop(seed):
@@ -251,7 +340,21 @@ SCENARIOS = [
         frozenset({"dead_layer"}),
         frozenset({"vanishing_gradient", "loss_plateau"}),
     ),
+    Scenario(
+        "dead_blocking",
+        dead_blocking,
+        frozenset({"dead_layer"}),
+        frozenset({"loss_plateau", "vanishing_gradient"}),
+    ),
     Scenario("oscillating", oscillating, frozenset({"oscillating_loss"})),
+    Scenario(
+        "oscillating_alternating",
+        oscillating_alternating,
+        frozenset({"oscillating_loss"}),
+        # Most hidden units fall silent (a warning) and the gradient norm
+        # spikes when an example lands on the wrong side: consequences.
+        frozenset({"dead_layer", "exploding_gradient"}),
+    ),
     Scenario("nan_input", nan_input, frozenset({"non_finite"}), onset=11),
     Scenario(
         "saddle",
@@ -262,6 +365,8 @@ SCENARIOS = [
     Scenario("healthy_mlp_adam", healthy_mlp_adam, frozenset()),
     Scenario("healthy_mlp_sgd", healthy_mlp_sgd, frozenset()),
     Scenario("healthy_sgd_batch1", healthy_sgd_batch1, frozenset()),
+    Scenario("healthy_sgd_batch2", healthy_sgd_batch2, frozenset()),
+    Scenario("healthy_rnn_clipped", healthy_rnn_clipped, frozenset()),
     Scenario("healthy_rmsprop", healthy_rmsprop, frozenset()),
     Scenario("healthy_cnn", healthy_cnn, frozenset()),
     Scenario("healthy_embedding", healthy_embedding, frozenset()),

@@ -1,0 +1,285 @@
+"""Robust statistics of a series: rolling medians, quantiles, autocorrelation.
+
+The rules judge medians and quantiles over windows rather than single points,
+so that one bad batch never decides a flag. Every function takes plain numpy
+arrays and ignores nothing silently: where NaN is skipped, the name says so.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+__all__ = [
+    "rank_lag1_autocorrelation",
+    "rolling_min",
+    "isotonic_decreasing",
+    "variance_ratio",
+    "candidate_starts",
+    "cumulative_quantile",
+    "improvement",
+    "initial_loss",
+    "lag1_autocorrelation",
+    "late_window",
+    "nanmedian",
+    "nanquantile",
+    "rolling_median",
+    "thirds",
+]
+
+
+def rolling_median(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred rolling median, the window shrinking at the ends.
+
+    Args:
+        x: The series, shape ``[n]``; NaN is skipped inside a window.
+        width: The window width, odd (an even one acts as ``width + 1``).
+
+    Returns:
+        Shape ``[n]``: the median of ``x[i - width // 2 : i + width // 2 + 1]``.
+    """
+    n = x.shape[0]
+    if n == 0 or width <= 1:
+        return x.copy()
+    half = width // 2
+    if n > 2 * half and np.isfinite(x).all():
+        # A plain median over the full windows, the ends one by one: the
+        # NaN-aware median below is several times slower.
+        out = np.empty(n)
+        windows = np.lib.stride_tricks.sliding_window_view(x, 2 * half + 1)
+        out[half : n - half] = np.median(windows, axis=1)
+        for i in list(range(half)) + list(range(n - half, n)):
+            out[i] = np.median(x[max(0, i - half) : i + half + 1])
+        return out
+    padded = np.concatenate([np.full(half, np.nan), x, np.full(half, np.nan)])
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(windows, axis=1)
+
+
+def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarray:
+    """The q-quantile of everything seen so far, at every point.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+        q: The quantile in ``[0, 1]``.
+        points: Places where it is computed exactly; between two, the earlier
+            value holds (the cost stays O(points · n)). Defaults to 400.
+
+    Returns:
+        Shape ``[n]``: the q-quantile of ``x[: i + 1]``.
+    """
+    n = x.shape[0]
+    if n == 0:
+        return x.copy()
+    at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
+    vals = np.array([np.quantile(x[: i + 1], q) for i in at])
+    idx = np.searchsorted(at, np.arange(n), side="right") - 1
+    return vals[idx]
+
+
+def nanmedian(x: np.ndarray) -> float:
+    """The median of the finite values, or NaN when there are none.
+
+    Args:
+        x: Any array.
+
+    Returns:
+        A float.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def nanquantile(x: np.ndarray, q: float) -> float:
+    """The q-quantile of the finite values, or NaN when there are none.
+
+    Args:
+        x: Any array.
+        q: The quantile in ``[0, 1]``.
+
+    Returns:
+        A float.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(np.quantile(x, q)) if x.size else math.nan
+
+
+def lag1_autocorrelation(x: np.ndarray) -> float:
+    """Lag-1 autocorrelation after removing a least-squares straight line.
+
+    Uncorrelated noise gives about 0 ± 2/√n; a series that alternates step to
+    step gives a negative value, slow waves a positive one.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+
+    Returns:
+        ``Σ r_t r_{t+1} / Σ r_t²`` of the residuals ``r``; 0 for fewer than
+        4 points or a straight line.
+    """
+    n = x.shape[0]
+    if n < 4:
+        return 0.0
+    t = np.arange(n, dtype=np.float64)
+    slope, intercept = np.polyfit(t, x, 1)
+    residual = x - (slope * t + intercept)
+    denom = float(np.dot(residual, residual))
+    if denom <= 0 or not math.isfinite(denom):
+        return 0.0
+    return float(np.dot(residual[:-1], residual[1:]) / denom)
+
+
+def thirds(x: np.ndarray) -> tuple[float, float]:
+    """The medians of the first and the last third of a series.
+
+    Args:
+        x: The series, shape ``[n]``, ``n >= 1``.
+
+    Returns:
+        ``(median of the first third, median of the last third)``.
+    """
+    k = max(1, x.shape[0] // 3)
+    return float(np.median(x[:k])), float(np.median(x[-k:]))
+
+
+def late_window(n: int) -> slice:
+    """The late window of ``n`` points: the second half (at least one point).
+
+    Args:
+        n: The number of points.
+
+    Returns:
+        A slice.
+    """
+    return slice(n // 2 if n > 1 else 0, n)
+
+
+def initial_loss(values: np.ndarray) -> float:
+    """The loss a run started from: the median of its first three points.
+
+    Args:
+        values: The loss values, shape ``[n]``, ``n >= 1``.
+
+    Returns:
+        A float (the first point alone is one batch, too noisy).
+    """
+    return float(np.median(values[: min(3, values.shape[0])]))
+
+
+def improvement(initial: float, level: float) -> float:
+    """How much of the initial loss has been removed.
+
+    Args:
+        initial: The initial loss.
+        level: The loss now.
+
+    Returns:
+        ``(initial - level) / |initial|``: 1 = all, 0 = none, < 0 = worse.
+    """
+    return (initial - level) / max(abs(initial), 1e-12)
+
+
+def candidate_starts(n: int) -> list[int]:
+    """Where a late window of ``n`` points may begin: 0, n/8, n/4, 3n/8, n/2.
+
+    Args:
+        n: The number of points.
+
+    Returns:
+        Sorted distinct start indices; the rules try the longest window first.
+    """
+    return sorted({0, n // 8, n // 4, (3 * n) // 8, n // 2})
+
+
+def isotonic_decreasing(x: np.ndarray) -> np.ndarray:
+    """The least-squares non-increasing fit of a series (pool adjacent violators).
+
+    A learning loss falls with noise on top: this fit follows the fall however
+    curved it is, and leaves the noise (and any swing back up) in the residual.
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+
+    Returns:
+        Shape ``[n]``: the non-increasing ``f`` that minimises ``Σ (x - f)²``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    levels: list[float] = []
+    weights: list[int] = []
+    for value in x:
+        levels.append(float(value))
+        weights.append(1)
+        # Merge the last two blocks while they rise (violate the order).
+        while len(levels) > 1 and levels[-2] < levels[-1]:
+            w = weights[-2] + weights[-1]
+            level = (levels[-2] * weights[-2] + levels[-1] * weights[-1]) / w
+            levels[-2:], weights[-2:] = [level], [w]
+    return np.repeat(levels, weights)
+
+
+def variance_ratio(residual: np.ndarray, block: int) -> float:
+    """How much more block means vary than independent points would let them.
+
+    ``block · var(means of blocks) / var(points)``: about 1 for uncorrelated
+    noise (± √(2 / number of blocks)), far above 1 when the series swings over
+    many points, below 1 when it alternates step to step (Lo & MacKinlay 1988,
+    the variance-ratio test, here on levels rather than increments).
+
+    Args:
+        residual: The series with its trend removed, shape ``[n]``, finite.
+        block: Points per block, ``>= 1``.
+
+    Returns:
+        The ratio; NaN with fewer than 2 blocks or a constant series.
+    """
+    count = residual.shape[0] // block
+    if count < 2:
+        return math.nan
+    points = float(np.var(residual[: count * block]))
+    if not points > 0:
+        return math.nan
+    means = residual[: count * block].reshape(count, block).mean(axis=1)
+    return block * float(np.var(means)) / points
+
+
+def rank_lag1_autocorrelation(x: np.ndarray) -> float:
+    """:func:`lag1_autocorrelation` of the ranks: one huge point cannot hide it.
+
+    A loss that alternates 0.5/0.9 step to step keeps a strongly negative
+    value even with a rare spike to 12 among its points, which alone makes
+    the plain autocorrelation ≈ 0 (Spearman's idea applied to lag 1).
+
+    Args:
+        x: The series, shape ``[n]``, finite.
+
+    Returns:
+        The lag-1 autocorrelation of the detrended ranks of ``x``.
+    """
+    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable")
+    return lag1_autocorrelation(ranks.astype(np.float64))
+
+
+def rolling_min(x: np.ndarray, width: int) -> np.ndarray:
+    """The minimum of each run of ``width`` consecutive points.
+
+    Args:
+        x: The series, shape ``[n]``.
+        width: Points per run, ``>= 1``; shorter series use their length.
+
+    Returns:
+        Shape ``[max(n - width + 1, 1)]`` (``[0]`` for an empty series):
+        ``min(x[i : i + width])``; NaN where a run has only NaN.
+    """
+    if x.shape[0] == 0:
+        return x.copy()
+    width = max(1, min(width, x.shape[0]))
+    windows = np.lib.stride_tricks.sliding_window_view(x, width)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmin(windows, axis=1)
