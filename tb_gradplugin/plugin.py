@@ -31,7 +31,7 @@ from tensorboard.data import provider as tb_provider
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import metadata, reader
+from tb_gradplugin import health, metadata, reader
 
 try:  # The diagnosis engine is its own module; the tab works without it.
     from tb_gradplugin import diagnosis as _diagnosis
@@ -504,6 +504,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         self._cache_lock = threading.Lock()
         self._listing_cache: dict = {}
         self._encoded_cache: collections.OrderedDict = collections.OrderedDict()
+        self._health = health.HealthTable(self._require_provider, self.read_run_data)
 
     # -- TBPlugin interface -------------------------------------------------
 
@@ -553,6 +554,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             "/curvature": self._json_route(self._curvature_args),
             "/trajectory": self._json_route(self._trajectory_args),
             "/export": self._serve_export,
+            "/health": self._json_route(self._health_args),
+            "/last_finite": self._json_route(self._last_finite_args),
         }
 
     # -- data access --------------------------------------------------------
@@ -1124,6 +1127,31 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def _trajectory_args(self, ctx, eid, args):
         runs = _runs_param(args) or self.runs_impl(ctx, eid)
         return self.trajectory_impl(ctx, eid, runs)
+
+    def _health_args(self, ctx, eid, args):
+        try:
+            return self._health.table(ctx, eid, _runs_param(args))
+        except LookupError as err:
+            raise RequestError(str(err), 404) from None
+
+    def _last_finite_args(self, ctx, eid, args):
+        run = _run_param(args)
+        key = args.get("key") or ""
+        if not key:
+            raise RequestError("missing parameter: key")
+        versions = self._known_run(ctx, eid, run, keys=[key])
+        if key not in versions:
+            raise RequestError(f"unknown key for run: {key[:200]!r}", 404)
+        series = self.read_series(ctx, eid, run, [key], versions)[key]
+        step, values = health.last_finite_row(series)
+        return {
+            "run": run,
+            "key": key,
+            "last_step": int(series.steps[-1]) if len(series) else None,
+            "step": step,
+            "variables": _variable_names(series),
+            "values": None if values is None else float_list(values.reshape(-1)),
+        }
 
     # -- HTTP plumbing --------------------------------------------------------
 
