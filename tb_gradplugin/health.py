@@ -1,7 +1,7 @@
 """The health table: every run's worst flag, last loss and a grad-norm sparkline.
 
 The tab's first view answers "which of my runs are unhealthy?" in one request.
-:class:`HealthTable` lists every run's tags in one provider call per kind (not
+:class:`HealthTable` lists the runs' tags in one provider call per kind (not
 one per run: a per-run listing costs ~40 ms under the Rust data server, 8 s for
 200 runs), diagnoses each run once per version of its data, and keeps the rows
 until a series of the run grows. The pure functions here shape one row and
@@ -198,19 +198,27 @@ class HealthTable:
         self._rows: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def versions(self, ctx, eid: str) -> dict[str, dict[str, tuple]]:
-        """Every run's tag versions, in one listing per kind.
+    def versions(
+        self, ctx, eid: str, runs: list[str] | None = None
+    ) -> dict[str, dict[str, tuple]]:
+        """The tag versions of some runs, in one listing per kind.
 
         Args:
             ctx: The request context.
             eid: The experiment.
+            runs: The runs. Defaults to ``None``: every run.
 
         Returns:
-            ``{run: {key: (kind, max_step, max_wall_time, plugin_content)}}``.
+            ``{run: {key: (kind, max_step, max_wall_time, plugin_content)}}``
+            for the runs that hold gradient-health data.
         """
         provider = self._provider()
         out: dict[str, dict[str, tuple]] = {}
-        kw = dict(experiment_id=eid, plugin_name=metadata.PLUGIN_NAME)
+        kw = dict(
+            experiment_id=eid,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=runs),
+        )
         for kind, listing in (
             ("scalar", provider.list_scalars),
             ("tensor", provider.list_tensors),
@@ -243,7 +251,7 @@ class HealthTable:
             LookupError: When a named run has no gradient-health data (the
                 message names it).
         """
-        versions = self.versions(ctx, eid)
+        versions = self.versions(ctx, eid, runs)
         names = sorted(versions) if runs is None else runs
         rows = []
         for run in names:

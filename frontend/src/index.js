@@ -9,7 +9,10 @@ import {RunList, readHashState, writeHashState, runColor, selectedRuns} from './
 import {isDark, watchTheme} from './theme.js';
 
 const RELOAD_MS = 30000; // TensorBoard's own default reload period (30 s).
-const HEALTH_CHUNK = 25; // runs per `health` request: the table fills as rows arrive.
+// Runs per `health` request: a cold row costs a full diagnosis of its run, so the
+// first request is small (rows show soon) and later ones grow (fewer requests).
+const HEALTH_FIRST_CHUNK = 5;
+const HEALTH_MAX_CHUNK = 40;
 
 /** Entry point called by TensorBoard's plugin_entry.html. */
 export async function render() {
@@ -198,12 +201,13 @@ class App {
 
   /**
    * Loads the `health` rows of runs not loaded yet (all of them when `fresh`),
-   * HEALTH_CHUNK at a time, calling `onChunk` after each answer.
+   * a growing chunk at a time, calling `onChunk` after each answer but the last.
    */
   async healthOf(runs, fresh = false, onChunk = null) {
     const missing = runs.filter((run) => fresh || !this.health.has(run));
-    for (let i = 0; i < missing.length; i += HEALTH_CHUNK) {
-      const chunk = missing.slice(i, i + HEALTH_CHUNK);
+    let size = HEALTH_FIRST_CHUNK;
+    for (let i = 0; i < missing.length; i += size, size = Math.min(2 * size, HEALTH_MAX_CHUNK)) {
+      const chunk = missing.slice(i, i + size);
       try {
         const table = await getJson('health', {run: chunk});
         for (const row of table.runs) this.health.set(row.run, row);
@@ -211,7 +215,7 @@ class App {
         if (e.status === 404) continue; // a run vanished: the next reload drops it
         throw e;
       }
-      if (onChunk && i + HEALTH_CHUNK < missing.length) onChunk();
+      if (onChunk && i + size < missing.length) onChunk();
     }
   }
 
