@@ -415,7 +415,8 @@ def _assert_views_draw_the_routes(frame, view: str, run: str, get) -> None:
             """() => [...document.querySelectorAll('#gh-health tbody tr')]
               .map((tr) => [tr.dataset.run, tr.dataset.worst || null])"""
         )
-        assert sorted(shown) == sorted((r, row["worst"]) for r, row in table.items())
+        expect = [[r, row["worst"]] for r, row in table.items()]
+        assert sorted(shown, key=str) == sorted(expect, key=str)
     elif view == "overview":
         body = get("overview", run=run)
         charts = {"overview": ("loss", "grad norm"), "update": ("update ratio",)}

@@ -160,7 +160,9 @@ export function lineWithMarkers(name, steps, values, {
       symbolSize: 12, itemStyle: {color: NONFINITE_COLOR}, z: 10,
       data: found.map((s) => ({value: [s.first_step, top, s.last_step, s.count],
         name: stretchLabel(s, exactCount)})),
-      label: {show: true, position: 'top', formatter: (p) => p.name, color: NONFINITE_COLOR},
+      // A second axis' marker often sits where the first one's does: label it below.
+      label: {show: true, position: yAxisIndex ? 'bottom' : 'top', formatter: (p) => p.name,
+        color: NONFINITE_COLOR},
       markArea: {silent: true, itemStyle: {color: 'rgba(214,39,40,0.07)'},
         data: found.filter((s) => s.last_step > s.first_step)
           .map((s) => [{xAxis: s.first_step}, {xAxis: s.last_step}])},

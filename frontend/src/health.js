@@ -2,7 +2,7 @@
 // flag, flag kinds, last step, last loss and a grad-norm sparkline. Pure
 // builders over the `health` route's rows; sorting and clicks are wired by
 // the caller through `onSort` and `onOpen`.
-import {el, fmt, exact} from './util.js';
+import {el, fmt, exact, nonFiniteStretches} from './util.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const SEVERITY_RANK = {error: 3, warning: 2, info: 1};
@@ -48,7 +48,7 @@ export function sortRows(rows, {key, descending}) {
 
 /**
  * A sparkline of a {steps, values} series as inline SVG (no chart instance per
- * row: 200 rows stay fast). Non-finite points are red ticks at the top.
+ * row: 200 rows stay fast). Each stretch of non-finite points is one red band.
  */
 export function sparkline(series, color) {
   const svg = document.createElementNS(SVG, 'svg');
@@ -76,16 +76,17 @@ export function sparkline(series, color) {
       pen = 'L';
     } else {
       pen = 'M';
-      if (!Number.isFinite(v)) {
-        const tick = document.createElementNS(SVG, 'rect');
-        tick.setAttribute('x', String(Number(x(steps[i])) - 1));
-        tick.setAttribute('y', '0');
-        tick.setAttribute('width', '2');
-        tick.setAttribute('height', String(SPARK_HEIGHT));
-        tick.setAttribute('class', 'gh-spark-nonfinite');
-        svg.appendChild(tick);
-      }
     }
+  }
+  for (const stretch of nonFiniteStretches(steps, values)) {
+    const left = Number(x(stretch.first_step)) - 1;
+    const band = document.createElementNS(SVG, 'rect');
+    band.setAttribute('x', String(left));
+    band.setAttribute('y', '0');
+    band.setAttribute('width', String(Math.max(2, Number(x(stretch.last_step)) + 1 - left)));
+    band.setAttribute('height', String(SPARK_HEIGHT));
+    band.setAttribute('class', 'gh-spark-nonfinite');
+    svg.appendChild(band);
   }
   const line = document.createElementNS(SVG, 'path');
   line.setAttribute('d', path);

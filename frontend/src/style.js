@@ -64,7 +64,7 @@ select, input[type=search] { background: var(--gh-input-bg); border: 1px solid v
 .gh-health tbody tr { cursor: pointer; }
 .gh-health tbody tr:hover, .gh-health tbody tr:focus { background: var(--gh-hover); outline: none; }
 .gh-spark { display: block; }
-.gh-spark-nonfinite { fill: #d62728; }
+.gh-spark-nonfinite { fill: #d62728; opacity: 0.6; }
 .gh-flags { list-style: none; padding: 0; margin: 0; }
 .gh-flag { border-left: 4px solid #999; padding: 6px 10px; margin: 6px 0; background: var(--gh-flag-bg); }
 .gh-flag-head { display: flex; gap: 8px; align-items: baseline; flex-wrap: wrap; }

@@ -208,7 +208,14 @@ const layers = {
     if (lo === Infinity) { lo = 0; hi = 1; }
     const height = Math.max(260, 40 + 16 * heat.variables.length);
     const chart = app.charts.get('heatmap', main, {height,
-      title: `${data.stat} per variable × step (${s.log ? 'log₁₀ colour scale' : 'linear colour'})`});
+      title: `${data.stat} per variable × step (${s.log ? 'log₁₀ colour scale' : 'linear colour'}; `
+        + 'red: NaN/Inf)'});
+    // Non-finite cells are drawn as red cells of the grid's size: a run of them
+    // reads as one red block, not as a row of separate markers.
+    const cellSize = [
+      Math.max(2, (chart.getWidth() - 250) / Math.max(1, heat.steps.length)),
+      Math.max(2, (height - 80) / Math.max(1, heat.variables.length)),
+    ];
     chart.setOption({
       animation: false,
       backgroundColor: 'transparent',
@@ -224,13 +231,14 @@ const layers = {
       visualMap: {type: 'continuous', min: lo, max: hi === lo ? lo + 1 : hi, dimension: 2,
         seriesIndex: 0, calculable: true, orient: 'vertical', right: 0, top: 20,
         text: [s.log ? `10^${fmt(hi)}` : fmt(hi), s.log ? `10^${fmt(lo)}` : fmt(lo)],
-        inRange: {color: ['#313695', '#4575b4', '#abd9e9', '#fee090', '#f46d43', '#a50026']}},
+        // Viridis: perceptually even, and free of the red that marks NaN/Inf.
+        inRange: {color: ['#440154', '#3b528b', '#21918c', '#5ec962', '#fde725']}},
       dataZoom: [{type: 'slider', xAxisIndex: 0, height: 18, bottom: 6},
         {type: 'inside', xAxisIndex: 0}],
       series: [
         // Plain arrays and ECharts' progressive drawing keep 40,000 cells responsive.
         {name: data.stat, type: 'heatmap', data: cells, progressive: 4000, progressiveThreshold: 8000},
-        {name: 'non-finite', type: 'scatter', symbol: 'diamond', symbolSize: 10,
+        {name: 'non-finite', type: 'scatter', symbol: 'rect', symbolSize: cellSize,
           itemStyle: {color: NONFINITE_COLOR}, data: bad.map((b) => ({value: [b[0], b[1], null, b[2]]}))},
       ],
     });
