@@ -4,12 +4,15 @@
 import {el, clear} from './util.js';
 
 /**
- * Run colours. Red is left out: it marks NaN/Inf findings. A run's colour is
- * fixed by its place among all runs, so a filter never recolours a run.
+ * Run colours (category10 and its lighter tableau20 shades). Pure red is left
+ * out: it marks NaN/Inf findings. A run's colour is fixed by its place among
+ * all runs, so a filter never recolours a run; past 20 runs colours repeat, as
+ * in TensorBoard.
  */
 export const RUN_COLORS = [
   '#1f77b4', '#ff7f0e', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#17becf',
   '#bcbd22', '#7f7f7f', '#393b79', '#637939', '#ad494a', '#6b6ecf', '#e7ba52',
+  '#aec7e8', '#98df8a', '#c5b0d5', '#c49c94', '#f7b6d2', '#9edae5',
 ];
 
 // Keys this tab adds to TensorBoard's hash ("#gradient_health&ghRun=..."):
