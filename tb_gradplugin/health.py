@@ -3,8 +3,9 @@
 The tab's first view answers "which of my runs are unhealthy?" in one request.
 :class:`HealthTable` lists the runs' tags in one provider call per kind (not
 one per run: a per-run listing costs ~40 ms under the Rust data server, 8 s for
-200 runs), diagnoses each run once per version of its data, and keeps the rows
-until a series of the run grows. The pure functions here shape one row and
+200 runs) and keeps each row until a series of its run grows; a new row takes
+the run's report from the ``flags`` route's cache, so the table and the flags
+view show one diagnosis. The pure functions here shape one row and
 find the non-finite stretches and the last finite row of a series; they import
 no TensorFlow.
 """
@@ -186,15 +187,19 @@ class HealthTable:
         provider: Returns TensorBoard's data provider (raises when there is none).
         read_run_data: ``(ctx, eid, run, versions) -> reader.RunData``, the
             plugin's cached read of every series of a run.
+        run_report: ``(ctx, eid, run) -> dict``, the ``flags`` route's cached
+            report, so a row and the run's flags come from one diagnosis.
     """
 
     def __init__(
         self,
         provider: Callable[[], tb_provider.DataProvider],
         read_run_data: Callable[..., reader.RunData],
+        run_report: Callable[..., dict],
     ):
         self._provider = provider
         self._read_run_data = read_run_data
+        self._run_report = run_report
         self._rows: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -268,8 +273,8 @@ class HealthTable:
             if hit is not None:
                 self._rows.move_to_end(key)
                 return hit
-        data = self._read_run_data(ctx, eid, run, versions)
-        row = health_row(data, diagnosis.run_report(data))
+        report = self._run_report(ctx, eid, run)
+        row = health_row(self._read_run_data(ctx, eid, run, versions), report)
         with self._lock:
             self._rows[key] = row
             while len(self._rows) > _ROW_CACHE_ENTRIES:

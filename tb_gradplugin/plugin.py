@@ -504,7 +504,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         self._cache_lock = threading.Lock()
         self._listing_cache: dict = {}
         self._encoded_cache: collections.OrderedDict = collections.OrderedDict()
-        self._health = health.HealthTable(self._require_provider, self.read_run_data)
+        self._health = health.HealthTable(
+            self._require_provider, self.read_run_data, self.flags_impl
+        )
 
     # -- TBPlugin interface -------------------------------------------------
 
