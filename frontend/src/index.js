@@ -10,9 +10,12 @@ import {isDark, watchTheme} from './theme.js';
 
 const RELOAD_MS = 30000; // TensorBoard's own default reload period (30 s).
 // Runs per `health` request: a cold row costs a full diagnosis of its run, so the
-// first request is small (rows show soon) and later ones grow (fewer requests).
+// first request is small (rows show soon) and later ones double; when an answer
+// comes fast (rows cached by the server) the rest is asked for at once.
 const HEALTH_FIRST_CHUNK = 5;
 const HEALTH_MAX_CHUNK = 40;
+const HEALTH_FAST_MS = 300;
+const MAX_RUNS_PER_REQUEST = 200; // the routes' limit (http_api.md)
 
 /** Entry point called by TensorBoard's plugin_entry.html. */
 export async function render() {
@@ -206,16 +209,19 @@ class App {
   async healthOf(runs, fresh = false, onChunk = null) {
     const missing = runs.filter((run) => fresh || !this.health.has(run));
     let size = HEALTH_FIRST_CHUNK;
-    for (let i = 0; i < missing.length; i += size, size = Math.min(2 * size, HEALTH_MAX_CHUNK)) {
+    for (let i = 0; i < missing.length;) {
       const chunk = missing.slice(i, i + size);
+      const started = performance.now();
       try {
         const table = await getJson('health', {run: chunk});
         for (const row of table.runs) this.health.set(row.run, row);
       } catch (e) {
-        if (e.status === 404) continue; // a run vanished: the next reload drops it
-        throw e;
+        if (e.status !== 404) throw e; // a vanished run: the next reload drops it
       }
-      if (onChunk && i + size < missing.length) onChunk();
+      i += chunk.length;
+      size = performance.now() - started < HEALTH_FAST_MS
+        ? MAX_RUNS_PER_REQUEST : Math.min(2 * size, HEALTH_MAX_CHUNK);
+      if (onChunk && i < missing.length) onChunk();
     }
   }
 
