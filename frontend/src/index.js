@@ -273,7 +273,8 @@ class App {
       if (seq !== this.renderSeq) return; // a newer click won
       this.debug.data[viewKey] = data;
       draw(data);
-      this.setStatus('');
+      this.setStatus(this.pendingNote || '');
+      this.pendingNote = null;
     } catch (e) {
       this.error(e);
     } finally {
@@ -337,6 +338,11 @@ class App {
     this.state.zoom.overview = [Math.max(0, first - pad), last + pad];
     this.debug.zoomedTo = [first, last];
     this.show('overview');
+  }
+
+  /** Shows a short note under the views until the next render. */
+  note(text) {
+    this.pendingNote = text;
   }
 
   setStatus(text) {

@@ -10,6 +10,17 @@ import {healthTable} from './health.js';
 import {selectedRuns} from './runs.js';
 
 const HEALTHY_UPDATE_RATIO = 1e-3; // cs231n: update/weight ratio near 1e-3 is healthy.
+const MAX_COMPARED_RUNS = 200; // the routes' limit of `run` parameters (http_api.md)
+
+/** The shown runs a comparing route is asked for: at most the routes' limit. */
+function comparedRuns(app) {
+  const runs = selectedRuns(app.state);
+  if (runs.length > MAX_COMPARED_RUNS) {
+    app.note(`Comparing the first ${MAX_COMPARED_RUNS} of ${runs.length} shown runs: `
+      + 'narrow the run list to compare others.');
+  }
+  return runs.slice(0, MAX_COMPARED_RUNS);
+}
 
 function emptyState(main, title, text) {
   main.appendChild(el('section', {class: 'gh-card gh-empty', 'data-empty': title},
@@ -27,7 +38,12 @@ function exportLinks(run, keys) {
   return box;
 }
 
-/** Options of lineWithMarkers for a route's series object S of a run. */
+/**
+ * Options of lineWithMarkers for a route's series object S of a run. The
+ * stretches of NaN/Inf over every point come from the run's health row when the
+ * tab has it (single-run views load it; views that compare many runs use the
+ * rows the health table loaded, and count in the drawn points otherwise).
+ */
 function seriesOptions(app, run, key, series, extra = {}) {
   return {smoothing: app.state.smoothing, stretches: app.stretchesOf(run, key),
     downsampled: !!series.downsampled, ...extra};
@@ -289,13 +305,12 @@ const slices = {
   title: 'Slices',
   multiRun: true,
   async load(app, fresh) {
-    const runs = selectedRuns(app.state);
+    const runs = comparedRuns(app);
     if (!runs.length) return {runs: {}};
     const data = await app.fetch('slices', {run: runs}, fresh);
     // Only runs that record slices are compared (window statistics alone are not slices).
     const withSlices = Object.keys(data.runs).filter((run) =>
       Object.keys(data.runs[run].slices).length);
-    await app.healthOf(withSlices, fresh);
     return {runs: Object.fromEntries(withSlices.map((run) => [run, data.runs[run]]))};
   },
   draw(app, data, main) {
@@ -348,12 +363,11 @@ const lossComponents = {
   title: 'Loss components',
   multiRun: true,
   async load(app, fresh) {
-    const runs = selectedRuns(app.state);
+    const runs = comparedRuns(app);
     if (!runs.length) return {runs: {}};
     const data = await app.fetch('loss_components', {run: runs}, fresh);
     const withComponents = Object.keys(data.runs).filter((run) =>
       Object.keys(data.runs[run]).length);
-    await app.healthOf(withComponents, fresh);
     return {runs: Object.fromEntries(withComponents.map((run) => [run, data.runs[run]]))};
   },
   draw(app, data, main) {
@@ -417,7 +431,7 @@ const curvature = {
     const curv = await app.fetch('curvature', {run}, fresh);
     await app.healthOf([run], fresh);
     let traj;
-    const runs = selectedRuns(app.state);
+    const runs = comparedRuns(app);
     try {
       // Every shown run with a trajectory; the route leaves out runs without one.
       traj = runs.length ? await app.fetch('trajectory', {run: runs}, fresh)
