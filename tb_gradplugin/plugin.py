@@ -166,6 +166,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             "/curvature": self.curvature_route,
             "/trajectory": self.trajectory_route,
             "/export": self.export_route,
+            "/health": self.health_route,
+            "/last_finite": self.last_finite_route,
         }
 
     # -- routes: parse, call the implementation, respond ----------------------
@@ -262,6 +264,21 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def _runs_view_args(self, request) -> tuple[Any, str, list[str], int]:
         """``(ctx, eid, runs, downsample)`` of a view that compares runs."""
         return (*self._runs_scope(request), _downsample_param(request.args))
+
+    @wrappers.Request.application
+    def health_route(self, request):
+        """Answers ``health[?run=RUN...]``: the health table."""
+        ctx, eid = _request_scope(request)
+        payload = self.data.health_impl(ctx, eid, _runs_param(request.args))
+        return self._respond(request, payload)
+
+    @wrappers.Request.application
+    def last_finite_route(self, request):
+        """Answers ``last_finite?run=RUN&key=KEY``."""
+        args = request.args
+        run, key = _required_param(args, "run"), _required_param(args, "key")
+        payload = self.data.last_finite_impl(*_request_scope(request), run, key)
+        return self._respond(request, payload)
 
     @wrappers.Request.application
     def export_route(self, request):

@@ -19,12 +19,13 @@ from tb_gradplugin import (
     blocks,
     cached_reader,
     diagnosis,
+    health,
     metadata,
     reader,
     shaping,
     trajectory,
 )
-from tb_gradplugin.json_encoding import encode_json
+from tb_gradplugin.json_encoding import encode_json, float_list
 
 _JSON = "application/json"
 
@@ -67,6 +68,9 @@ class ViewData:
     """
 
     def __init__(self, data_reader: cached_reader.CachedReader):
+        self._health = health.HealthTable(
+            lambda: data_reader.provider, data_reader.read_run_data, self.flags_impl
+        )
         self._reader = data_reader
 
     def runs_impl(self, ctx, experiment_id: str) -> list[str]:
@@ -378,6 +382,55 @@ class ViewData:
                 f"trajectories cannot be compared: {err}"
             ) from err
         return {"available": bool(result.get("runs")), "excluded": excluded, **result}
+
+    def health_impl(self, ctx, eid: str, runs: list[str] | None) -> dict[str, Any]:
+        """The health table: one row per run (:class:`health.HealthTable`).
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            runs: The runs, or ``None`` for every run.
+
+        Returns:
+            ``{"runs": [health_row, ...]}``.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        try:
+            return self._health.table(ctx, eid, runs)
+        except LookupError as err:
+            raise errors.NotFoundError(str(err)) from None
+
+    def last_finite_impl(self, ctx, eid: str, run: str, key: str) -> dict[str, Any]:
+        """The last row of a series where every value is finite.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            run: The run.
+            key: The series' key.
+
+        Returns:
+            ``{"run", "key", "last_step", "step", "variables", "values"}``;
+            ``step`` and ``values`` are ``None`` when no row is finite.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run or key.
+        """
+        versions = self._reader.known_run(ctx, eid, run, keys=[key])
+        if key not in versions:
+            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
+        step, values = health.last_finite_row(series)
+        return {
+            "run": run,
+            "key": key,
+            "last_step": int(series.steps[-1]) if len(series) else None,
+            "step": step,
+            "variables": shaping.variable_names(series),
+            "values": None if values is None else float_list(values.reshape(-1)),
+        }
 
     def export_impl(
         self, ctx, eid: str, run: str, key: str, fmt: str

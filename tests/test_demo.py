@@ -477,6 +477,7 @@ def test_route_overview_and_layers_serve_seed004(client):
 
 # Each view of the tab with the demo run that shows it best.
 VIEW_RUNS = [
+    ("health", None),
     ("overview", "exploding"),
     ("layers", "vanishing"),
     ("slices", "smrl"),
@@ -497,11 +498,109 @@ def _drawn_points(frame) -> int:
     )
 
 
+def _drawn_series(frame, chart: str) -> dict[str, list]:
+    """The drawn series of a chart, by name."""
+    return {
+        s["name"]: s["data"]
+        for s in frame.evaluate(
+            "(k) => window.__gradHealth.charts[k].getOption().series", chart
+        )
+    }
+
+
+def _assert_line_is(drawn: list, series: dict) -> None:
+    """A drawn line ([step, shown, logged]) holds exactly a route's series S."""
+    assert [p[0] for p in drawn] == series["steps"]
+    for point, value in zip(drawn, series["values"], strict=True):
+        if isinstance(value, str):  # "NaN", "Infinity": drawn as a marker
+            assert point[2] is None
+        else:
+            assert point[2] == value
+
+
+def _assert_views_draw_the_routes(frame, view: str, run: str, get) -> None:
+    """Compares each chart of a view with the values of the route it draws."""
+    if view == "health":
+        table = {row["run"]: row for row in get("health")["runs"]}
+        shown = frame.evaluate(
+            """() => [...document.querySelectorAll('#gh-health tbody tr')]
+              .map((tr) => [tr.dataset.run, tr.dataset.worst || null])"""
+        )
+        expect = [[r, row["worst"]] for r, row in table.items()]
+        assert sorted(shown, key=str) == sorted(expect, key=str)
+    elif view == "overview":
+        body = get("overview", run=run)
+        charts = {"overview": ("loss", "grad norm"), "update": ("update ratio",)}
+        keys = {
+            "loss": "step/loss",
+            "grad norm": "step/grad_norm",
+            "update ratio": "step/update_ratio",
+        }
+        for chart, names in charts.items():
+            drawn = _drawn_series(frame, chart)
+            for name in names:
+                _assert_line_is(drawn[name], body["series"][keys[name]])
+    elif view == "layers":
+        body = get("layers", run=run)
+        cells = {
+            (c[0], c[1]): c[3] for c in _drawn_series(frame, "heatmap")[body["stat"]]
+        }
+        for yi, row in enumerate(body["heatmap"]["values"]):
+            for xi, value in enumerate(row):
+                assert cells[(xi, yi)] == value
+        ratio = body["update_ratio"]["values"]
+        if any(isinstance(v, str) for v in ratio):
+            ratio = get("last_finite", run=run, key="layer/update_ratio")["values"]
+        dots = _drawn_series(frame, "update_ratio")["update ratio"]
+        assert [p[0] for p in dots] == [v if v > 0 else None for v in ratio]
+    elif view == "slices":
+        drawn = _drawn_series(frame, "slices")
+        body = get("slices", run=ALL_RUNS)["runs"]
+        with_slices = {r for r, d in body.items() if d["slices"]}
+        assert {name.split(" · ")[0] for name in drawn} == with_slices
+        for r in with_slices:
+            for name, sl in body[r]["slices"].items():
+                _assert_line_is(drawn[f"{r} · {name} average |g|"], sl["grad_mean_abs"])
+                _assert_line_is(drawn[f"{r} · {name} variance"], sl["grad_variance"])
+    elif view == "loss_components":
+        body = get("loss_components", run=ALL_RUNS)["runs"]
+        for r, components in body.items():
+            for name, series in components.items():
+                _assert_line_is(_drawn_series(frame, f"loss_{name}")[r], series)
+    elif view == "curvature":
+        body = get("curvature", run=run)["series"]
+        drawn = _drawn_series(frame, "curv_time")
+        for name, key in (
+            ("min ratio", "hessian/min_ratio"),
+            ("negative ratio", "hessian/negative_ratio"),
+            ("top eigenvalue (sharpness)", "hessian/top_eigenvalue"),
+        ):
+            if key in body:
+                _assert_line_is(drawn[name], body[key])
+        _assert_line_is(
+            _drawn_series(frame, "noise_scale")["noise scale"],
+            body["window/noise_scale"],
+        )
+        traj = get("trajectory", run=ALL_RUNS)
+        drawn = _drawn_series(frame, "trajectory")
+        assert set(drawn) == set(traj["runs"])
+        for r, t in traj["runs"].items():
+            assert [[p[0], p[1]] for p in drawn[r]] == t["xy"]
+    elif view == "flags":
+        report = get("flags", run=run)
+        kinds = frame.evaluate(
+            "() => [...document.querySelectorAll('#gh-flags li')]"
+            ".map((li) => li.dataset.kind)"
+        )
+        assert kinds == [f["kind"] for f in report["flags"]] and len(kinds) >= 2
+
+
 @pytest.mark.browser
 def test_every_view_shows_the_demo_in_a_real_tab(demo, tmp_path):
-    """A real TensorBoard on the demo draws every view with data; docs screenshots."""
+    """A real TensorBoard on the demo draws each view's route values; screenshots."""
     import shutil
     import time
+    import urllib.parse
     import urllib.request
 
     from tests import gh_logdirs
@@ -513,13 +612,18 @@ def test_every_view_shows_the_demo_in_a_real_tab(demo, tmp_path):
     port = gh_logdirs.free_port()
     proc = gh_logdirs.start_tensorboard(demo["logdir"], port)
     base = f"http://127.0.0.1:{port}"
+
+    def get(route: str, **params):
+        query = urllib.parse.urlencode(params, doseq=True)
+        with urllib.request.urlopen(f"{base}{PREFIX}{route}?{query}", timeout=60) as r:
+            return json.loads(r.read())
+
     try:
         deadline = time.time() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{base}{PREFIX}runs", timeout=10) as r:
-                    if len(json.loads(r.read())) == len(ALL_RUNS):
-                        break
+                if len(get("runs")) == len(ALL_RUNS):
+                    break
             except OSError:
                 pass
             assert time.time() < deadline and proc.poll() is None, "no tensorboard"
@@ -539,30 +643,39 @@ def test_every_view_shows_the_demo_in_a_real_tab(demo, tmp_path):
             frame = page.wait_for_selector("iframe", timeout=60000).content_frame()
             frame.wait_for_function(
                 "() => window.__gradHealth && window.__gradHealth.renders > 0",
-                timeout=60000,
+                timeout=120000,
             )
             for view, run in VIEW_RUNS:
+                if run is not None:  # open the run from the run list, as a user does
+                    n = frame.evaluate("() => window.__gradHealth.renders")
+                    frame.evaluate(
+                        """(run) => [...document.querySelectorAll('#gh-runs li')]
+                          .find((li) => li.dataset.run === run)
+                          .querySelector('.gh-run-name').click()""",
+                        run,
+                    )
+                    frame.wait_for_function(
+                        """([n, run]) => window.__gradHealth.renders > n
+                          && window.__gradHealth.lastRender.run === run""",
+                        arg=[n, run],
+                        timeout=120000,
+                    )
                 n = frame.evaluate("() => window.__gradHealth.renders")
-                frame.select_option("#gh-run", value=run)
                 frame.click(f"button[data-view={view}]")
                 frame.wait_for_function(
                     """([n, view, run]) => {
                       const d = window.__gradHealth;
                       return d.renders > n && d.lastRender && d.lastRender.view === view
-                        && d.lastRender.run === run;
+                        && (run === null || d.lastRender.run === run);
                     }""",
                     arg=[n, view, run],
-                    timeout=60000,
+                    timeout=120000,
                 )
-                if view == "flags":
-                    assert frame.locator("#gh-flags li").count() >= 2, view
-                else:
+                if view not in ("health", "flags"):
                     assert _drawn_points(frame) > 0, view
-                shot = tmp_path / f"screenshot-{view}.png"
-                page.screenshot(path=str(shot))
-                shutil.copyfile(
-                    shot, os.path.join(ROOT, "docs", f"screenshot-{view}.png")
-                )
+                _assert_views_draw_the_routes(frame, view, run, get)
+                page.screenshot(path=str(tmp_path / f"screenshot-{view}.png"))
+            assert frame.evaluate("() => window.__gradHealth.errors") == []
             browser.close()
     finally:
         proc.terminate()

@@ -4,7 +4,9 @@ TensorBoard runs with a plain ``--logdir`` (no ``--samples_per_plugin``) over re
 Keras trainings written by the callback, a synthetic run of 3,000 steps with a NaN and
 a spike, and a run directory named as HTML. The tests read the values that the page
 drew (through the tab's ``window.__gradHealth`` debug hook: ECharts' ``getOption()``
-and the DOM) and compare them with the plugin's HTTP routes and the written data.
+and the DOM) and compare them with the plugin's HTTP routes and the written data;
+they drive the tab as a user does: the run list (filter, checkboxes, a click on a
+run's name), the health table, TensorBoard's own dark-mode toggle and a reload.
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 REPO = gh_logdirs.REPO
 PREFIX = "/data/plugin/gradient_health/"
-VIEWS = ["overview", "layers", "slices", "loss_components", "curvature", "flags"]
+VIEWS = [
+    "health",
+    "overview",
+    "layers",
+    "slices",
+    "loss_components",
+    "curvature",
+    "flags",
+]
 VIEW_SWITCH_BUDGET_S = 1.0  # the issue: "a view switch well under a second"
 
 
@@ -100,12 +110,15 @@ class Tab:
         """Returns how many renders the tab finished."""
         return self.eval("() => window.__gradHealth.renders")
 
-    def wait_render(self, after: int, view: str, run: str | None = None) -> None:
-        """Waits for a render of `view` (and `run`) after the `after`-th one."""
+    def wait_render(
+        self, after: int, view: str | None = None, run: str | None = None
+    ) -> None:
+        """Waits for a render (of `view`, of `run`) after the `after`-th one."""
         self.frame.wait_for_function(
             """([after, view, run]) => {
               const d = window.__gradHealth;
-              return d.renders > after && d.lastRender && d.lastRender.view === view
+              return d.renders > after && d.lastRender
+                && (view === null || d.lastRender.view === view)
                 && (run === null || d.lastRender.run === run);
             }""",
             arg=[after, view, run],
@@ -113,11 +126,28 @@ class Tab:
         )
 
     def select_run(self, run: str) -> None:
-        """Picks the run in the run selector and waits for its render."""
+        """Clicks the run's name in the run list and waits for its render."""
         n = self.renders()
-        view = self.eval("() => window.__gradHealth.state.view")
-        self.frame.select_option("#gh-run", value=run)
-        self.wait_render(n, view, run)
+        self.eval(
+            """(run) => [...document.querySelectorAll('#gh-runs li')]
+              .find((li) => li.dataset.run === run)
+              .querySelector('.gh-run-name').click()""",
+            run,
+        )
+        self.wait_render(n, None, run)
+
+    def filter_runs(self, regex: str) -> None:
+        """Types a regex into the run filter and waits for the redraw."""
+        n = self.renders()
+        self.frame.fill("#gh-run-filter", regex)
+        self.wait_render(n)
+
+    def listed_runs(self) -> list[str]:
+        """Returns the runs the run list shows (those matching the filter)."""
+        return self.eval(
+            "() => [...document.querySelectorAll('#gh-runs li')]"
+            ".map((li) => li.dataset.run)"
+        )
 
     def show(self, view: str) -> float:
         """Clicks a view's button; returns seconds until it rendered."""
@@ -185,17 +215,75 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
+def test_tooltip_names_run_step_and_exact_value(tab, tensorboard):
+    """The overview's tooltip names the run, the step and the exact logged value."""
+    tab.select_run("healthy")
+    ref = http_json(
+        tensorboard["base"], "export", run="healthy", key="step/loss", format="json"
+    )
+    text = tab.eval(
+        """() => {
+          const chart = window.__gradHealth.charts.overview;
+          const option = chart.getOption();
+          const loss = option.series.find((s) => s.name === 'loss');
+          const params = [
+            {seriesName: 'loss', seriesType: 'line', value: loss.data[7]}];
+          return option.tooltip[0].formatter(params);
+        }"""
+    )
+    assert text.splitlines()[0] == f"healthy · step {ref['steps'][7]}"
+    assert text.splitlines()[1] == f"loss: {ref['values'][7]!r}"
+
+
+def nonfinite_stretches(steps: list, values: list) -> list[tuple[int, int, int]]:
+    """(first step, last step, count) of each run of non-finite logged values."""
+    out: list[list[int]] = []
+    previous_bad = False
+    for step, value in zip(steps, values, strict=True):
+        bad = not math.isfinite(value)
+        if bad and previous_bad:
+            out[-1][1] = step
+            out[-1][2] += 1
+        elif bad:
+            out.append([step, step, 1])
+        previous_bad = bad
+    return [tuple(s) for s in out]
+
+
 def test_nan_and_spike_are_drawn_as_markers(tab):
-    """A NaN step is drawn as a marker and the 1e6 spike survives downsampling."""
+    """A NaN step is drawn as one marker and the 1e6 spike survives downsampling."""
     tab.select_run("synthetic")
     drawn = tab.series("overview")
     markers = drawn["loss (non-finite)"]
     assert [m["value"][0] for m in markers] == [gh_logdirs.NAN_AT]
-    assert markers[0]["name"] == "NaN"
+    assert markers[0]["name"] == f"NaN from step {gh_logdirs.NAN_AT} (×1)"
     grad = {d[0]: d[1] for d in drawn["grad norm"]}
     assert grad[gh_logdirs.SPIKE_AT] == 1e6
     assert grad[gh_logdirs.NAN_AT] is None
     assert len(drawn["grad norm"]) < gh_logdirs.SYN_STEPS  # downsampled for display
+
+
+def test_a_nan_stretch_is_one_marker_with_its_first_step_and_count(tab, tensorboard):
+    """The diverged run's NaN/Inf tail is one marker per series, with its count."""
+    tab.select_run("diverged")
+    drawn = tab.series("overview")
+    for name, key in (("loss", "step/loss"), ("grad norm", "step/grad_norm")):
+        ref = http_json(
+            tensorboard["base"], "export", run="diverged", key=key, format="json"
+        )
+        expect = nonfinite_stretches(ref["steps"], revive(ref["values"]))
+        assert expect and expect[0][2] >= 10  # a real stretch, not a single NaN
+        markers = drawn[f"{name} (non-finite)"]
+        assert [
+            (m["value"][0], m["value"][2], m["value"][3]) for m in markers
+        ] == expect
+        for marker, (first, _last, count) in zip(markers, expect, strict=True):
+            assert f"from step {first} (×{count})" in marker["name"]
+    labels = tab.eval(
+        """() => window.__gradHealth.charts.overview.getOption().series
+          .filter((s) => s.type === 'scatter').map((s) => s.data.length)"""
+    )
+    assert labels == [1, 1]  # not one "NaN" label per non-finite point
 
 
 def test_flags_list_matches_backend_and_zooms(tab, tensorboard):
@@ -234,15 +322,16 @@ def test_flags_list_matches_backend_and_zooms(tab, tensorboard):
 def test_hostile_run_name_renders_as_text(tab):
     """A run named `<img src=x onerror=alert(1)>` shows literally and runs nothing."""
     hostile = gh_logdirs.HOSTILE
-    options = tab.eval(
-        "() => [...document.querySelectorAll('#gh-run option')].map(o => o.textContent)"
-    )
-    assert hostile in options
     labels = tab.eval(
-        "() => [...document.querySelectorAll('#gh-compare span')]"
+        "() => [...document.querySelectorAll('#gh-runs .gh-run-name')]"
         ".map(s => s.textContent)"
     )
     assert hostile in labels
+    cells = tab.eval(
+        "() => [...document.querySelectorAll('#gh-health .gh-run-text')]"
+        ".map(s => s.textContent)"
+    )
+    assert hostile in cells
     tab.select_run(hostile)
     for view in VIEWS:
         tab.show(view)
@@ -307,7 +396,7 @@ def test_curvature_view_draws_min_ratio_against_loss(tab, tensorboard):
     ref = http_json(tensorboard["base"], "curvature", run="synthetic")
     pairs = ref["min_ratio_vs_loss"]
     assert [p[0] for p in drawn] == pairs["x"] and [p[1] for p in drawn] == pairs["y"]
-    runs = tab.eval("() => [...window.__gradHealth.state.compare].sort()")
+    runs = tab.listed_runs()  # every run is shown by default
     traj = http_json(tensorboard["base"], "trajectory", run=runs)
     assert traj["available"], "the synthetic run records a trajectory"
     drawn = tab.series("trajectory")
@@ -353,6 +442,234 @@ def test_log_toggle_and_smoothing_change_the_drawing(tab):
         ema = 0.9 * ema + 0.1 * v
         expect.append(ema / (1 - 0.9**i))
     np.testing.assert_allclose(smoothed, expect, rtol=1e-9)
+
+
+def drawn_runs(tab, chart: str) -> set[str]:
+    """The runs that a multi-run chart draws (its series are named "run · ...")."""
+    return {name.split(" · ")[0] for name in tab.series(chart)}
+
+
+def health_rows(tab) -> list[dict]:
+    """The health table's rows as the page shows them."""
+    return tab.eval(
+        """() => [...document.querySelectorAll('#gh-health tbody tr')].map((tr) => {
+          const cell = (col) => tr.querySelector(`td[data-col=${col}]`).textContent;
+          return {run: tr.dataset.run, worst: tr.dataset.worst || null,
+            kinds: cell('kinds'), last_step: cell('last_step'),
+            last_loss: cell('last_loss')};
+        })"""
+    )
+
+
+def test_run_filter_narrows_every_view(tab, tensorboard):
+    """A regex in the run list narrows the health table and every multi-run view."""
+    assert len(tab.listed_runs()) == 4
+    tab.filter_runs("^(healthy|synthetic)$")
+    assert tab.listed_runs() == ["healthy", "synthetic"]
+    assert {row["run"] for row in health_rows(tab)} == {"healthy", "synthetic"}
+    tab.show("slices")
+    assert drawn_runs(tab, "slices") == {"healthy", "synthetic"}
+    tab.show("loss_components")
+    assert set(tab.series("loss_kl_loss")) == {"synthetic"}
+    assert set(tab.series("loss_mae")) == {"healthy"}
+    tab.show("curvature")
+    assert set(tab.series("trajectory")) == {"synthetic"}
+    assert tab.eval("() => window.__gradHealth.state.run") in {"healthy", "synthetic"}
+    tab.filter_runs("^healthy$")
+    tab.show("slices")
+    assert drawn_runs(tab, "slices") == {"healthy"}
+    assert tab.eval("() => window.__gradHealth.state.run") == "healthy"
+    tab.show("health")
+    n = tab.renders()
+    tab.frame.click("#gh-select-none")
+    tab.wait_render(n, "health")
+    assert health_rows(tab) == []
+    tab.filter_runs("")
+    n = tab.renders()
+    tab.frame.click("#gh-select-all")
+    tab.wait_render(n, "health")
+    assert len(health_rows(tab)) == 4
+    tab.filter_runs("([")  # not a regex: nothing matches, and nothing breaks
+    assert tab.listed_runs() == [] and health_rows(tab) == []
+    assert tab.eval("() => window.__gradHealth.errors") == []
+
+
+def test_slices_compare_only_runs_with_slices(tab):
+    """Runs without slices (diverged, hostile) stay out of the slices chart."""
+    tab.show("slices")
+    assert drawn_runs(tab, "slices") == {"healthy", "synthetic", gh_logdirs.HOSTILE}
+    n = tab.renders()
+    tab.eval(
+        """() => [...document.querySelectorAll('#gh-runs li')]
+          .find((li) => li.dataset.run === 'synthetic')
+          .querySelector('input').click()"""
+    )
+    tab.wait_render(n, "slices")
+    assert "synthetic" not in drawn_runs(tab, "slices")
+
+
+def test_a_run_keeps_its_colour_across_views(tab):
+    """The run list's colour of a run is the colour of that run in every chart."""
+    colours = tab.eval(
+        """() => Object.fromEntries([...document.querySelectorAll('#gh-runs li')]
+          .map((li) => [li.dataset.run,
+            li.querySelector('.gh-swatch').style.background]))"""
+    )
+    hex_of = tab.eval(
+        """() => Object.fromEntries(window.__gradHealth.state.runs
+          .map((run) => [run, window.__gradHealth.app.colorOf(run)]))"""
+    )
+    assert len(set(hex_of.values())) == 4  # four runs, four colours
+    table = tab.eval(
+        """() => Object.fromEntries(
+          [...document.querySelectorAll('#gh-health tbody tr')].map((tr) =>
+            [tr.dataset.run, tr.querySelector('.gh-swatch').style.background]))"""
+    )
+    assert table == colours
+    for run in ("healthy", "synthetic"):
+        tab.select_run(run)
+        option = tab.eval("() => window.__gradHealth.charts.overview.getOption()")
+        lines = [s for s in option["series"] if s["type"] == "line"]
+        assert {s["lineStyle"]["color"] for s in lines} == {hex_of[run]}
+    tab.show("slices")
+    option = tab.eval("() => window.__gradHealth.charts.slices.getOption()")
+    for series in option["series"]:
+        if series["type"] == "line":
+            run = series["name"].split(" · ")[0]
+            assert series["lineStyle"]["color"] == hex_of[run], series["name"]
+    tab.show("loss_components")
+    for series in tab.eval(
+        "() => window.__gradHealth.charts.loss_mae.getOption().series"
+    ):
+        if series["type"] == "line":
+            assert series["lineStyle"]["color"] == hex_of[series["name"]]
+    tab.show("curvature")
+    for series in tab.eval(
+        "() => window.__gradHealth.charts.trajectory.getOption().series"
+    ):
+        assert series["itemStyle"]["color"] == hex_of[series["name"]]
+
+
+def test_health_table_matches_backend_and_opens_a_run(tab, tensorboard):
+    """Every run is a row with the backend's severity; it sorts; a click opens it."""
+    base = tensorboard["base"]
+    assert tab.eval("() => window.__gradHealth.state.view") == "health"
+    rows = health_rows(tab)
+    assert sorted(row["run"] for row in rows) == sorted(http_json(base, "runs"))
+    table = {row["run"]: row for row in http_json(base, "health")["runs"]}
+    rank = {None: 0, "info": 1, "warning": 2, "error": 3}
+    for row in rows:
+        report = http_json(base, "flags", run=row["run"])
+        worst = max(
+            (f["severity"] for f in report["flags"]), key=rank.get, default=None
+        )
+        assert row["worst"] == worst == table[row["run"]]["worst"]
+        assert int(row["last_step"]) == report["last_step"]
+        kinds = {f["kind"] for f in report["flags"]}
+        assert set(filter(None, row["kinds"].split(", "))) - {"–"} == kinds
+        loss = revive([table[row["run"]]["last_loss"]])[0]
+        if math.isfinite(loss):
+            assert float(row["last_loss"]) == pytest.approx(loss, rel=1e-3)
+        else:
+            assert row["last_loss"] in {"NaN", "+Inf", "-Inf"}
+    # Sorted by worst severity first, errors on top.
+    assert [rank[row["worst"]] for row in rows] == sorted(
+        (rank[row["worst"]] for row in rows), reverse=True
+    )
+    n = tab.renders()
+    tab.frame.click("#gh-health th[data-sort=last_step]")
+    tab.wait_render(n, "health")
+    steps = [int(row["last_step"]) for row in health_rows(tab)]
+    assert steps == sorted(steps, reverse=True)
+    n = tab.renders()
+    tab.frame.click("#gh-health th[data-sort=last_step]")
+    tab.wait_render(n, "health")
+    steps = [int(row["last_step"]) for row in health_rows(tab)]
+    assert steps == sorted(steps)
+    n = tab.renders()
+    tab.frame.click("#gh-health tbody tr[data-run=diverged]")
+    tab.wait_render(n, "overview", "diverged")
+    assert tab.eval(
+        "() => document.querySelector('#gh-open-run strong').textContent"
+    ) == ("diverged")
+
+
+def test_dark_mode_follows_tensorboards_toggle(tab):
+    """TensorBoard's own light/dark toggle switches the tab and its charts."""
+    tab.select_run("healthy")
+
+    def pick(title: str) -> None:
+        n = tab.renders()
+        tab.page.click("button[aria-label='Menu for changing light or dark theme']")
+        tab.page.click(f"button[title='{title}']")
+        tab.wait_render(n, "overview", "healthy")
+
+    def background() -> str:
+        return tab.eval("() => getComputedStyle(document.body).backgroundColor")
+
+    assert not tab.eval("() => document.body.classList.contains('gh-dark')")
+    light = background()
+    pick("Force dark TensorBoard theme.")
+    assert tab.page.evaluate("() => document.body.classList.contains('dark-mode')")
+    assert tab.eval("() => document.body.classList.contains('gh-dark')")
+    assert background() != light
+    text = tab.eval(
+        """() => window.__gradHealth.charts.overview.getOption()
+          .legend[0].textStyle.color"""
+    )
+    assert text != "#333"  # ECharts' dark theme, not the light one
+    pick("Force light TensorBoard theme.")
+    assert not tab.eval("() => document.body.classList.contains('gh-dark')")
+    assert background() == light
+
+
+def test_selection_is_kept_in_the_url_across_reloads(tab):
+    """The filter, the unchecked runs, the open run and the view survive a reload."""
+    tab.filter_runs("e")
+    tab.select_run("synthetic")
+    n = tab.renders()
+    tab.eval(
+        """() => [...document.querySelectorAll('#gh-runs li')]
+          .find((li) => li.dataset.run === 'diverged')
+          .querySelector('input').click()"""
+    )
+    tab.wait_render(n)
+    tab.show("layers")
+    assert "ghFilter=e" in tab.page.evaluate("() => location.hash")
+    tab.page.reload()
+    frame = tab.page.wait_for_selector("iframe", timeout=60000).content_frame()
+    frame.wait_for_function(
+        "() => window.__gradHealth && window.__gradHealth.renders > 0", timeout=60000
+    )
+    state = frame.evaluate(
+        """() => { const s = window.__gradHealth.state;
+          return {filter: s.filter, off: [...s.off], run: s.run, view: s.view}; }"""
+    )
+    assert state == {
+        "filter": "e",
+        "off": ["diverged"],
+        "run": "synthetic",
+        "view": "layers",
+    }
+    assert frame.input_value("#gh-run-filter") == "e"
+
+
+def test_update_ratio_at_a_nan_step_uses_the_last_finite_step(tab, tensorboard):
+    """The per-layer ratios of a run ending in NaN are those of its last finite step."""
+    tab.select_run("diverged")
+    tab.show("layers")
+    ref = http_json(
+        tensorboard["base"], "last_finite", run="diverged", key="layer/update_ratio"
+    )
+    layers = http_json(tensorboard["base"], "layers", run="diverged")
+    assert ref["step"] < layers["update_ratio"]["step"]
+    drawn = tab.series("update_ratio")["update ratio"]
+    assert [p[0] for p in drawn] == ref["values"]
+    title = tab.eval(
+        """() => document.querySelector('[data-chart=update_ratio]')
+          .parentElement.querySelector('h3').textContent"""
+    )
+    assert f"at step {ref['step']}, the last step with finite values" in title
 
 
 def write_live_steps(run_dir: str, steps: range) -> None:

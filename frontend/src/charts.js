@@ -1,14 +1,13 @@
 // Chart plumbing: one ECharts instance per chart key, zoom kept across redraws,
-// and series builders that draw NaN/Inf as markers instead of gaps.
+// the light or dark theme, tooltips with run, step and exact value, and series
+// builders that draw each stretch of NaN/Inf as one marker instead of gaps.
 import {echarts} from './echarts.js';
-import {el, smooth, maxFinite, nonFiniteLabel, fmt} from './util.js';
+import {el, smooth, maxFinite, nonFiniteLabel, nonFiniteStretches, exact, fmt} from './util.js';
 
-export const PALETTE = [
-  '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2',
-  '#7f7f7f', '#bcbd22', '#17becf',
-];
 export const SEVERITY_COLOR = {error: 'rgba(214,39,40,0.18)', warning: 'rgba(255,127,14,0.18)',
   info: 'rgba(31,119,180,0.12)'};
+/** NaN/Inf findings: red, a colour no run gets. */
+export const NONFINITE_COLOR = '#d62728';
 
 export function createCharts(app) {
   const instances = {};
@@ -24,7 +23,7 @@ export function createCharts(app) {
       if (title) wrap.appendChild(el('h3', {text: title}));
       wrap.appendChild(box);
       parent.appendChild(wrap);
-      chart = echarts.init(box, null, {renderer: 'canvas'});
+      chart = echarts.init(box, app.state.dark ? 'dark' : null, {renderer: 'canvas'});
       instances[key] = chart;
       chart.on('datazoom', () => {
         const dz = chart.getOption().dataZoom;
@@ -71,9 +70,40 @@ export function valueAxis(name, log, extra = {}) {
   };
 }
 
+/**
+ * The tooltip of a step chart: the run, the step, and each series' exact
+ * logged value (with the smoothed one when smoothing is on).
+ */
+export function stepTooltip(run) {
+  return {
+    trigger: 'axis', renderMode: 'richText', confine: true,
+    formatter: (params) => {
+      const list = Array.isArray(params) ? params : [params];
+      if (!list.length) return '';
+      const value = list[0].value || list[0].data?.value || [];
+      const lines = [`${run ? `${run} · ` : ''}step ${value[0]}`];
+      for (const p of list) {
+        const v = Array.isArray(p.value) ? p.value : p.data?.value;
+        if (!v) continue;
+        if (p.seriesType === 'scatter') {
+          lines.push(`${p.seriesName}: ${p.name}`);
+          continue;
+        }
+        const raw = v.length > 2 ? v[2] : v[1];
+        const shown = raw === null || raw === undefined ? '–' : exact(raw);
+        const smoothed = v.length > 2 && v[1] !== null && v[1] !== raw
+          ? ` (smoothed ${fmt(v[1])})` : '';
+        lines.push(`${p.seriesName}: ${shown}${smoothed}`);
+      }
+      return lines.join('\n');
+    },
+  };
+}
+
 export function baseOption(extra = {}) {
   return {
     animation: false,
+    backgroundColor: 'transparent',
     // richText tooltips are drawn on the canvas: run names never become HTML.
     tooltip: {trigger: 'axis', renderMode: 'richText', confine: true},
     legend: {type: 'scroll', top: 0},
@@ -82,29 +112,35 @@ export function baseOption(extra = {}) {
   };
 }
 
+/** The text of a non-finite stretch's marker: its value, first step and count. */
+export function stretchLabel(stretch, exactCount = true) {
+  const count = `${exactCount ? '' : '≥'}${stretch.count}`;
+  return `${nonFiniteLabel(stretch.value)} from step ${stretch.first_step} (×${count})`;
+}
+
 /**
- * Builds a line series and, when needed, a scatter series of its non-finite points.
- * On a log axis non-positive values cannot be drawn and become gaps.
+ * Builds a line series and, when needed, a scatter series with one marker per
+ * stretch of non-finite points (a shaded band spans the stretch's steps).
+ * Each line point is [step, drawn (smoothed) value, logged value]. On a log
+ * axis non-positive values cannot be drawn and become gaps.
  *
+ * @param {Array<Object>=} stretches the series' stretches over every logged
+ *     point (the `health` route's `nonfinite`); without them they are found
+ *     in the drawn points, where a downsampled stretch counts at least that.
  * @return {Array<Object>} the series (line first).
  */
 export function lineWithMarkers(name, steps, values, {
   yAxisIndex = 0, smoothing = 0, log = false, color, dashed = false, symbol = 'none',
-  markArea,
+  markArea, stretches, downsampled = false,
 } = {}) {
   const sm = smooth(values, smoothing);
   const data = new Array(steps.length);
-  const bad = [];
-  const top = maxFinite(values);
   for (let i = 0; i < steps.length; i++) {
     const v = sm[i];
-    if (!Number.isFinite(values[i])) {
-      data[i] = [steps[i], null];
-      bad.push({value: [steps[i], top], raw: nonFiniteLabel(values[i])});
-    } else if (log && v <= 0) {
-      data[i] = [steps[i], null];
+    if (!Number.isFinite(values[i]) || (log && v <= 0)) {
+      data[i] = [steps[i], null, Number.isFinite(values[i]) ? values[i] : null];
     } else {
-      data[i] = [steps[i], v];
+      data[i] = [steps[i], v, values[i]];
     }
   }
   const line = {
@@ -115,12 +151,21 @@ export function lineWithMarkers(name, steps, values, {
   };
   if (markArea) line.markArea = markArea;
   const out = [line];
-  if (bad.length) {
+  const exactCount = !!stretches || !downsampled;
+  const found = stretches || nonFiniteStretches(steps, values);
+  if (found.length) {
+    const top = maxFinite(values);
     out.push({
       name: `${name} (non-finite)`, type: 'scatter', yAxisIndex, symbol: 'triangle',
-      symbolSize: 12, itemStyle: {color: '#d62728'}, z: 10,
-      data: bad.map((b) => ({value: b.value, name: b.raw})),
-      label: {show: true, position: 'top', formatter: (p) => p.name, color: '#d62728'},
+      symbolSize: 12, itemStyle: {color: NONFINITE_COLOR}, z: 10,
+      data: found.map((s) => ({value: [s.first_step, top, s.last_step, s.count],
+        name: stretchLabel(s, exactCount)})),
+      // A second axis' marker often sits where the first one's does: label it below.
+      label: {show: true, position: yAxisIndex ? 'bottom' : 'top', formatter: (p) => p.name,
+        color: NONFINITE_COLOR},
+      markArea: {silent: true, itemStyle: {color: 'rgba(214,39,40,0.07)'},
+        data: found.filter((s) => s.last_step > s.first_step)
+          .map((s) => [{xAxis: s.first_step}, {xAxis: s.last_step}])},
     });
   }
   return out;

@@ -5,8 +5,17 @@ import {el, clear} from './util.js';
 import {STYLE} from './style.js';
 import {createCharts} from './charts.js';
 import {VIEWS} from './views.js';
+import {RunList, readHashState, writeHashState, runColor, selectedRuns} from './runs.js';
+import {isDark, watchTheme} from './theme.js';
 
 const RELOAD_MS = 30000; // TensorBoard's own default reload period (30 s).
+// Runs per `health` request: a cold row costs a full diagnosis of its run, so the
+// first request is small (rows show soon) and later ones double; when an answer
+// comes fast (rows cached by the server) the rest is asked for at once.
+const HEALTH_FIRST_CHUNK = 5;
+const HEALTH_MAX_CHUNK = 40;
+const HEALTH_FAST_MS = 300;
+const MAX_RUNS_PER_REQUEST = 200; // the routes' limit (http_api.md)
 
 /** Entry point called by TensorBoard's plugin_entry.html. */
 export async function render() {
@@ -18,25 +27,31 @@ export async function render() {
 class App {
   constructor(root) {
     this.root = root;
+    const saved = readHashState();
     this.state = {
       runs: [],
-      run: null,
-      compare: new Set(),
-      view: 'overview',
+      run: saved.run,
+      filter: saved.filter,
+      off: new Set(saved.off),
+      view: saved.view in VIEWS ? saved.view : 'health',
       smoothing: 0,
       log: true,
       autoReload: true,
       zoom: {},
       layerStat: 'grad_norm',
+      sort: {key: 'worst', descending: true},
+      dark: isDark(),
     };
     this.cache = new Map();
     this.flags = new Map();
+    this.health = new Map();
     this.charts = createCharts(this);
     this.debug = {
       state: this.state,
       charts: this.charts.instances,
       data: {},
       flags: {},
+      health: this.health,
       renders: 0,
       lastRender: null,
       errors: [],
@@ -49,6 +64,8 @@ class App {
     const style = document.createElement('style');
     style.textContent = STYLE;
     document.head.appendChild(style);
+    this.state.dark = watchTheme((dark) => this.setDark(dark));
+    document.body.classList.toggle('gh-dark', this.state.dark);
     this.buildShell();
     await this.loadRuns();
     await this.show(this.state.view);
@@ -62,11 +79,9 @@ class App {
 
   buildShell() {
     const s = this.state;
-    this.runSelect = el('select', {id: 'gh-run', title: 'Run shown by single-run views',
-      onchange: () => { s.run = this.runSelect.value; this.refreshBand(); this.show(s.view); }});
-    this.compareBox = el('div', {class: 'gh-compare', id: 'gh-compare'});
+    this.runList = new RunList(s, (kind) => this.onRunsChanged(kind));
     const smoothing = el('input', {type: 'range', id: 'gh-smoothing', min: '0', max: '0.99',
-      step: '0.01', value: '0'});
+      step: '0.01', value: '0', title: "TensorBoard's smoothing: a debiased exponential moving average"});
     const smoothingValue = el('span', {class: 'gh-muted', text: '0'});
     smoothing.addEventListener('input', () => {
       s.smoothing = Number(smoothing.value);
@@ -87,47 +102,78 @@ class App {
         onclick: () => this.show(key)}));
     }
     this.status = el('div', {class: 'gh-status', id: 'gh-status', role: 'status'});
+    this.openRunLabel = el('div', {class: 'gh-open-run', id: 'gh-open-run'});
     this.band = el('div', {class: 'gh-band', id: 'gh-band'});
     this.main = el('main', {id: 'gh-main'});
-    this.root.appendChild(el('div', {class: 'gh-app'},
-      el('header', {class: 'gh-controls'},
-        el('label', {}, 'Run ', this.runSelect),
-        el('label', {}, 'Smoothing ', smoothing, smoothingValue),
-        el('label', {}, logBox, ' log scale'),
-        el('label', {}, autoBox, ' auto-reload'),
-        reloadBtn, resetZoom),
-      el('div', {class: 'gh-compare-row'}, el('span', {class: 'gh-muted', text: 'Compare runs: '}),
-        this.compareBox),
-      this.nav, this.band, this.status, this.main));
+    this.root.appendChild(el('div', {class: 'gh-layout'},
+      this.runList.root,
+      el('div', {class: 'gh-app'},
+        el('header', {class: 'gh-controls'},
+          el('label', {}, 'Smoothing ', smoothing, smoothingValue),
+          el('label', {}, logBox, ' log scale'),
+          el('label', {}, autoBox, ' auto-reload'),
+          reloadBtn, resetZoom),
+        this.nav, this.openRunLabel, this.band, this.status, this.main)));
   }
 
   async loadRuns() {
-    const runs = await getJson('runs');
     const s = this.state;
-    s.runs = runs;
-    if (!s.run || !runs.includes(s.run)) s.run = runs[0] || null;
-    if (s.compare.size === 0) runs.slice(0, 8).forEach((r) => s.compare.add(r));
-    for (const r of [...s.compare]) if (!runs.includes(r)) s.compare.delete(r);
-    clear(this.runSelect);
-    for (const r of runs) {
-      const opt = el('option', {text: r});
-      opt.value = r;
-      if (r === s.run) opt.selected = true;
-      this.runSelect.appendChild(opt);
-    }
-    clear(this.compareBox);
-    for (const r of runs) {
-      const box = el('input', {type: 'checkbox', checked: s.compare.has(r)});
-      box.addEventListener('change', () => {
-        if (box.checked) s.compare.add(r); else s.compare.delete(r);
-        if (VIEWS[s.view].multiRun) this.show(s.view);
-      });
-      this.compareBox.appendChild(el('label', {class: 'gh-run-label'}, box, el('span', {text: r})));
-    }
-    if (!runs.length) {
+    s.runs = await getJson('runs');
+    for (const run of [...s.off]) if (!s.runs.includes(run)) s.off.delete(run);
+    this.ensureOpenRun();
+    this.runList.update();
+    if (!s.runs.length) {
       this.setStatus('No run with gradient-health data yet. Train with GradientHealthCallback(log_dir=...) under this logdir.');
     }
-    await this.refreshBand();
+    this.saveHash();
+  }
+
+  /** Keeps the open run among the shown runs (the first shown one otherwise). */
+  ensureOpenRun() {
+    const s = this.state;
+    const shown = selectedRuns(s);
+    if (!s.run || !shown.includes(s.run)) s.run = shown[0] || null;
+  }
+
+  onRunsChanged(kind) {
+    if (kind === 'selection') this.ensureOpenRun();
+    this.runList.update();
+    this.saveHash();
+    const view = VIEWS[this.state.view];
+    if (kind === 'open' && this.state.view === 'health') {
+      this.show('overview');
+    } else if (view.multiRun || kind === 'open' || view.singleRun) {
+      this.show(this.state.view);
+    }
+  }
+
+  /** Opens a run in a single-run view. */
+  openRun(run, viewKey) {
+    this.state.run = run;
+    this.state.off.delete(run);
+    this.runList.update();
+    this.show(viewKey);
+  }
+
+  saveHash() {
+    try {
+      writeHashState(this.state);
+    } catch (e) {
+      // A URL the browser will not rewrite: the state just does not persist.
+    }
+  }
+
+  colorOf(run) {
+    return runColor(this.state, run);
+  }
+
+  setDark(dark) {
+    this.state.dark = dark;
+    document.body.classList.toggle('gh-dark', dark);
+    this.debug.themeChanges = (this.debug.themeChanges || 0) + 1;
+    // ECharts takes its theme at creation: redraw the view with new instances.
+    this.charts.disposeAll();
+    this.show(this.state.view);
   }
 
   // -- data -----------------------------------------------------------------
@@ -156,9 +202,40 @@ class App {
     return report;
   }
 
+  /**
+   * Loads the `health` rows of runs not loaded yet (all of them when `fresh`),
+   * a growing chunk at a time, calling `onChunk` after each answer but the last.
+   */
+  async healthOf(runs, fresh = false, onChunk = null) {
+    const missing = runs.filter((run) => fresh || !this.health.has(run));
+    let size = HEALTH_FIRST_CHUNK;
+    for (let i = 0; i < missing.length;) {
+      const chunk = missing.slice(i, i + size);
+      const started = performance.now();
+      try {
+        const table = await getJson('health', {run: chunk});
+        for (const row of table.runs) this.health.set(row.run, row);
+      } catch (e) {
+        if (e.status !== 404) throw e; // a vanished run: the next reload drops it
+      }
+      i += chunk.length;
+      size = performance.now() - started < HEALTH_FAST_MS
+        ? MAX_RUNS_PER_REQUEST : Math.min(2 * size, HEALTH_MAX_CHUNK);
+      if (onChunk && i < missing.length) onChunk();
+    }
+  }
+
+  /** The non-finite stretches of a run's series over every point, if known. */
+  stretchesOf(run, key) {
+    const row = this.health.get(run);
+    if (!row) return undefined;
+    return (row.nonfinite && row.nonfinite[key]) || [];
+  }
+
   async reload() {
     this.cache.clear();
     this.flags.clear();
+    this.health.clear();
     await this.loadRuns();
     await this.show(this.state.view, true);
   }
@@ -167,44 +244,69 @@ class App {
 
   async show(viewKey, fresh = false) {
     const seq = ++this.renderSeq;
-    this.state.view = viewKey;
+    const s = this.state;
+    s.view = viewKey;
+    this.saveHash();
     for (const b of this.nav.querySelectorAll('button')) {
       b.classList.toggle('active', b.dataset.view === viewKey);
     }
     const view = VIEWS[viewKey];
+    this.showOpenRun(view);
     const t0 = performance.now();
-    try {
-      if (!this.state.run) {
-        this.charts.disposeAll();
-        clear(this.main);
-        this.debug.lastRender = {view: viewKey, ms: 0, empty: true};
-        return;
-      }
-      const data = await view.load(this, fresh);
-      if (seq !== this.renderSeq) return; // a newer click won
-      this.debug.data[viewKey] = data;
+    const draw = (data) => {
       // Redraw from scratch; the zoom lives in state.zoom, so it survives.
       this.charts.disposeAll();
       clear(this.main);
       this.main.dataset.view = viewKey;
       view.draw(this, data, this.main);
-      this.setStatus('');
+    };
+    try {
+      if (!s.run && viewKey !== 'health') {
+        this.charts.disposeAll();
+        clear(this.main);
+        this.debug.lastRender = {view: viewKey, ms: 0, empty: true};
+        return;
+      }
+      const data = await view.load(this, fresh, (partial) => {
+        if (seq === this.renderSeq) draw(partial);
+      });
+      if (seq !== this.renderSeq) return; // a newer click won
+      this.debug.data[viewKey] = data;
+      draw(data);
+      this.setStatus(this.pendingNote || '');
+      this.pendingNote = null;
     } catch (e) {
       this.error(e);
     } finally {
       if (seq === this.renderSeq) {
         this.debug.renders++;
-        this.debug.lastRender = {view: viewKey, ms: performance.now() - t0, run: this.state.run};
+        this.debug.lastRender = {view: viewKey, ms: performance.now() - t0, run: s.run};
       }
     }
   }
 
+  /** Names the open run above a single-run view, and shows its flag band. */
+  showOpenRun(view) {
+    clear(this.openRunLabel);
+    clear(this.band);
+    const run = this.state.run;
+    if (!view.singleRun || !run) return;
+    const swatch = el('span', {class: 'gh-swatch'});
+    swatch.style.background = this.colorOf(run);
+    this.openRunLabel.appendChild(el('span', {class: 'gh-muted', text: 'Run '}));
+    this.openRunLabel.appendChild(swatch);
+    this.openRunLabel.appendChild(el('strong', {class: 'gh-open-run-name', text: run}));
+    this.openRunLabel.appendChild(el('span', {class: 'gh-muted',
+      text: ' — click another run in the run list to open it'}));
+    this.refreshBand().catch((e) => this.error(e));
+  }
+
   async refreshBand(fresh = false) {
     const run = this.state.run;
-    clear(this.band);
     if (!run) return;
     const report = await this.flagsOf(run, fresh);
-    if (run !== this.state.run) return;
+    if (run !== this.state.run || !VIEWS[this.state.view].singleRun) return;
+    clear(this.band);
     if (report.error) {
       this.band.appendChild(el('span', {class: 'gh-muted', text: `Flags unavailable: ${report.error}`}));
       return;
@@ -236,6 +338,11 @@ class App {
     this.state.zoom.overview = [Math.max(0, first - pad), last + pad];
     this.debug.zoomedTo = [first, last];
     this.show('overview');
+  }
+
+  /** Shows a short note under the views until the next render. */
+  note(text) {
+    this.pendingNote = text;
   }
 
   setStatus(text) {

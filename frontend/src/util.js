@@ -26,10 +26,14 @@ export function clear(node) {
 
 /**
  * TensorBoard's smoothing: a debiased exponential moving average over the
- * finite points; non-finite points pass through unchanged.
+ * finite points; non-finite points pass through unchanged. The same formula as
+ * TensorBoard's scalar charts: last = last * w + (1 - w) * v, drawn as
+ * last / (1 - w^n) after n finite points; a constant series stays as it is.
  */
 export function smooth(values, weight) {
   if (!weight) return values.slice();
+  const first = values.find((v) => Number.isFinite(v));
+  if (values.every((v) => !Number.isFinite(v) || v === first)) return values.slice();
   const out = new Array(values.length);
   let last = 0;
   let n = 0;
@@ -44,6 +48,34 @@ export function smooth(values, weight) {
     out[i] = last / (1 - Math.pow(weight, n));
   }
   return out;
+}
+
+/**
+ * Stretches of consecutive non-finite points of a drawn series:
+ * [{first_step, last_step, count, value}], as the `health` route gives them.
+ */
+export function nonFiniteStretches(steps, values) {
+  const out = [];
+  let open = null;
+  for (let i = 0; i < values.length; i++) {
+    if (Number.isFinite(values[i])) {
+      open = null;
+    } else if (open) {
+      open.last_step = steps[i];
+      open.count++;
+    } else {
+      open = {first_step: steps[i], last_step: steps[i], count: 1, value: values[i]};
+      out.push(open);
+    }
+  }
+  return out;
+}
+
+/** Full precision of a value, for tooltips ("exact value"). */
+export function exact(v) {
+  if (typeof v !== 'number') return String(v ?? '–');
+  if (!Number.isFinite(v)) return nonFiniteLabel(v);
+  return String(v);
 }
 
 export function fmt(v) {

@@ -1,16 +1,25 @@
-// The tab's views. Each has load(app, fresh) -> data and draw(app, data, main).
+// The tab's views. Each has load(app, fresh, progress) -> data and
+// draw(app, data, main). Single-run views show the run opened in the run list;
+// views that compare runs draw the shown runs that hold their data.
 import {el, fmt} from './util.js';
 import {
-  PALETTE, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepAxis, stepZoom, valueAxis,
+  NONFINITE_COLOR, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepAxis,
+  stepTooltip, stepZoom, valueAxis,
 } from './charts.js';
+import {healthTable} from './health.js';
+import {selectedRuns} from './runs.js';
 
 const HEALTHY_UPDATE_RATIO = 1e-3; // cs231n: update/weight ratio near 1e-3 is healthy.
+const MAX_COMPARED_RUNS = 200; // the routes' limit of `run` parameters (http_api.md)
 
-function selectedRuns(app) {
-  const s = app.state;
-  const runs = s.runs.filter((r) => s.compare.has(r));
-  if (s.run && !runs.includes(s.run)) runs.unshift(s.run);
-  return runs;
+/** The shown runs a comparing route is asked for: at most the routes' limit. */
+function comparedRuns(app) {
+  const runs = selectedRuns(app.state);
+  if (runs.length > MAX_COMPARED_RUNS) {
+    app.note(`Comparing the first ${MAX_COMPARED_RUNS} of ${runs.length} shown runs: `
+      + 'narrow the run list to compare others.');
+  }
+  return runs.slice(0, MAX_COMPARED_RUNS);
 }
 
 function emptyState(main, title, text) {
@@ -29,14 +38,57 @@ function exportLinks(run, keys) {
   return box;
 }
 
+/**
+ * Options of lineWithMarkers for a route's series object S of a run. The
+ * stretches of NaN/Inf over every point come from the run's health row when the
+ * tab has it (single-run views load it; views that compare many runs use the
+ * rows the health table loaded, and count in the drawn points otherwise).
+ */
+function seriesOptions(app, run, key, series, extra = {}) {
+  return {smoothing: app.state.smoothing, stretches: app.stretchesOf(run, key),
+    downsampled: !!series.downsampled, ...extra};
+}
+
+// -- health -----------------------------------------------------------------
+
+const health = {
+  title: 'Health',
+  multiRun: true,
+  async load(app, fresh, progress) {
+    const runs = selectedRuns(app.state);
+    await app.healthOf(runs, fresh, () => progress({runs}));
+    return {runs};
+  },
+  draw(app, {runs}, main) {
+    const s = app.state;
+    if (!runs.length) {
+      emptyState(main, 'Health', s.runs.length
+        ? 'No run is shown: check runs in the run list or change its filter.'
+        : 'No run with gradient-health data yet.');
+      return;
+    }
+    const rows = runs.map((run) => app.health.get(run)).filter((row) => row);
+    main.appendChild(healthTable(rows, s.sort, {
+      colorOf: (run) => app.colorOf(run),
+      pending: runs.length - rows.length,
+      onSort: (key) => {
+        s.sort = {key, descending: s.sort.key === key ? !s.sort.descending : key !== 'run'};
+        app.show('health');
+      },
+      onOpen: (run) => app.openRun(run, 'overview'),
+    }));
+  },
+};
+
 // -- overview ---------------------------------------------------------------
 
 const overview = {
   title: 'Overview',
+  singleRun: true,
   async load(app, fresh) {
     const run = app.state.run;
     const [data, flags] = await Promise.all([
-      app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh)]);
+      app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh), app.healthOf([run], fresh)]);
     return {...data, flags};
   },
   draw(app, data, main) {
@@ -48,19 +100,23 @@ const overview = {
       emptyState(main, 'Overview', 'This run has no step/loss or step/grad_norm series yet.');
       return;
     }
+    const run = data.run;
+    const color = app.colorOf(run);
     const chart = app.charts.get('overview', main, {height: 360,
-      title: 'Loss and global gradient norm vs step'});
+      title: `Loss (solid) and global gradient norm (dashed) vs step — ${run}`});
     const out = [];
     const areas = flagAreas(data.flags);
     if (loss) {
-      out.push(...lineWithMarkers('loss', loss.steps, loss.values, {yAxisIndex: 0,
-        smoothing: s.smoothing, log: s.log, color: PALETTE[0], markArea: areas}));
+      out.push(...lineWithMarkers('loss', loss.steps, loss.values, seriesOptions(app, run,
+        'step/loss', loss, {yAxisIndex: 0, log: s.log, color, markArea: areas})));
     }
     if (grad) {
-      out.push(...lineWithMarkers('grad norm', grad.steps, grad.values, {yAxisIndex: 1,
-        smoothing: s.smoothing, log: s.log, color: PALETTE[1], markArea: loss ? undefined : areas}));
+      out.push(...lineWithMarkers('grad norm', grad.steps, grad.values, seriesOptions(app, run,
+        'step/grad_norm', grad, {yAxisIndex: 1, log: s.log, color, dashed: true,
+          markArea: loss ? undefined : areas})));
     }
     chart.setOption(baseOption({
+      tooltip: stepTooltip(run),
       xAxis: stepAxis(),
       yAxis: [valueAxis('loss', s.log), valueAxis('grad norm', s.log, {splitLine: {show: false}})],
       dataZoom: stepZoom(app, 'overview'),
@@ -69,7 +125,7 @@ const overview = {
 
     const norms = data.norms;
     if (norms && norms.x.length) {
-      const c2 = app.charts.get('norms', main, {height: 320,
+      const normsChart = app.charts.get('norms', main, {height: 320,
         title: 'Gradient norm vs parameter norm (above the diagonal: ‖g‖ > ‖w‖)'});
       const pts = [];
       const bad = [];
@@ -83,14 +139,15 @@ const overview = {
       const xs = pts.map((p) => p[0]).concat(pts.map((p) => p[1]));
       const lo = Math.min(...xs);
       const hi = Math.max(...xs);
-      c2.setOption(baseOption({
-        tooltip: {trigger: 'item', renderMode: 'richText'},
+      normsChart.setOption(baseOption({
+        tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
+          `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
         xAxis: valueAxis('parameter norm', s.log, {min: 'dataMin', max: 'dataMax',
           nameLocation: 'middle', nameGap: 24}),
         yAxis: valueAxis('grad norm', s.log, {min: 'dataMin', max: 'dataMax'}),
         series: [{
           name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
-          itemStyle: {color: PALETTE[2]},
+          itemStyle: {color},
           markLine: pts.length ? {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
             label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [lo, lo]}, {coord: [hi, hi]}]]} : undefined,
         }],
@@ -102,16 +159,18 @@ const overview = {
     }
     const ratio = series['step/update_ratio'];
     if (ratio) {
-      const c3 = app.charts.get('update', main, {height: 240, title: 'Update / parameter ratio'});
-      const sr = lineWithMarkers('update ratio', ratio.steps, ratio.values, {smoothing: s.smoothing,
-        log: s.log, color: PALETTE[4]});
-      sr[0].markLine = {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
+      const ratioChart = app.charts.get('update', main, {height: 240,
+        title: 'Update / parameter ratio'});
+      const ratioSeries = lineWithMarkers('update ratio', ratio.steps, ratio.values,
+        seriesOptions(app, run, 'step/update_ratio', ratio, {log: s.log, color}));
+      ratioSeries[0].markLine = {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
         label: {formatter: '1e-3 (cs231n)'}, data: [{yAxis: HEALTHY_UPDATE_RATIO}]};
-      c3.setOption(baseOption({
+      ratioChart.setOption(baseOption({
+        tooltip: stepTooltip(run),
         xAxis: stepAxis(),
         yAxis: valueAxis('ratio', s.log),
         dataZoom: stepZoom(app, 'update'),
-        series: sr,
+        series: ratioSeries,
       }));
     }
     main.appendChild(exportLinks(data.run, Object.keys(series)));
@@ -122,8 +181,17 @@ const overview = {
 
 const layers = {
   title: 'Per-layer',
+  singleRun: true,
   async load(app, fresh) {
-    return app.fetch('layers', {run: app.state.run, stat: app.state.layerStat}, fresh);
+    const run = app.state.run;
+    const data = await app.fetch('layers', {run, stat: app.state.layerStat}, fresh);
+    const ratio = data.update_ratio;
+    let finite = null;
+    if (ratio && ratio.values.some((v) => !Number.isFinite(v))) {
+      // The last step holds NaN/Inf: draw the last step whose ratios are all finite.
+      finite = await app.fetch('last_finite', {run, key: 'layer/update_ratio'}, fresh);
+    }
+    return {...data, finite};
   },
   draw(app, data, main) {
     const s = app.state;
@@ -156,12 +224,22 @@ const layers = {
     if (lo === Infinity) { lo = 0; hi = 1; }
     const height = Math.max(260, 40 + 16 * heat.variables.length);
     const chart = app.charts.get('heatmap', main, {height,
-      title: `${data.stat} per variable × step (${s.log ? 'log₁₀ colour scale' : 'linear colour'})`});
+      title: `${data.stat} per variable × step (${s.log ? 'log₁₀ colour scale' : 'linear colour'}; `
+        + 'red: NaN/Inf)'});
+    // Non-finite cells are drawn as red cells of the grid's size: a run of them
+    // reads as one red block, not as a row of separate markers.
+    const cellSize = [
+      Math.max(2, (chart.getWidth() - 250) / Math.max(1, heat.steps.length)),
+      Math.max(2, (height - 80) / Math.max(1, heat.variables.length)),
+    ];
     chart.setOption({
       animation: false,
+      backgroundColor: 'transparent',
       tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) => {
         const d = Array.isArray(p.data) ? p.data : p.data.value;
-        return `${heat.variables[d[1]]}\nstep ${heat.steps[d[0]]}\n${fmt(d[3] ?? d[2])}`;
+        const range = heat.step_ranges ? heat.step_ranges[d[0]] : null;
+        const steps = range ? `steps ${range[0]}–${range[1]}` : `step ${heat.steps[d[0]]}`;
+        return `${data.run} · ${heat.variables[d[1]]}\n${steps}\nlargest: ${d[3] ?? d[2]}`;
       }},
       grid: {left: 160, right: 90, top: 20, bottom: 60},
       xAxis: {type: 'category', data: heat.steps, name: 'step'},
@@ -169,28 +247,48 @@ const layers = {
       visualMap: {type: 'continuous', min: lo, max: hi === lo ? lo + 1 : hi, dimension: 2,
         seriesIndex: 0, calculable: true, orient: 'vertical', right: 0, top: 20,
         text: [s.log ? `10^${fmt(hi)}` : fmt(hi), s.log ? `10^${fmt(lo)}` : fmt(lo)],
-        inRange: {color: ['#313695', '#4575b4', '#abd9e9', '#fee090', '#f46d43', '#a50026']}},
+        // Viridis: perceptually even, and free of the red that marks NaN/Inf.
+        inRange: {color: ['#440154', '#3b528b', '#21918c', '#5ec962', '#fde725']}},
       dataZoom: [{type: 'slider', xAxisIndex: 0, height: 18, bottom: 6},
         {type: 'inside', xAxisIndex: 0}],
       series: [
         // Plain arrays and ECharts' progressive drawing keep 40,000 cells responsive.
         {name: data.stat, type: 'heatmap', data: cells, progressive: 4000, progressiveThreshold: 8000},
-        {name: 'non-finite', type: 'scatter', symbol: 'diamond', symbolSize: 10,
-          itemStyle: {color: '#ff00ff'}, data: bad.map((b) => ({value: [b[0], b[1], null, b[2]]}))},
+        {name: 'non-finite', type: 'scatter', symbol: 'rect', symbolSize: cellSize,
+          itemStyle: {color: NONFINITE_COLOR}, data: bad.map((b) => ({value: [b[0], b[1], null, b[2]]}))},
       ],
     });
-    const ur = data.update_ratio;
-    if (ur && ur.variables.length) {
-      const c2 = app.charts.get('update_ratio', main, {height: Math.max(220, 30 + 16 * ur.variables.length),
-        title: `Update / parameter ratio per variable at step ${ur.step} (dashed: 1e-3, cs231n)`});
-      c2.setOption({
+    const ratio = data.update_ratio;
+    if (ratio && ratio.variables.length) {
+      let {step, values} = ratio;
+      let title = `Update / parameter ratio per variable at step ${step} (dashed: 1e-3, cs231n)`;
+      if (data.finite) {
+        step = data.finite.step;
+        values = data.finite.values || [];
+        title = step === null
+          ? `Update / parameter ratio per variable: no step has finite values (last step ${ratio.step})`
+          : `Update / parameter ratio per variable at step ${step}, the last step with finite `
+            + `values (step ${ratio.step} holds NaN/Inf; dashed: 1e-3, cs231n)`;
+      }
+      const bars = app.charts.get('update_ratio', main, {height: Math.max(220, 30 + 16 * ratio.variables.length),
+        title});
+      bars.getDom().dataset.step = String(step);
+      const positive = values.filter((v) => Number.isFinite(v) && v > 0);
+      const lowest = Math.min(HEALTHY_UPDATE_RATIO, ...positive);
+      const highest = Math.max(HEALTHY_UPDATE_RATIO, ...positive);
+      bars.setOption({
         animation: false,
-        tooltip: {trigger: 'axis', renderMode: 'richText'},
+        backgroundColor: 'transparent',
+        tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
+          `${data.run} · step ${step}\n${ratio.variables[p.value[1]]}: ${p.value[0]}`},
         grid: {left: 160, right: 40, top: 10, bottom: 30},
-        yAxis: {type: 'category', data: ur.variables, axisLabel: {width: 150, overflow: 'truncate'}},
-        xAxis: {type: 'log', name: 'ratio', axisLabel: {formatter: (v) => fmt(v)}},
-        series: [{name: 'update ratio', type: 'bar', itemStyle: {color: PALETTE[4]},
-          data: ur.values.map((v) => (Number.isFinite(v) && v > 0 ? v : null)),
+        yAxis: {type: 'category', data: ratio.variables, axisLabel: {width: 150, overflow: 'truncate'}},
+        xAxis: {type: 'log', name: 'ratio', min: 10 ** (Math.ceil(Math.log10(lowest)) - 1),
+          max: 10 ** Math.ceil(Math.log10(highest)), axisLabel: {formatter: (v) => fmt(v)}},
+        // A dot per variable: log-axis bars would grow from 1, not from the axis start.
+        series: [{name: 'update ratio', type: 'scatter', symbol: 'rect', symbolSize: [8, 12],
+          itemStyle: {color: app.colorOf(data.run)},
+          data: values.map((v, i) => [Number.isFinite(v) && v > 0 ? v : null, i]),
           markLine: {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
             data: [{xAxis: HEALTHY_UPDATE_RATIO}]}}],
       });
@@ -201,44 +299,55 @@ const layers = {
 
 // -- slices -----------------------------------------------------------------
 
+const SLICE_SYMBOLS = ['circle', 'rect', 'triangle', 'diamond', 'pin', 'arrow'];
+
 const slices = {
   title: 'Slices',
   multiRun: true,
   async load(app, fresh) {
-    return app.fetch('slices', {run: selectedRuns(app)}, fresh);
+    const runs = comparedRuns(app);
+    if (!runs.length) return {runs: {}};
+    const data = await app.fetch('slices', {run: runs}, fresh);
+    // Only runs that record slices are compared (window statistics alone are not slices).
+    const withSlices = Object.keys(data.runs).filter((run) =>
+      Object.keys(data.runs[run].slices).length);
+    return {runs: Object.fromEntries(withSlices.map((run) => [run, data.runs[run]]))};
   },
   draw(app, data, main) {
     const s = app.state;
     const out = [];
-    let i = 0;
     for (const [run, d] of Object.entries(data.runs)) {
-      for (const [name, sl] of Object.entries(d.slices)) {
-        const color = PALETTE[i++ % PALETTE.length];
-        if (sl.grad_mean_abs) {
-          out.push(...lineWithMarkers(`${run} · ${name} average |g|`, sl.grad_mean_abs.steps,
-            sl.grad_mean_abs.values, {smoothing: s.smoothing, log: s.log, color}));
+      const color = app.colorOf(run);
+      Object.entries(d.slices).forEach(([name, slice], i) => {
+        const symbol = SLICE_SYMBOLS[i % SLICE_SYMBOLS.length];
+        if (slice.grad_mean_abs) {
+          out.push(...lineWithMarkers(`${run} · ${name} average |g|`, slice.grad_mean_abs.steps,
+            slice.grad_mean_abs.values, seriesOptions(app, run, `slice/${name}/grad_mean_abs`,
+              slice.grad_mean_abs, {log: s.log, color, symbol})));
         }
-        if (sl.grad_variance) {
-          out.push(...lineWithMarkers(`${run} · ${name} variance`, sl.grad_variance.steps,
-            sl.grad_variance.values, {yAxisIndex: 1, smoothing: s.smoothing, log: s.log, color,
-              dashed: true, symbol: 'circle'}));
+        if (slice.grad_variance) {
+          out.push(...lineWithMarkers(`${run} · ${name} variance`, slice.grad_variance.steps,
+            slice.grad_variance.values, seriesOptions(app, run, `slice/${name}/grad_variance`,
+              slice.grad_variance, {yAxisIndex: 1, log: s.log, color, dashed: true, symbol})));
         }
-      }
-      const wv = d.window.grad_variance;
-      if (wv) {
-        out.push(...lineWithMarkers(`${run} · gradient variance (all)`, wv.steps, wv.values,
-          {yAxisIndex: 1, smoothing: s.smoothing, log: s.log, color: PALETTE[i++ % PALETTE.length],
-            dashed: true, symbol: 'rect'}));
+      });
+      const variance = d.window.grad_variance;
+      if (variance) {
+        out.push(...lineWithMarkers(`${run} · gradient variance (all)`, variance.steps,
+          variance.values, seriesOptions(app, run, 'window/grad_variance', variance,
+            {yAxisIndex: 1, log: s.log, color, dashed: true})));
       }
     }
     if (!out.length) {
-      emptyState(main, 'Slices', 'No slice or window statistics in the selected runs. '
-        + 'Pass slices={...} to GradientHealthCallback to record parameter slices.');
+      emptyState(main, 'Slices', 'No shown run records parameter slices. '
+        + 'Pass slices={...} to GradientHealthCallback to record them.');
       return;
     }
     const chart = app.charts.get('slices', main, {height: 420,
-      title: 'Average gradient per slice (left) and gradient variance (right, dashed)'});
+      title: 'Average gradient per slice (left, solid) and gradient variance (right, dashed); '
+        + 'runs with slices only'});
     chart.setOption(baseOption({
+      tooltip: stepTooltip(null),
       grid: {left: 70, right: 70, top: 70, bottom: 64},
       xAxis: stepAxis(),
       yAxis: [valueAxis('average |g|', s.log), valueAxis('variance', s.log, {splitLine: {show: false}})],
@@ -254,7 +363,12 @@ const lossComponents = {
   title: 'Loss components',
   multiRun: true,
   async load(app, fresh) {
-    return app.fetch('loss_components', {run: selectedRuns(app)}, fresh);
+    const runs = comparedRuns(app);
+    if (!runs.length) return {runs: {}};
+    const data = await app.fetch('loss_components', {run: runs}, fresh);
+    const withComponents = Object.keys(data.runs).filter((run) =>
+      Object.keys(data.runs[run]).length);
+    return {runs: Object.fromEntries(withComponents.map((run) => [run, data.runs[run]]))};
   },
   draw(app, data, main) {
     const s = app.state;
@@ -263,7 +377,7 @@ const lossComponents = {
       for (const n of Object.keys(comps)) if (!names.includes(n)) names.push(n);
     }
     if (!names.length) {
-      emptyState(main, 'Loss components', 'No loss components in the selected runs. '
+      emptyState(main, 'Loss components', 'No shown run records loss components. '
         + 'Pass loss_components=["kl_loss", ...] to GradientHealthCallback.');
       return;
     }
@@ -282,17 +396,21 @@ const lossComponents = {
     for (const name of names) {
       const out = [];
       let nonPositive = false;
-      runs.forEach((run, i) => {
+      for (const run of runs) {
         const c = data.runs[run][name];
-        if (!c) return;
-        if (c.values.some((v) => Number.isFinite(v) && v <= 0)) nonPositive = true;
-        out.push(...lineWithMarkers(run, c.steps, c.values, {smoothing: s.smoothing,
-          log: s.log && !nonPositive, color: PALETTE[i % PALETTE.length]}));
-      });
+        if (c && c.values.some((v) => Number.isFinite(v) && v <= 0)) nonPositive = true;
+      }
+      for (const run of runs) {
+        const c = data.runs[run][name];
+        if (!c) continue;
+        out.push(...lineWithMarkers(run, c.steps, c.values, seriesOptions(app, run,
+          `loss_component/${name}`, c, {log: s.log && !nonPositive, color: app.colorOf(run)})));
+      }
       const log = s.log && !nonPositive;
       const chart = app.charts.get(`loss_${name}`, main, {height: 300,
         title: `${name}${s.log && !log ? ' (linear: has values ≤ 0)' : ''}`});
       chart.setOption(baseOption({
+        tooltip: stepTooltip(null),
         xAxis: stepAxis(),
         yAxis: valueAxis(name, log),
         dataZoom: stepZoom(app, `loss_${name}`),
@@ -306,12 +424,18 @@ const lossComponents = {
 
 const curvature = {
   title: 'Curvature & trajectory',
+  singleRun: true,
   multiRun: true,
   async load(app, fresh) {
-    const curv = await app.fetch('curvature', {run: app.state.run}, fresh);
+    const run = app.state.run;
+    const curv = await app.fetch('curvature', {run}, fresh);
+    await app.healthOf([run], fresh);
     let traj;
+    const runs = comparedRuns(app);
     try {
-      traj = await app.fetch('trajectory', {run: selectedRuns(app)}, fresh);
+      // Every shown run with a trajectory; the route leaves out runs without one.
+      traj = runs.length ? await app.fetch('trajectory', {run: runs}, fresh)
+        : {available: false, runs: {}};
     } catch (e) {
       traj = {available: false, error: e.message};
     }
@@ -319,34 +443,43 @@ const curvature = {
   },
   draw(app, {curv, traj}, main) {
     const s = app.state;
+    const run = curv.run;
+    const color = app.colorOf(run);
     const hs = curv.series;
     const hasHessian = Object.keys(hs).some((k) => k.startsWith('hessian/'));
     if (!hasHessian) {
-      emptyState(main, 'Curvature', 'No Hessian curvature in this run. Set hessian_freq=N in '
+      emptyState(main, 'Curvature', `No Hessian curvature in ${run}. Set hessian_freq=N in `
         + 'GradientHealthCallback to compute the minimal ratio and sharpness every N epochs.');
     } else {
       const pairs = curv.min_ratio_vs_loss;
       if (pairs.x.length) {
-        const c = app.charts.get('curv_scatter', main, {height: 300,
-          title: 'Minimal ratio (share of positive Hessian eigenvalues) vs loss'});
-        c.setOption(baseOption({
-          tooltip: {trigger: 'item', renderMode: 'richText'},
+        const scatter = app.charts.get('curv_scatter', main, {height: 300,
+          title: `Minimal ratio (share of positive Hessian eigenvalues) vs loss — ${run}`});
+        scatter.setOption(baseOption({
+          tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
+            `${run} · step ${p.value[2]}\nprobe loss ${p.value[0]}\nmin ratio ${p.value[1]}`},
           xAxis: valueAxis('probe loss', false),
           yAxis: valueAxis('min ratio', false, {min: 0, max: 1}),
-          series: [{name: 'min ratio vs loss', type: 'scatter', symbolSize: 7,
+          series: [{name: 'min ratio vs loss', type: 'scatter', symbolSize: 7, itemStyle: {color},
             data: pairs.x.map((x, i) => [x, pairs.y[i], pairs.steps[i]])}],
         }));
       }
       const out = [];
-      const mr = hs['hessian/min_ratio'];
-      const te = hs['hessian/top_eigenvalue'];
-      const nr = hs['hessian/negative_ratio'];
-      if (mr) out.push(...lineWithMarkers('min ratio', mr.steps, mr.values, {symbol: 'circle', color: PALETTE[0]}));
-      if (nr) out.push(...lineWithMarkers('negative ratio', nr.steps, nr.values, {symbol: 'circle', color: PALETTE[3]}));
-      if (te) out.push(...lineWithMarkers('top eigenvalue (sharpness)', te.steps, te.values,
-        {yAxisIndex: 1, symbol: 'rect', log: s.log, color: PALETTE[1]}));
-      const c2 = app.charts.get('curv_time', main, {height: 300, title: 'Curvature over training'});
-      c2.setOption(baseOption({
+      const curve = (name, key, extra) => {
+        const series = hs[key];
+        if (series) {
+          out.push(...lineWithMarkers(name, series.steps, series.values,
+            seriesOptions(app, run, key, series, {smoothing: 0, color, ...extra})));
+        }
+      };
+      curve('min ratio', 'hessian/min_ratio', {symbol: 'circle'});
+      curve('negative ratio', 'hessian/negative_ratio', {symbol: 'triangle', dashed: true});
+      curve('top eigenvalue (sharpness)', 'hessian/top_eigenvalue',
+        {yAxisIndex: 1, symbol: 'rect', log: s.log, dashed: true});
+      const overTime = app.charts.get('curv_time', main, {height: 300,
+        title: `Curvature over training — ${run}`});
+      overTime.setOption(baseOption({
+        tooltip: stepTooltip(run),
         xAxis: stepAxis(),
         yAxis: [valueAxis('ratio', false, {min: 0, max: 1}),
           valueAxis('sharpness', s.log, {splitLine: {show: false}})],
@@ -354,34 +487,38 @@ const curvature = {
         series: out,
       }));
     }
-    const ns = hs['window/noise_scale'];
-    if (ns) {
-      const c3 = app.charts.get('noise_scale', main, {height: 260,
-        title: 'Gradient noise scale B_simple'});
-      c3.setOption(baseOption({
+    const noise = hs['window/noise_scale'];
+    if (noise) {
+      const noiseChart = app.charts.get('noise_scale', main, {height: 260,
+        title: `Gradient noise scale B_simple — ${run}`});
+      noiseChart.setOption(baseOption({
+        tooltip: stepTooltip(run),
         xAxis: stepAxis(),
         yAxis: valueAxis('B_simple', s.log),
         dataZoom: stepZoom(app, 'noise_scale'),
-        series: lineWithMarkers('noise scale', ns.steps, ns.values, {smoothing: s.smoothing,
-          log: s.log, color: PALETTE[2]}),
+        series: lineWithMarkers('noise scale', noise.steps, noise.values,
+          seriesOptions(app, run, 'window/noise_scale', noise, {log: s.log, color})),
       }));
     }
     if (!traj || !traj.available) {
       const why = traj && traj.error ? ` (${traj.error})` : '';
-      emptyState(main, 'Trajectory', `No parameter trajectory in the selected runs${why}. `
+      emptyState(main, 'Trajectory', `No parameter trajectory in the shown runs${why}. `
         + 'Set trajectory_freq=N in GradientHealthCallback to record one every N epochs.');
       return;
     }
     const ev = traj.explained_variance_ratio || [];
-    const out = Object.entries(traj.runs).map(([run, t], i) => ({
-      name: run, type: 'line', symbol: 'circle', symbolSize: 5,
-      itemStyle: {color: PALETTE[i % PALETTE.length]},
+    const out = Object.entries(traj.runs).map(([trajRun, t]) => ({
+      name: trajRun, type: 'line', symbol: 'circle', symbolSize: 5,
+      itemStyle: {color: app.colorOf(trajRun)}, lineStyle: {color: app.colorOf(trajRun)},
       data: t.xy.map((p, j) => [p[0], p[1], t.steps[j]]),
     }));
-    const c4 = app.charts.get('trajectory', main, {height: 380,
-      title: 'Parameter trajectories, one PCA over all runs'});
-    c4.setOption(baseOption({
-      tooltip: {trigger: 'item', renderMode: 'richText'},
+    const excluded = traj.excluded && traj.excluded.length
+      ? ` (not comparable, other architecture: ${traj.excluded.join(', ')})` : '';
+    const trajectory = app.charts.get('trajectory', main, {height: 380,
+      title: `Parameter trajectories, one PCA over all shown runs with one${excluded}`});
+    trajectory.setOption(baseOption({
+      tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
+        `${p.seriesName} · step ${p.value[2]}\nPC1 ${p.value[0]}\nPC2 ${p.value[1]}`},
       xAxis: valueAxis(`PC1 (${fmt(100 * (ev[0] ?? NaN))}%)`, false),
       yAxis: valueAxis(`PC2 (${fmt(100 * (ev[1] ?? NaN))}%)`, false),
       series: out,
@@ -393,6 +530,7 @@ const curvature = {
 
 const flags = {
   title: 'Flags',
+  singleRun: true,
   async load(app, fresh) {
     return app.flagsOf(app.state.run, fresh);
   },
@@ -428,5 +566,5 @@ const flags = {
 };
 
 export const VIEWS = {
-  overview, layers, slices, loss_components: lossComponents, curvature, flags,
+  health, overview, layers, slices, loss_components: lossComponents, curvature, flags,
 };
