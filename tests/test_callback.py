@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from tb_gradplugin import GradientHealthCallback, reader
 from tb_gradplugin import callback as callback_module
+from tb_gradplugin import reducer as reducer_module
 
 BATCH = 16
 N = 64  # examples: 4 steps per epoch
@@ -166,6 +167,7 @@ def fit_and_read(tmp_path, make, jit=False, spe=1, epochs=EPOCHS, **cb_kwargs):
     model = compiled(make, jit=jit, spe=spe)
     weights = model.get_weights()
     logdir = str(tmp_path / "run")
+    cb_kwargs.setdefault("update_freq", 1)
     cb = GradientHealthCallback(logdir, on_flag=None, **cb_kwargs)
     model.fit(
         x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb]
@@ -285,7 +287,7 @@ def test_second_fit_continues_steps_in_one_event_file(tmp_path):
     x, y = data()
     model = compiled(sequential)
     logdir = tmp_path / "run"
-    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    cb = GradientHealthCallback(str(logdir), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -304,7 +306,7 @@ def test_callback_added_after_plain_fit_is_installed(tmp_path):
     x, y = data()
     model = compiled(sequential)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -317,7 +319,7 @@ def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
     x, y = data()
     x[20] = np.nan  # second batch; the tanh branch carries it to the loss
     model = compiled(functional)
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     history = model.fit(
         x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -332,8 +334,9 @@ def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
     assert np.all(layer_nf > 0)
 
 
-def test_nonfinite_between_logged_steps_is_counted(tmp_path):
+def test_nonfinite_between_logged_steps_is_counted(tmp_path, monkeypatch):
     """A NaN at an unlogged step still shows in the next logged step's count."""
+    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 0)  # no flight recorder
     x, y = data()
     x[20] = np.nan  # step 2, not logged with update_freq=3
     model = compiled(functional)
@@ -345,6 +348,25 @@ def test_nonfinite_between_logged_steps_is_counted(tmp_path):
     series = run.scalars["step/nonfinite_loss"]
     assert series.steps.tolist() == [1, 3]
     assert series.values.tolist() == [0.0, 2.0]
+
+
+def test_flight_recorder_writes_every_step_around_a_nan(tmp_path, monkeypatch):
+    """Around a first NaN every step is written, whatever update_freq says."""
+    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 5)
+    x, y = data(n=BATCH * 40)
+    x[BATCH * 19 + 3] = np.nan  # step 20
+    model = compiled(functional)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=10, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    series = read(str(tmp_path / "run")).scalars["step/nonfinite_loss"]
+    # Step 1, the schedule, and steps 15-25 at full resolution; the counts
+    # since the previous logged step add up to every NaN step (20 to 40).
+    expected = [1, 10, *range(15, 26), 30, 40]
+    assert series.steps.tolist() == expected
+    assert series.values.sum() == 21
+    assert series.values[expected.index(20)] == 1
 
 
 def test_stop_on_nan_stops_training(tmp_path):
@@ -374,7 +396,7 @@ def test_removed_log_dir_warns_once_and_training_goes_on(tmp_path):
                 logdir.write_text("not a directory")
 
     model = compiled(sequential)
-    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    cb = GradientHealthCallback(str(logdir), update_freq=1, on_flag=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(
@@ -403,7 +425,7 @@ def test_mixed_precision_skipped_steps_are_marked(tmp_path):
         )
         model = compiled(sequential, optimizer=opt)
         cb = GradientHealthCallback(
-            str(tmp_path / "run"), stop_on_nan=True, on_flag=None
+            str(tmp_path / "run"), update_freq=1, stop_on_nan=True, on_flag=None
         )
         history = model.fit(
             x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
@@ -450,7 +472,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
                 model = make()
         else:
             model = make()
-        cb = GradientHealthCallback(sys.argv[1] + "/" + name, on_flag=None)
+        cb = GradientHealthCallback(sys.argv[1] + "/" + name, update_freq=1,
+                                    on_flag=None)
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
                   callbacks=[cb])
         run = reader.read_run(reader.provider_for_logdir(sys.argv[1]), name)
@@ -620,7 +643,7 @@ def test_unbuilt_subclassed_model_is_laid_out_at_its_first_step(tmp_path):
     model = Subclassed()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
     assert not model.trainable_variables
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
     )
