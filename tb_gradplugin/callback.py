@@ -631,10 +631,12 @@ class _Monitor:
 
     def tags(self) -> dict[str, bytes]:
         """The serialized metadata of every tag (once the step is traced)."""
-        freq = self.reducer.freq if self.reducer is not None else None
+        freq = self.cb.update_freq
+        if freq == "auto" and self.reducer.freq is not None:
+            freq = self.reducer.freq
         return reducer.tag_metadata(
             self.layout,
-            freq if freq is not None else self.cb.update_freq,
+            freq,
             self.cb.variance_window,
             self.cb.loss_components,
             self.step_components,
