@@ -174,7 +174,7 @@ class _Monitor:
         self.trace_warned = False
         self.active = False
         self._read_fn = None
-        self._close_fn = None
+        self._epoch_fn = None
 
     def _setup(self, variables):
         """Lays out the variables; creates the ring and the running sums.
@@ -519,15 +519,21 @@ class _Monitor:
         steps = (self.executions - executions) * self.spe
         return (time.monotonic() - start) / steps if steps else None
 
-    def submit(self):
-        """Has the rows recorded so far processed on the writer thread."""
+    def submit(self, stop: int | None = None):
+        """Has the rows recorded so far processed on the writer thread.
+
+        Args:
+            stop: The ring's row count, when already read. Defaults to
+                ``None``: read it here.
+        """
         self.since = 0
         self.last_submit = time.monotonic()
         # The ring holds the blocks in flight and more: wait rather than
         # let the step overwrite rows not yet read (a writer falling behind).
         while len(self.futures) >= ring.BLOCKS_IN_FLIGHT:
             self.futures.popleft().result()
-        stop = int(self.ring.count.numpy())
+        if stop is None:
+            stop = int(self.ring.count.numpy())
         start, self.done = max(self.done, stop - self.ring.rows), stop
         if stop > start:
             self._submit(self._process, start, stop, self._step_seconds())
@@ -553,15 +559,31 @@ class _Monitor:
 
     def epoch_end(self, logs):
         """Hands the epoch's rows, its window and per-epoch components over."""
-        self.submit()
-        running = None
-        if self.cb.variance_window == "epoch":
-            if self._close_fn is None:
-                self._close_fn = tf.function(self._running_close, autograph=False)
-            running = np.asarray(self._close_fn(), np.float64)
-        step = int(self.optimizer.iterations.numpy())
+        if self._epoch_fn is None:
+            # One call, one wait for the device: the ring's count, the step,
+            # and the epoch window's running sums (reduced, then reset).
+            self._epoch_fn = tf.function(self._epoch_state, autograph=False)
+        count, step, running = self._epoch_fn()
+        self.submit(int(count))
+        running = (
+            np.asarray(running, np.float64)
+            if self.cb.variance_window == "epoch"
+            else None
+        )
         values = {n: float(logs[n]) for n in self.epoch_components if n in logs}
-        self._submit(self._epoch_task, running, step, values)
+        self._submit(self._epoch_task, running, int(step), values)
+
+    def _epoch_state(self):
+        running = (
+            self._running_close()
+            if self.cb.variance_window == "epoch"
+            else tf.zeros([0], tf.float32)
+        )
+        return (
+            tf.identity(self.ring.count),
+            tf.cast(self.optimizer.iterations, tf.int64),
+            running,
+        )
 
     def start(self):
         """At each ``fit``: skips rows recorded without the callback active."""
