@@ -175,6 +175,8 @@ class _Monitor:
         self.active = False
         self._read_fn = None
         self._epoch_fn = None
+        self._reduced = None
+        self.reused_all_reduce = False
 
     def _setup(self, variables):
         """Lays out the variables; creates the ring and the running sums.
@@ -244,6 +246,17 @@ class _Monitor:
 
         apply._original = orig_apply
         opt.apply = apply
+        if self._reads_keras_all_reduce():
+            orig_reduce = opt._all_reduce_sum_gradients
+            orig_reduce = getattr(orig_reduce, "_original", orig_reduce)
+
+            def all_reduce(grads_and_vars):
+                reduced = orig_reduce(grads_and_vars)
+                self._reduced = reduced
+                return reduced
+
+            all_reduce._original = orig_reduce
+            opt._all_reduce_sum_gradients = all_reduce
         model.make_train_function(force=True)
         orig_fn = model.train_function
 
@@ -254,6 +267,29 @@ class _Monitor:
 
         train_function._gradient_health_monitor = self
         model.train_function = train_function
+
+    def _reads_keras_all_reduce(self) -> bool:
+        """Whether the statistics can use the gradients Keras all-reduces.
+
+        Under a distribution strategy Keras's TensorFlow optimizer sums the
+        replicas' gradients in ``_all_reduce_sum_gradients``, in the replica
+        context of the step, before the update; reading them there saves a
+        second all-reduce of the whole gradient. Not where the update runs in
+        a conditional branch (loss scaling, gradient accumulation) or on
+        transformed gradients (clipping, a loss scale factor): there the
+        statistics all-reduce the gradients themselves.
+        """
+        opt = self.optimizer
+        return (
+            self.strategy.num_replicas_in_sync > 1
+            and hasattr(opt, "_all_reduce_sum_gradients")
+            and not self.unscale
+            and not getattr(opt, "gradient_accumulation_steps", None)
+            and not any(
+                getattr(opt, name, None)
+                for name in ("clipnorm", "clipvalue", "global_clipnorm")
+            )
+        )
 
     def _train_step(self, orig_step, data):
         if self.probe is not None:
@@ -330,7 +366,8 @@ class _Monitor:
             if i is not None and g is not None:
                 by_index[i] = g
         ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
+        reuse = self._reads_keras_all_reduce()
+        if ctx is not None and ctx.num_replicas_in_sync > 1 and not reuse:
             # Replica gradients are scaled by 1/replicas before the all-reduce
             # (pitfall 8); the statistics are of the summed, global gradient.
             keys = sorted(by_index)
@@ -349,10 +386,21 @@ class _Monitor:
         # The parameters before the update (a transient copy: the update
         # writes new buffers while these reads are alive).
         before = [tf.identity(v.value) for v in self.variables]
+        self._reduced = None
         result = orig_apply(grads, trainable_variables)
         with tf.control_dependencies([result] if result is not None else []):
             after = [tf.identity(v.value) for v in self.variables]
             iteration_after = tf.cast(self.optimizer.iterations, tf.int64)
+        if reuse and self._reduced is not None:
+            # The global gradients Keras summed for the update (by variable).
+            where = {id(v.value): i for i, v in enumerate(self.variables)}
+            by_index = {
+                where[id(v)]: g
+                for g, v in self._reduced
+                if g is not None and id(v) in where
+            }
+            self.reused_all_reduce = True
+        self._reduced = None
         skipped = (
             tf.equal(iteration_after, iteration) if self.is_lso else tf.constant(False)
         )

@@ -491,6 +491,8 @@ MIRRORED_SCRIPT = textwrap.dedent(
         series = {**run.scalars, **run.tensors}
         out[name] = {k: s.values.tolist() for k, s in series.items()}
         out[name]["steps"] = run.scalars["step/loss"].steps.tolist()
+        # Under the strategy the statistics read the gradients Keras summed.
+        assert cb._monitor.reused_all_reduce == (name == "mirrored")
     print(json.dumps(out))
     """
 )
