@@ -877,6 +877,11 @@ class GradientHealthCallback(keras.callbacks.Callback):
             monitor.install()
         self._monitor = monitor
         self._write_failed = False
+        if not getattr(model.distribute_strategy.extended, "should_save_summary", True):
+            # A worker other than the chief under MultiWorkerMirroredStrategy:
+            # its step takes part in the same collectives, the chief writes.
+            monitor.active = False
+            return
         self._guarded(self._open_writer)
         monitor.active = self._writer is not None
         if monitor.active:
