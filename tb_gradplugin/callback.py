@@ -724,8 +724,11 @@ class GradientHealthCallback(keras.callbacks.Callback):
     NaN/Inf entries. Per window of steps: the per-entry gradient variance over
     the window's steps (averaged over entries) and the average gradient
     magnitude, per variable, for the whole model (with the gradient noise
-    scale) and per named slice. The statistics come from the gradients Keras
-    already computed, inside the compiled step; nothing is read back per step.
+    scale and SNR) and per named slice, and per variable the share of entries
+    whose gradient was exactly 0 at every step of the window. The statistics
+    are reduced from the gradients Keras already computed, inside the
+    compiled step, to a few numbers per variable; the host reads them in
+    blocks, never per step.
 
     Args:
         log_dir: Where to write the event files; with ``tensorboard --logdir``
@@ -971,7 +974,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     def _report_flags(self, epoch: int | None = None) -> None:
         """Warns of the flags the live diagnosis found; stops if asked to."""
-        flags, self._flags[:] = list(self._flags), []
+        flags = []
+        while self._flags:  # appended on the writer thread; pop is atomic
+            flags.append(self._flags.pop(0))
         when = f"epoch {epoch + 1}" if epoch is not None else "end of training"
         for flag in flags:
             where = f" in {flag.layer}" if flag.layer else ""
