@@ -404,16 +404,13 @@ class _Monitor:
         skipped = (
             tf.equal(iteration_after, iteration) if self.is_lso else tf.constant(False)
         )
-        sums, slice_sums, nonfinite = self._step_sums(
-            by_index, before, after, scale, skipped
-        )
+        parts, nonfinite = self._step_sums(by_index, before, after, scale, skipped)
         closed, running = self._window_close(skipped, iteration_after)
         self._pending = {
             "lr": lr,
             "scale": scale,
             "skipped": skipped,
-            "sums": sums,
-            "slice_sums": slice_sums,
+            "parts": parts,
             "nonfinite": nonfinite,
             "closed": closed,
             "running": running,
@@ -422,17 +419,24 @@ class _Monitor:
         return result
 
     def _step_sums(self, by_index, before, after, scale, skipped):
-        """Per-variable and per-slice sums of the step; adds to the running sums."""
+        """Per-variable and per-slice sums of the step; adds to the running sums.
+
+        Returns:
+            ``(parts, nonfinite)``: the ``[V]`` vectors of
+            :data:`stats.SUM_COLUMNS` and the ``[S]`` vectors of
+            :data:`stats.SLICE_COLUMNS`, in row order; the step's NaN/Inf count.
+        """
         layout = self.layout
         inv = 1.0 / scale if self.unscale else None
-        columns = [[] for _ in stats.SUM_COLUMNS]
+        columns = {name: [] for name in stats.SUM_COLUMNS if name != "grad_nonfinite"}
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         zero = tf.zeros([], tf.float32)
+        grads = []
         for i in range(layout.num_variables):
             g, size = by_index.get(i), layout.sizes[i]
             values = None
             if g is None:
-                sums = [zero, zero, tf.constant(float(size)), zero]
+                sums = [zero, zero, tf.constant(float(size))]
             else:
                 sparse = stats.is_sparse(g)
                 if sparse:
@@ -448,8 +452,9 @@ class _Monitor:
                     values = values * inv
                 sums = stats.gradient_sums(values, size)
                 self._accumulate(i, values, indices, skipped)
+            grads.append(values)
             sums += stats.parameter_sums(before[i], after[i])
-            for column, value in zip(columns, sums, strict=True):
+            for column, value in zip(columns.values(), sums, strict=True):
                 column.append(value)
             for pos, spec in layout.slices_of(i):
                 part = (
@@ -457,10 +462,11 @@ class _Monitor:
                 )
                 for column, value in zip(slice_columns, part, strict=True):
                     column[pos] = value
-        nonfinite = tf.add_n(columns[stats.SUM_COLUMNS.index("grad_nonfinite")])
-        flat = [v for column in columns for v in column]
-        flat += [v for column in slice_columns for v in column]
-        return flat, [], nonfinite
+        vectors = {name: tf.stack(column) for name, column in columns.items()}
+        vectors["grad_nonfinite"] = stats.nonfinite_counts(grads, columns["grad_sq"])
+        parts = [vectors[name] for name in stats.SUM_COLUMNS]
+        parts += [tf.stack(c) for c in slice_columns if c]
+        return parts, tf.reduce_sum(vectors["grad_nonfinite"])
 
     def _accumulate(self, i, values, indices, skipped):
         running = self.running[i]
@@ -522,11 +528,15 @@ class _Monitor:
             tf.cast(skipped, tf.float32),
             batch_size,
             *components,
-            *pending["sums"],
-            pending["closed"],
         ]
         row = tf.concat(
-            [tf.stack(scalars), pending["running"], ring.step_words(pending["step"])],
+            [
+                tf.stack(scalars),
+                *pending["parts"],
+                tf.reshape(pending["closed"], [1]),
+                pending["running"],
+                ring.step_words(pending["step"]),
+            ],
             axis=0,
         )
         bad = None
@@ -686,7 +696,8 @@ class _Monitor:
             self.reducer.set_writer(self.writer, self.tags)
         self.reducer.release(final=True)
         self.cb._flush()
-        self.cb._after_write(urgent=True, epoch_end=True)
+        # Rate-limited like any other: a fit of a few steps pays no diagnosis.
+        self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True)
 
     def _take_anomalies(self) -> bool:
         found = bool(self.reducer.anomalies)

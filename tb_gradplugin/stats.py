@@ -141,7 +141,7 @@ def _f32(x):
 
 
 def gradient_sums(values, size: int) -> list:
-    """Sums of one gradient's entries: ``Σg², Σ|g|``, zero and NaN/Inf counts.
+    """Sums of one gradient's entries: ``Σg²``, ``Σ|g|`` and the count of zeros.
 
     Args:
         values: The gradient's entries that may be non-zero (the dense
@@ -149,17 +149,41 @@ def gradient_sums(values, size: int) -> list:
         size: Entries of the whole variable (the rest are zero).
 
     Returns:
-        Four float32 scalars, the first four of :data:`SUM_COLUMNS`.
+        Three float32 scalars, the first three of :data:`SUM_COLUMNS`.
     """
-    sq = ops.sum(ops.square(values))
     nonzero = _f32(ops.count_nonzero(values))
-    # A NaN/Inf entry makes the sum of squares non-finite: only then count.
-    nonfinite = ops.cond(
-        ops.isfinite(sq),
-        lambda: ops.zeros((), "float32"),
-        lambda: ops.sum(_f32(ops.logical_not(ops.isfinite(values)))),
+    return [ops.sum(ops.square(values)), ops.sum(ops.abs(values)), size - nonzero]
+
+
+def nonfinite_counts(values: Sequence, grad_sq: Sequence):
+    """NaN/Inf entries per variable, ``[V]`` float32.
+
+    Counted only when the step's ``Σg²`` is not finite: a NaN/Inf entry makes
+    it so, and one branch per step costs less than a count per variable.
+
+    Args:
+        values: Each variable's gradient entries, or ``None`` for none.
+        grad_sq: Each variable's ``Σg²`` (from :func:`gradient_sums`).
+
+    Returns:
+        The counts, zeros on a finite step.
+    """
+
+    def count():
+        return ops.stack(
+            [
+                ops.zeros((), "float32")
+                if v is None
+                else ops.sum(_f32(ops.logical_not(ops.isfinite(v))))
+                for v in values
+            ]
+        )
+
+    return ops.cond(
+        ops.isfinite(ops.sum(ops.stack(grad_sq))),
+        lambda: ops.zeros((len(values),), "float32"),
+        count,
     )
-    return [sq, ops.sum(ops.abs(values)), float(size) - nonzero, nonfinite]
 
 
 def parameter_sums(before, after) -> list:

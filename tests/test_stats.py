@@ -49,15 +49,20 @@ def _flat(arrays):
 
 
 def test_gradient_and_parameter_sums_match_numpy():
-    """Σg², Σ|g|, zero and NaN/Inf counts, Σw², Σ(Δw)² of a variable equal numpy's."""
+    """Σg², Σ|g|, zeros, NaN/Inf per variable, Σw², Σ(Δw)² equal numpy's counts."""
     g, before, after = _arrays(0)[0], _arrays(1)[0], _arrays(2)[0]
     g[0, :2] = 0.0
     out = [float(v) for v in stats.gradient_sums(tf.constant(g), g.size)]
     np.testing.assert_allclose(out[:2], [np.sum(g**2), np.abs(g).sum()], rtol=1e-6)
-    assert out[2:] == [2.0, 0.0]
+    assert out[2] == 2.0
     bad = g.copy()
     bad[1, 1], bad[2, 2] = np.nan, np.inf
-    assert float(stats.gradient_sums(tf.constant(bad), g.size)[3]) == 2.0
+    variables = [tf.constant(g), None, tf.constant(bad)]
+    sq = [tf.constant(float(np.sum(t**2))) for t in (g, np.zeros(1), bad)]
+    counts = stats.nonfinite_counts(variables, sq).numpy().tolist()
+    assert counts == [0.0, 0.0, 2.0]
+    clean = stats.nonfinite_counts(variables[:2], sq[:2]).numpy().tolist()
+    assert clean == [0.0, 0.0]
     w = [float(v) for v in stats.parameter_sums(tf.constant(before), after)]
     np.testing.assert_allclose(
         w, [np.sum(after**2), np.sum((after - before) ** 2)], rtol=1e-6
