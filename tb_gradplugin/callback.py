@@ -767,7 +767,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         trajectory_freq: Record a parameter snapshot (a random projection) every
             N epochs; ``0`` turns it off. Defaults to ``0``.
         variance_window: Steps per window of the gradient variance and average
-            gradient (a multiple of ``update_freq``), or ``"epoch"``. Defaults to
+            gradient (a multiple of an int ``update_freq``), or ``"epoch"``. Defaults to
             ``None``: ``update_freq`` when it is at least 2 steps, else
             ``"epoch"`` (a one-step window has no variance).
         stop_on_nan: Stop training, like ``keras.callbacks.TerminateOnNaN``, once
@@ -837,7 +837,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
                     "variance_window must be a positive int or 'epoch', got "
                     f"{variance_window!r}"
                 )
-            if not isinstance(update_freq, int) or variance_window % update_freq:
+            # Windows see every step; an int update_freq logs at their ends.
+            if update_freq == "epoch" or (
+                isinstance(update_freq, int) and variance_window % update_freq
+            ):
                 raise ValueError(
                     f"variance_window ({variance_window}) must be a multiple of "
                     f"update_freq ({update_freq})"
