@@ -37,45 +37,12 @@ import tensorflow as tf
 
 from tb_gradplugin import metadata, ring, stats
 
-# Whole-model per-step scalars, in their column order; the loss scale and
-# skipped steps are written only under mixed precision.
-STEP_STATS = (
-    "loss",
-    "grad_norm",
-    "param_norm",
-    "update_norm",
-    "update_ratio",
-    "learning_rate",
-    "nonfinite_grads",
-    "nonfinite_loss",
-    "skipped_steps",
-    "loss_scale",
-)
+# Column orders: the tag families of metadata.py, in their order. The loss scale
+# and skipped steps are written only under mixed precision.
+STEP_STATS = tuple(metadata.STEP_SCALARS)
 _MIXED_PRECISION_ONLY = ("skipped_steps", "loss_scale")
-# Per-variable per-step statistics, in their column order.
-LAYER_STATS = (
-    "grad_norm",
-    "grad_mean_abs",
-    "param_norm",
-    "update_norm",
-    "update_ratio",
-    "zero_fraction",
-    "nonfinite_grads",
-)
-WINDOW_ZERO_FRACTION = "zero_fraction"
-"""Window statistic (``window_layer/zero_fraction``): per variable, the share of
-entries whose gradient was exactly 0 at every step of the window."""
-WINDOW_ZERO_FRACTION_TAG = metadata.TAG_PREFIX + "window_layer/zero_fraction"
-WINDOW_LAYER_STATS = {
-    **metadata.WINDOW_LAYER_STATS,
-    WINDOW_ZERO_FRACTION: (
-        "share of the variable's entries whose gradient was exactly 0 at every "
-        "step of the window"
-    ),
-}
-_WINDOW_PREFIXES = tuple(
-    metadata.TAG_PREFIX + p for p in ("window/", "window_layer/", "slice/")
-)
+LAYER_STATS = tuple(metadata.LAYER_STATS)
+WINDOW_LAYER_STATS = tuple(metadata.WINDOW_LAYER_STATS)
 
 FLIGHT_STEPS = 256
 """Steps written at full resolution before and after an anomalous step."""
@@ -478,7 +445,9 @@ class BlockReducer:
         # every event measured ~1 µs per scalar write, more per layer tensor).
         self._meta = {
             tag: tf.where(
-                describe_windows if tag.startswith(_WINDOW_PREFIXES) else describe_rows,
+                describe_windows
+                if metadata.is_window_key(metadata.tag_key(tag) or "")
+                else describe_rows,
                 tf.constant(meta),
                 tf.constant(b""),
             )
@@ -577,7 +546,7 @@ def tag_metadata(
     """
     variables: dict[str, Any] = {
         "variables": layout.paths,
-        "sparse_variables": list(sparse_variables),
+        metadata.SPARSE_VARIABLES: list(sparse_variables),
     }
     common = {"update_freq": update_freq}
     tags: dict[str, Any] = {}
@@ -590,7 +559,7 @@ def tag_metadata(
     win = {"window": window}
     for stat, text in metadata.WINDOW_SCALARS.items():
         tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(text, win)
-    for stat, text in WINDOW_LAYER_STATS.items():
+    for stat, text in metadata.WINDOW_LAYER_STATS.items():
         tags[metadata.window_layer_tag(stat)] = metadata.create_summary_metadata(
             text, {**variables, **win}, tensor=True
         )
