@@ -1,64 +1,80 @@
-"""Overhead of GradientHealthCallback against a plain ``fit``, as ratios.
+"""Overhead of GradientHealthCallback against a plain ``fit``: ratios per model.
 
-For a 784-20-20-10 MLP at batch 200 (seed 003) and a small two-conv CNN, prints
-the median wall time of one ``fit`` epoch for each variant and its ratio to the
-plain ``fit`` measured in the same run, interleaved so that drift hits all, and
-the ratio of the process's CPU time (the callback's writer thread included):
+For each model, each repetition builds a fresh model per variant (the model
+built second in a process can run up to 20 % faster: DESIGN.md pitfall 17) in
+an order rotated from one repetition to the next, fits it, and times the
+epochs after the first (tracing excluded, the callback's end-of-training
+writes included). It prints per variant the median step time, the median of
+the per-repetition ratios to the plain ``fit``, the extra peak memory (peak
+resident memory during the fit minus the plain fit's, from ``VmHWM`` reset
+through ``/proc/self/clear_refs``) and the event-file bytes per logged step.
 
-* plain ``fit``;
-* this callback at ``update_freq=1`` (every statistic, every step);
-* this callback at ``update_freq=10``;
-* this callback with ``hessian_freq=0`` explicitly (must cost nothing extra);
-* Keras's ``TensorBoard(histogram_freq=1, update_freq="batch")``;
-* eager per-layer gradient norms recomputed after every batch.
+Variants: ``plain``; ``defaults`` (``GradientHealthCallback(log_dir)``, every
+argument at its default); ``update_freq=1``; Keras's
+``TensorBoard(histogram_freq=1, update_freq="batch")``.
 
-Usage: ``python benchmarks/overhead.py [--repeats 9] [--steps 200]
-[--data dataset|numpy]``: ``dataset`` feeds one cached ``tf.data`` pipeline (the
-fastest plain step, the strictest ratio), ``numpy`` passes arrays to ``fit`` as
-seed 003 does.
+Models (``--models``, comma-separated): ``mlp16k`` (seed 003's 784-20-20-10 on
+a cached ``tf.data`` pipeline, 200 steps an epoch), ``mlp16k_arrays`` (the same
+on numpy arrays, 1,000 examples at batch 200: 5 steps an epoch, as seed 003),
+``mlp1m``, ``mlp8m``, ``mlp30m`` (784-h-h-10), ``cnn`` (two convolutions),
+``lm7m`` (a causal transformer LM of ~6.7 M parameters with a 9,000-token
+embedding). ``--mirrored`` runs every model under ``MirroredStrategy`` on two
+logical CPUs.
+
+Usage::
+
+    python benchmarks/overhead.py --models mlp16k,mlp16k_arrays --repeats 1
+    python benchmarks/overhead.py --repeats 5            # every model
+    python benchmarks/overhead.py --repeats 5 --mirrored --models mlp1m
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import statistics
 import sys
 import tempfile
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-sys.path.insert(0, ".")
-from tb_gradplugin import GradientHealthCallback  # noqa: E402
+ALL_MODELS = "mlp16k,mlp16k_arrays,mlp1m,mlp8m,mlp30m,cnn,lm7m"
+VARIANTS = ("plain", "defaults", "update_freq=1", "keras_tensorboard")
 
 
-class _EagerNorms(keras.callbacks.Callback):
-    """Recomputes per-layer gradient norms eagerly after every batch."""
-
-    def __init__(self, x, y, batch):
-        super().__init__()
-        self.x, self.y, self.batch = x, y, batch
-
-    def on_train_batch_end(self, batch, logs=None):
-        i = (batch * self.batch) % len(self.x)
-        xb, yb = self.x[i : i + self.batch], self.y[i : i + self.batch]
-        with tf.GradientTape() as tape:
-            loss = self.model.compute_loss(
-                x=xb, y=yb, y_pred=self.model(xb, training=True)
-            )
-        grads = tape.gradient(loss, self.model.trainable_variables)
-        [float(tf.norm(g)) for g in grads]
+def _parse():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--models", default=ALL_MODELS)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs")
+    parser.add_argument("--mirrored", action="store_true")
+    return parser.parse_args()
 
 
-def _mlp():
+ARGS = _parse() if __name__ == "__main__" else None
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+if ARGS is not None and ARGS.mirrored:
+    # Logical devices must exist before TensorFlow initialises its runtime.
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+import keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tb_gradplugin import GradientHealthCallback, reader  # noqa: E402
+
+
+# -- models -------------------------------------------------------------------------
+def _mlp(hidden):
     return keras.Sequential(
         [
             keras.Input((784,)),
-            keras.layers.Dense(20, activation="relu"),
-            keras.layers.Dense(20, activation="relu"),
+            keras.layers.Dense(hidden, activation="relu"),
+            keras.layers.Dense(hidden, activation="relu"),
             keras.layers.Dense(10),
         ]
     )
@@ -77,105 +93,171 @@ def _cnn():
     )
 
 
+VOCAB, SEQ, WIDTH = 9000, 64, 256
+ARRAY_EPOCHS = 40  # timed epochs of the 5-step array setting (seed 003: 60)
+
+
+def _lm(blocks=4, heads=4, ff=512):
+    tokens = keras.Input((SEQ,), dtype="int32")
+    h = keras.layers.Embedding(VOCAB, WIDTH)(tokens)
+    for _ in range(blocks):
+        a = keras.layers.LayerNormalization()(h)
+        a = keras.layers.MultiHeadAttention(heads, WIDTH // heads)(
+            a, a, use_causal_mask=True
+        )
+        h = h + a
+        f = keras.layers.LayerNormalization()(h)
+        f = keras.layers.Dense(ff, activation="gelu")(f)
+        h = h + keras.layers.Dense(WIDTH)(f)
+    return keras.Model(tokens, keras.layers.Dense(VOCAB)(h))
+
+
+# name: (builder, batch, steps per epoch, input kind, feed)
+MODELS = {
+    "mlp16k": (lambda: _mlp(20), 200, 200, "flat", "dataset"),
+    "mlp16k_arrays": (lambda: _mlp(20), 200, 5, "flat", "arrays"),
+    "mlp1m": (lambda: _mlp(650), 200, 100, "flat", "dataset"),
+    "mlp8m": (lambda: _mlp(2440), 200, 30, "flat", "dataset"),
+    "mlp30m": (lambda: _mlp(5000), 200, 15, "flat", "dataset"),
+    "cnn": (_cnn, 200, 50, "image", "dataset"),
+    "lm7m": (_lm, 16, 30, "tokens", "dataset"),
+}
+
+
 def _data(kind, n):
     rng = np.random.default_rng(0)
-    shape = (n, 784) if kind == "mlp" else (n, 28, 28, 1)
+    if kind == "tokens":
+        x = rng.integers(0, VOCAB, (n, SEQ + 1)).astype("int32")
+        return x[:, :-1], x[:, 1:]
+    shape = (n, 784) if kind == "flat" else (n, 28, 28, 1)
     return rng.normal(size=shape).astype("float32"), rng.integers(0, 10, n)
 
 
-def _variants(x, y, batch, logdir):
-    return {
-        "plain": lambda: [],
-        "gradhealth_every_step": lambda: [
-            GradientHealthCallback(f"{logdir}/u1", update_freq=1, on_flag=None)
-        ],
-        "gradhealth_every_10": lambda: [
-            GradientHealthCallback(f"{logdir}/u10", update_freq=10, on_flag=None)
-        ],
-        "gradhealth_hessian_off": lambda: [
-            GradientHealthCallback(f"{logdir}/h0", hessian_freq=0, on_flag=None)
-        ],
-        "keras_tensorboard": lambda: [
-            keras.callbacks.TensorBoard(
-                f"{logdir}/ktb", histogram_freq=1, update_freq="batch"
-            )
-        ],
-        "eager_norms": lambda: [_EagerNorms(x, y, batch)],
-    }
+# -- measuring ------------------------------------------------------------------
+def _reset_peak():
+    """Resets the process's peak resident memory (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _memory_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
 
 
-def run(
-    kind: str, repeats: int, steps: int, data: str = "dataset", batch: int = 200
-) -> tuple[dict[str, list], dict[str, list]]:
-    """Times each variant; returns wall and CPU seconds per epoch of every repeat."""
-    x, y = _data(kind, steps * batch)
-    # One dataset for every fit: building it per fit (~50 ms) would be noise.
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+def _callbacks(variant, logdir):
+    if variant == "plain":
+        return []
+    if variant == "defaults":
+        return [GradientHealthCallback(logdir)]
+    if variant == "update_freq=1":
+        return [GradientHealthCallback(logdir, update_freq=1)]
+    return [keras.callbacks.TensorBoard(logdir, histogram_freq=1, update_freq="batch")]
 
-    def fit(model, cbs):
-        if data == "numpy":
-            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=cbs)
-        else:
-            model.fit(ds, epochs=1, verbose=0, callbacks=cbs)
 
-    times: dict[str, list[float]] = {}
-    cpu: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as logdir:
-        variants = _variants(x, y, batch, logdir)
-        models = {}
-        for name, make in variants.items():
-            keras.utils.set_random_seed(0)
-            model = _mlp() if kind == "mlp" else _cnn()
-            model.compile(
-                optimizer=keras.optimizers.SGD(0.01),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            cbs = make()
-            # Warm-up epoch: tracing and the first writer start are not timed.
-            fit(model, cbs)
-            models[name] = (model, cbs)
-        for _ in range(repeats):
-            for name, (model, cbs) in models.items():
-                t0, c0 = time.perf_counter(), _cpu_seconds()
-                fit(model, cbs)
-                times.setdefault(name, []).append(time.perf_counter() - t0)
-                cpu.setdefault(name, []).append(_cpu_seconds() - c0)
-    return times, cpu
+def _event_bytes_per_logged_step(logdir, variant):
+    if variant == "plain":
+        return float("nan")
+    total, steps = 0, 0
+    for root, _, files in os.walk(logdir):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    if variant == "keras_tensorboard":
+        return total if total else float("nan")  # bytes for the whole fit
+    run = reader.read_run(
+        reader.provider_for_logdir(os.path.dirname(logdir)), os.path.basename(logdir)
+    )
+    series = run.scalars.get("step/loss")
+    steps = len(series.steps) if series is not None else 0
+    return total / steps if steps else float("nan")
+
+
+def measure(name, variant, epochs, strategy, workdir):
+    """A fresh model, a warm-up and a timed fit; (s/step, peak KB, bytes/logged)."""
+    make, batch, steps, kind, feed = MODELS[name]
+    x, y = _data(kind, batch * steps)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = make()
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    logdir = os.path.join(workdir, f"{name}-{variant}-{time.monotonic_ns()}")
+    cbs = _callbacks(variant, logdir)
+    if feed == "dataset":
+        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+
+        def fit(epochs):
+            model.fit(data, epochs=epochs, verbose=0, callbacks=cbs)
+    else:
+
+        def fit(epochs):
+            model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=cbs)
+
+    # One warm-up epoch: tracing (of the step and of the callback's writer
+    # functions) is a fixed cost, not a ratio.
+    fit(1)
+    epochs = epochs if feed == "dataset" else ARRAY_EPOCHS
+    _reset_peak()
+    base = _memory_kb("VmRSS")
+    start = time.perf_counter()
+    fit(epochs)
+    seconds = (time.perf_counter() - start) / (steps * epochs)
+    peak = _memory_kb("VmHWM") - base
+    for cb in cbs:
+        if isinstance(cb, GradientHealthCallback):
+            cb.close()
+    return seconds, peak, _event_bytes_per_logged_step(logdir, variant)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--steps", type=int, default=200, help="steps per epoch")
-    parser.add_argument("--models", default="mlp,cnn")
-    parser.add_argument("--data", choices=("dataset", "numpy"), default="dataset")
-    args = parser.parse_args()
-    for kind in args.models.split(","):
-        times, cpu = run(kind, args.repeats, args.steps, args.data)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        best = {k: min(v) for k, v in times.items()}
-        cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
-        print(
-            f"\n{kind}: {args.steps} steps/epoch at batch 200 ({args.data}), "
-            f"{args.repeats} repeats"
-        )
-        print(
-            f"{'variant':<26}{'ms/step med':>12}{'ratio med':>10}"
-            f"{'ms/step min':>12}{'ratio min':>10}{'cpu ratio':>10}"
-        )
-        for name in times:
+    args = ARGS
+    strategy = (
+        tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        if args.mirrored
+        else tf.distribute.get_strategy()
+    )
+    epochs = max(args.epochs, 1)
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models.split(","):
+            results = {v: [] for v in VARIANTS}
+            for rep in range(args.repeats):
+                order = (
+                    VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
+                )
+                for variant in order:
+                    results[variant].append(
+                        measure(name, variant, epochs, strategy, workdir)
+                    )
+            _, batch, steps, _, feed = MODELS[name]
+            label = "mirrored, 2 CPUs" if args.mirrored else "one device"
             print(
-                f"{name:<26}{1000 * med[name] / args.steps:>12.2f}"
-                f"{med[name] / med['plain']:>10.3f}"
-                f"{1000 * best[name] / args.steps:>12.2f}"
-                f"{best[name] / best['plain']:>10.3f}"
-                f"{cpu_med[name] / cpu_med['plain']:>10.3f}"
+                f"\n{name}: batch {batch}, {steps} steps/epoch ({feed}), "
+                f"{args.repeats} repetitions, {label}"
             )
+            print(
+                f"{'variant':<20}{'ms/step':>9}{'ratio':>8}"
+                f"{'extra peak MB':>15}{'bytes/logged step':>19}"
+            )
+            plain = results["plain"]
+            for variant in VARIANTS:
+                runs = results[variant]
+                ratios = [r[0] / p[0] for r, p in zip(runs, plain, strict=True)]
+                extra = [(r[1] - p[1]) / 1024 for r, p in zip(runs, plain, strict=True)]
+                per_log = statistics.median(r[2] for r in runs)
+                unit = " (whole fit)" if variant == "keras_tensorboard" else ""
+                print(
+                    f"{variant:<20}{1000 * statistics.median(r[0] for r in runs):>9.2f}"
+                    f"{statistics.median(ratios):>8.3f}"
+                    f"{statistics.median(extra):>15.1f}"
+                    f"{per_log:>19.0f}{unit}"
+                )
 
 
 if __name__ == "__main__":

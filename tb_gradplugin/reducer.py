@@ -1,21 +1,35 @@
-"""Reduces blocks of ring rows to gradient statistics and writes them.
+"""Turns blocks of step rows into gradient-health summaries (host, numpy).
 
-Per block (up to 64 steps): one ``tf.function`` call gathers the rows from the
-:class:`~tb_gradplugin.ring.StepRing`, numpy computes every per-step and
-per-window statistic with block-wide array operations (``stats.py``), and one
-more ``tf.function`` call writes the logged steps and closed windows with
-``tf.summary``. The callback runs this on its writer thread, beside the
-training, so the step itself pays only for its ring row.
+The compiled step writes one small row per step (``ring.py``); the callback's
+writer thread hands each block of rows read from the ring to
+:class:`BlockReducer`, which
 
-State carried from block to block (numpy, on the host): the parameters before
-the next row (for the update norm), the NaN/Inf and skipped-step counts since
-the last logged step, the moments of the window still open, and the epoch's
-last row (for ``update_freq="epoch"``).
+* finishes each step's statistics from its sums (norms are square roots of
+  sums, ratios, shares) and counts NaN/Inf and skipped steps between logged
+  steps;
+* accumulates the open variance window's per-step sums and, when a step (or an
+  epoch end) closes the window, turns them and the reduced running gradient
+  sum into the window's statistics (``stats.window_statistics``);
+* is a flight recorder: it holds the last :data:`FLIGHT_STEPS` steps' rows
+  before writing them, and when a step is anomalous (a first non-finite loss
+  or gradient, or a gradient-norm jump of :data:`JUMP_FACTOR` times the median
+  of the last :data:`JUMP_HISTORY` steps) every step within
+  :data:`FLIGHT_STEPS` before and after it is written, whatever
+  ``update_freq`` says;
+* writes the logged steps and closed windows with ``tf.summary``, in step
+  order, from one graph function per writer.
+
+Every step's row is seen, so windows, NaN counts and anomalies miss nothing
+whatever ``update_freq`` is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import collections
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,364 +37,384 @@ import tensorflow as tf
 
 from tb_gradplugin import metadata, ring, stats
 
-# Whole-model per-step scalars, in their column order; the loss scale and
-# skipped steps are written only under mixed precision.
-STEP_STATS = (
-    "loss",
-    "grad_norm",
-    "param_norm",
-    "update_norm",
-    "update_ratio",
-    "learning_rate",
-    "nonfinite_grads",
-    "nonfinite_loss",
-    "skipped_steps",
-    "loss_scale",
-)
+# Column orders: the tag families of metadata.py, in their order. The loss scale
+# and skipped steps are written only under mixed precision.
+STEP_STATS = tuple(metadata.STEP_SCALARS)
 _MIXED_PRECISION_ONLY = ("skipped_steps", "loss_scale")
-_WINDOW_PREFIXES = tuple(
-    metadata.TAG_PREFIX + p for p in ("window/", "window_layer/", "slice/")
-)
-# Per-variable per-step statistics, in their column order.
-LAYER_STATS = (
-    "grad_norm",
-    "grad_mean_abs",
-    "param_norm",
-    "update_norm",
-    "update_ratio",
-    "zero_fraction",
-    "nonfinite_grads",
-)
+LAYER_STATS = tuple(metadata.LAYER_STATS)
+WINDOW_LAYER_STATS = tuple(metadata.WINDOW_LAYER_STATS)
+
+FLIGHT_STEPS = 256
+"""Steps written at full resolution before and after an anomalous step."""
+JUMP_FACTOR = 10.0
+"""A gradient norm this many times the recent median is anomalous (Megatron-LM
+checks 10x the running maximum; OLMo-core a z-score over 6 in 128 steps)."""
+JUMP_HISTORY = 128
+"""Steps of the recent median (OLMo-core's spike window)."""
+MAX_HOLD_S = 10.0
+"""Seconds a row is held at most, so that slow steps still show promptly."""
+
+# The adaptive default of update_freq (see adaptive_update_freq).
+EVENT_SECONDS = 4e-6  # one tf.summary event on the host, measured (DESIGN.md 14).
+EVENT_SHARE = 0.01  # events may take this share of the step time.
+DISK_BYTES_PER_STEP = 1000.0  # a 1,000,000-step run stays under ~1 GB.
+_FREQ_LADDER = (1, 2, 5)
 
 
-class Packing:
-    """Named column ranges of a packed float32 row.
+def adaptive_update_freq(
+    step_seconds: float | None, events_per_log: int, bytes_per_log: float
+) -> int:
+    """The default ``update_freq``: cheap on tiny steps, every step on big ones.
+
+    Writing one logged step costs ``events_per_log`` events of ~4 µs each on
+    the host and ``bytes_per_log`` bytes on disk; the frequency is the
+    smallest of 1, 2, 5, 10, 20, 50, ... that keeps the events under 1 % of
+    the step time and the disk under :data:`DISK_BYTES_PER_STEP` per step.
 
     Args:
-        widths: ``(name, width)`` pairs, in column order.
+        step_seconds: Measured seconds per optimizer step, or ``None`` when
+            not measured (then only the disk bound applies).
+        events_per_log: Summary events per logged step.
+        bytes_per_log: Event-file bytes per logged step.
+
+    Returns:
+        The number of steps between logged steps.
 
     Example:
-        >>> p = Packing([("a", 1), ("v", 3)])
-        >>> p.width, p.index["v"]
-        (4, slice(1, 4, None))
+        >>> adaptive_update_freq(0.001, 17, 1500.0)
+        10
+        >>> adaptive_update_freq(0.5, 17, 900.0)
+        1
     """
+    need = bytes_per_log / DISK_BYTES_PER_STEP
+    if step_seconds is not None and step_seconds > 0:
+        need = max(need, events_per_log * EVENT_SECONDS / (EVENT_SHARE * step_seconds))
+    scale = 1
+    while True:
+        for base in _FREQ_LADDER:
+            if base * scale >= need:
+                return base * scale
+        scale *= 10
 
-    def __init__(self, widths: Sequence[tuple[str, int]]):
-        self.index: dict[str, slice] = {}
-        pos = 0
-        for name, width in widths:
-            self.index[name] = slice(pos, pos + int(width))
-            pos += int(width)
-        self.width = pos
 
-    def pack(self, fields: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
-        """Packs ``{name: [k] or [k, width]}`` into ``[k, self.width]``.
+@dataclasses.dataclass
+class _Held:
+    """One step's row, held until it is written or dropped."""
 
-        Args:
-            fields: The values by name; a missing name packs zeros.
-            rows: ``k``, the number of rows.
-
-        Returns:
-            The packed float32 rows.
-        """
-        out = np.zeros([rows, self.width], np.float32)
-        for name, sl in self.index.items():
-            value = fields.get(name)
-            if value is not None:
-                out[:, sl] = np.reshape(value, [rows, sl.stop - sl.start])
-        return out
+    step: int
+    valid: bool
+    counts: np.ndarray  # NaN/Inf per variable, NaN/Inf loss, skipped
+    log_row: np.ndarray | None  # packed logged statistics (valid rows)
+    window: np.ndarray | None  # packed window closed at this step
+    arrived: float
+    full: bool = False  # within the flight recorder's range of an anomaly
+    epoch_last: bool = False  # the epoch's last step (update_freq="epoch")
 
 
 class BlockReducer:
-    """Statistics of ring blocks, written as gradient-health summaries.
+    """Statistics of blocks of step rows, written as gradient-health summaries.
 
     Args:
         layout: The trainable variables' layout.
-        step_ring: The ring the train step writes.
-        components: Names of the per-step loss components in the ring.
-        update_freq: Log every N steps, or ``"epoch"``.
+        packing: The columns of a step row (``ring.row_packing``).
+        components: Names of the per-step loss components in the row.
+        update_freq: Log every N steps, ``"epoch"``, or ``"auto"`` (the
+            adaptive default, decided by :meth:`add_rows`'s first timing).
         window: Steps per variance window, or ``"epoch"``.
         mixed_precision: Whether the loss scale and skipped steps are written.
+        flight_steps: Steps kept before writing and written around an
+            anomaly; ``0`` turns the flight recorder off. Defaults to ``None``:
+            :data:`FLIGHT_STEPS`.
 
     Example:
-        >>> r = BlockReducer(layout, ring, [], 1, "epoch", False)  # doctest: +SKIP
-        >>> r.reduce(0, 16, False)  # doctest: +SKIP
+        >>> r = BlockReducer(layout, packing, [], 1, "epoch", False)  # doctest: +SKIP
+        >>> r.add_rows(rows)  # doctest: +SKIP
     """
 
     def __init__(
         self,
         layout: stats.Layout,
-        step_ring: ring.StepRing,
+        packing: ring.Packing,
         components: Sequence[str],
         update_freq: int | str,
         window: int | str,
         mixed_precision: bool,
+        flight_steps: int | None = None,
     ):
         self.layout = layout
-        self.ring = step_ring
+        self.packing = packing
         self.components = list(components)
         self.epoch_mode = update_freq == "epoch"
-        self.freq = 1 if self.epoch_mode else int(update_freq)
+        self.adaptive = update_freq == "auto"
+        self.freq = None if self.adaptive else (1 if self.epoch_mode else update_freq)
         self.window_epoch = window == "epoch"
-        self.window = 0 if self.window_epoch else int(window)
+        self.window = window
         self.mixed_precision = bool(mixed_precision)
+        self.flight_steps = int(FLIGHT_STEPS if flight_steps is None else flight_steps)
         v, s = layout.num_variables, len(layout.slices)
         # Scalars first, then per-variable blocks: the writer unstacks them.
-        self.rows = Packing(
+        self.rows = ring.Packing(
             [(name, 1) for name in STEP_STATS]
             + [("components", len(self.components))]
             + [("v_" + name, v) for name in LAYER_STATS]
         )
-        self.windows = Packing(
+        self.windows = ring.Packing(
             [(name, 1) for name in metadata.WINDOW_SCALARS]
-            + [("layer_" + name, v) for name in metadata.WINDOW_LAYER_STATS]
+            + [("layer_" + name, v) for name in WINDOW_LAYER_STATS]
             + [("slice_" + name, s) for name in metadata.SLICE_STATS]
         )
-        self._read_fn = None
-        self._write_fn = None
         self.writer = None
+        self._tags_fn: Callable[[], Mapping[str, bytes]] | None = None
         self.tags: dict[str, bytes] = {}
+        self._write_fn = None
         self._meta: dict[str, tf.Tensor] = {}
         self._described = {"rows": False, "windows": False}
-        self.prev_params = np.zeros([layout.size], np.float32)
-        self.pending = np.zeros([v + 2])  # NaN/Inf per variable, NaN loss, skipped
-        self.moments = stats.WindowMoments.empty(layout)
+        self.window_sums = stats.WindowSums.empty(layout)
+        self.held: collections.deque[_Held] = collections.deque()
+        self.pending = np.zeros([v + 2])
+        self.norms: collections.deque[float] = collections.deque(maxlen=JUMP_HISTORY)
+        self.finite_before = True
+        self.full_until = -1
+        self.release_to = -1
+        self.anomalies: list[int] = []
         self.last_logged = -1
-        self.last_closed = -1
-        self.last_valid = -1
-        self.last_row = np.zeros([self.rows.width], np.float32)
-        self.last_row_step = -1
+        self.last_valid: _Held | None = None
+        self.bytes_written = 0
 
-    def start(self, params: np.ndarray) -> None:
-        """Takes the parameters before the next recorded step (at each ``fit``).
+    # -- input -------------------------------------------------------------------
+    def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
+        """Sets the summary writer and what makes the tags' metadata (lazily).
 
         Args:
-            params: The flat parameters ``[P]``.
+            writer: A ``tf.summary`` writer.
+            tags_fn: Returns ``{tag: serialized metadata}``; called at the
+                first write, once the step has been traced.
         """
-        self.prev_params = np.array(params, np.float32).reshape([self.layout.size])
-
-    def set_writer(self, writer, tags: Mapping[str, bytes]) -> None:
-        """Sets the summary writer and the tags' serialized metadata."""
         if writer is not self.writer:
             self.writer = writer
-            self.tags = dict(tags)
+            self._tags_fn = tags_fn
+            self.tags = {}
             self._write_fn = None
             self._described = {"rows": False, "windows": False}
 
-    def reduce(self, start: int, stop: int, final: bool) -> None:
-        """Reduces and writes the ring rows ``[start, stop)``.
-
-        Args:
-            start: First row number.
-            stop: One past the last row number.
-            final: Whether the epoch ends with these rows (closes an epoch
-                window; logs the epoch's last step under ``update_freq="epoch"``).
-        """
-        if stop > start:
-            if self._read_fn is None:
-                # A concrete function skips tf.function's per-call argument
-                # binding (~1 ms of Python per call here, holding the GIL).
-                spec = tf.TensorSpec([], tf.int64)
-                self._read_fn = tf.function(
-                    self.ring.read, autograph=False
-                ).get_concrete_function(spec, spec)
-            # asarray shares the gathered tensor's buffer; .numpy() would copy.
-            block = np.asarray(
-                self._read_fn(tf.constant(start, tf.int64), tf.constant(stop, tf.int64))
-            )
-            grads, params, scalars, steps = self.ring.split(block)
-        else:
-            p, w = self.layout.size, self.ring.width
-            grads, params = np.zeros([0, p], np.float32), np.zeros([0, p], np.float32)
-            scalars, steps = np.zeros([0, w], np.float32), np.zeros([0], np.int64)
-        rows, row_steps, windows, window_steps = self.compute(
-            grads, params, scalars, steps, final
+    def decide_update_freq(self, step_seconds: float | None) -> None:
+        """Fixes the adaptive ``update_freq`` (once), from the step time."""
+        if self.freq is not None:
+            return
+        v, c = self.layout.num_variables, len(self.components)
+        scalars = len(STEP_STATS) - (0 if self.mixed_precision else 2) + c
+        events = scalars + len(LAYER_STATS)
+        size = scalars * _SCALAR_EVENT_BYTES + len(LAYER_STATS) * (
+            _TENSOR_EVENT_BYTES + 4 * v
         )
-        if len(row_steps) or len(window_steps):
-            self.write(rows, row_steps, windows, window_steps)
+        self.freq = adaptive_update_freq(step_seconds, events, size)
 
-    # -- the reduction -----------------------------------------------------------
-    def compute(
-        self,
-        grads: np.ndarray,
-        params: np.ndarray,
-        scalars: np.ndarray,
-        steps: np.ndarray,
-        final: bool,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Reduces one block of rows and advances the carried state.
+    def add_rows(self, block: np.ndarray, step_seconds: float | None = None) -> None:
+        """Takes a block of step rows, in step order, and writes what is due.
 
         Args:
-            grads: The flat gradients ``[n, P]``.
-            params: The flat parameters after each step ``[n, P]``.
-            scalars: The ring's scalar columns ``[n, width]``.
-            steps: The optimizer step of each row ``[n]``.
-            final: Whether the epoch ends with these rows.
-
-        Returns:
-            ``(rows, row_steps, windows, window_steps)``: the packed logged
-            rows and their steps, the packed closed windows and their steps.
+            block: Rows read from the ring, ``[n, K]``.
+            step_seconds: Measured seconds per step (decides the adaptive
+                ``update_freq`` the first time). Defaults to ``None``.
         """
-        layout = self.layout
-        n = len(steps)
-        col = {name: scalars[:, i] for i, name in enumerate(ring.SCALARS)}
-        valid = col["skipped"] == 0.0
-        sizes = layout.sizes_array[None]
-        # NaN/Inf gradients are evidence to record, not errors.
-        with np.errstate(invalid="ignore", over="ignore"):
-            sums = stats.block_sums(
-                layout, grads, params, self.prev_params, self._full_rows(steps, valid)
-            )
-            counts = np.concatenate(
-                [
-                    sums["grad_nonfinite"],
-                    (~np.isfinite(col["loss"]))[:, None].astype(np.float64),
-                    col["skipped"][:, None].astype(np.float64),
-                ],
-                axis=1,
-            )
-            fields = {
-                "loss": col["loss"],
-                "grad_norm": np.sqrt(sums["grad_sq"].sum(axis=1)),
-                "param_norm": np.sqrt(sums["param_sq"].sum(axis=1)),
-                "update_norm": np.sqrt(sums["update_sq"].sum(axis=1)),
-                "learning_rate": col["learning_rate"],
-                "loss_scale": col["loss_scale"],
-                "components": scalars[:, len(ring.SCALARS) :],
-                "v_grad_norm": np.sqrt(sums["grad_sq"]),
-                "v_grad_mean_abs": sums["grad_abs"] / sizes,
-                "v_param_norm": np.sqrt(sums["param_sq"]),
-                "v_update_norm": np.sqrt(sums["update_sq"]),
-                "v_zero_fraction": sums["grad_zero"] / sizes,
-            }
-            fields["update_ratio"] = stats.safe_ratio(
-                fields["update_norm"], fields["param_norm"]
-            )
-            fields["v_update_ratio"] = stats.safe_ratio(
-                fields["v_update_norm"], fields["v_param_norm"]
-            )
-            rows = self.rows.pack(fields, n)
-            valid_steps = steps[valid]
-            last_valid = max([self.last_valid, *valid_steps.tolist()])
-            logged, logged_steps = self._log_rows(rows, steps, valid, counts, final)
-            windows, window_steps = self._windows(
-                grads, sums, col, steps, valid, final, last_valid
-            )
-        self.last_valid = last_valid
-        if n:
-            # The last row's parameters come before the next block's first row.
-            self.prev_params = params[-1].copy()
-        return logged, logged_steps, windows, window_steps
+        if self.adaptive and step_seconds is not None:
+            self.decide_update_freq(step_seconds)
+        idx = self.packing.index
+        steps = ring.steps_of(block, self.packing)
+        now = time.monotonic()
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for r, step in zip(block.astype(np.float64), steps.tolist(), strict=True):
+                valid = r[idx["skipped"]][0] == 0.0
+                loss = r[idx["loss"]][0]
+                nonfinite = r[idx["grad_nonfinite"]]
+                counts = np.concatenate(
+                    [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
+                )
+                held = _Held(step, valid, counts, None, None, now)
+                if valid:
+                    held.log_row = self._log_row(r)
+                    held.full = step <= self.full_until
+                    self._watch(held, r, loss, nonfinite)
+                    self.window_sums.add(
+                        r[idx["grad_sq"]],
+                        r[idx["grad_abs"]],
+                        r[idx["slice_grad_sq"]],
+                        r[idx["slice_grad_abs"]],
+                        r[idx["batch_size"]][0],
+                    )
+                    if r[idx["closed"]][0]:
+                        held.window = self._close_window(
+                            r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
+                        )
+                    self.last_valid = held
+                self.held.append(held)
+        self.release(final=False)
 
-    def _on_schedule(self, steps: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """Valid rows at step 1 or a multiple of ``update_freq`` (not epoch mode)."""
-        return valid & ((steps % self.freq == 0) | (steps == 1))
+    def epoch_end(self, running: np.ndarray | None) -> None:
+        """Marks an epoch's end: its last step (``"epoch"``) and its window.
 
-    def _full_rows(self, steps: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """The rows whose every statistic may be written: logged, or kept."""
-        if self.epoch_mode:
-            return np.flatnonzero(valid)[-1:]  # the epoch's last row, so far
-        return np.flatnonzero(self._on_schedule(steps, valid))
+        Args:
+            running: The running gradient sum reduced at the epoch's end,
+                ``[sum_sq [V], sum_zero [V], slice_sum_sq [S]]`` concatenated,
+                when the variance window is the epoch; else ``None``.
+        """
+        last = self.last_valid
+        if last is not None:
+            if self.epoch_mode and last.step > self.last_logged:
+                last.epoch_last = True
+                if not self._holds(last):
+                    # Released unlogged (held too long): nothing later was
+                    # logged, so it is still in step order.
+                    self._write_entries([last])
+            if running is not None and self.window_sums.count > 0:
+                v = self.layout.num_variables
+                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                    window = self._close_window(
+                        running[:v], running[v : 2 * v], running[2 * v :]
+                    )
+                if self._holds(last):
+                    last.window = window
+                else:
+                    self._write(
+                        np.zeros([0, self.rows.width], np.float32),
+                        np.zeros([0], np.int64),
+                        window[None],
+                        np.array([last.step], np.int64),
+                    )
+        self.release(final=False)
 
-    def _with_counts(self, rows: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Puts the counts since the last logged step into packed rows."""
+    def _holds(self, held: _Held) -> bool:
+        return any(h is held for h in self.held)
+
+    # -- per step -----------------------------------------------------------------
+    def _log_row(self, r: np.ndarray) -> np.ndarray:
+        idx = self.packing.index
+        sizes = self.layout.sizes_array
+        grad_sq, param_sq = r[idx["grad_sq"]], r[idx["param_sq"]]
+        update_sq = r[idx["update_sq"]]
+        fields = {
+            "loss": r[idx["loss"]],
+            "grad_norm": np.sqrt(grad_sq.sum()),
+            "param_norm": np.sqrt(param_sq.sum()),
+            "update_norm": np.sqrt(update_sq.sum()),
+            "learning_rate": r[idx["learning_rate"]],
+            "loss_scale": r[idx["loss_scale"]],
+            "components": r[idx["components"]],
+            "v_grad_norm": np.sqrt(grad_sq),
+            "v_grad_mean_abs": r[idx["grad_abs"]] / sizes,
+            "v_param_norm": np.sqrt(param_sq),
+            "v_update_norm": np.sqrt(update_sq),
+            "v_zero_fraction": r[idx["grad_zero"]] / sizes,
+        }
+        fields["update_ratio"] = stats.safe_ratio(
+            fields["update_norm"], fields["param_norm"]
+        )
+        fields["v_update_ratio"] = stats.safe_ratio(
+            fields["v_update_norm"], fields["v_param_norm"]
+        )
+        return self.rows.pack(fields, 1)[0]
+
+    def _watch(self, held: _Held, r, loss, nonfinite) -> None:
+        """The flight recorder's trigger: a first non-finite step or a jump."""
+        norm = math.sqrt(r[self.packing.index["grad_sq"]].sum())
+        finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
+        anomalous = not finite and self.finite_before
+        if finite:
+            if len(self.norms) >= 8:
+                anomalous = norm >= JUMP_FACTOR * float(np.median(self.norms)) > 0
+            self.norms.append(norm)
+        self.finite_before = finite
+        if anomalous:
+            self.anomalies.append(held.step)
+        if anomalous and self.flight_steps > 0:
+            self.full_until = max(self.full_until, held.step + self.flight_steps)
+            self.release_to = max(self.release_to, held.step)
+            for other in self.held:
+                if other.step >= held.step - self.flight_steps:
+                    other.full = True
+            held.full = True
+
+    def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
+        out = stats.window_statistics(
+            self.layout, self.window_sums, sum_sq, sum_zero, slice_sum_sq
+        )
+        self.window_sums = stats.WindowSums.empty(self.layout)
+        fields = {name: out[name] for name in metadata.WINDOW_SCALARS}
+        for name in WINDOW_LAYER_STATS:
+            fields["layer_" + name] = out["layer_" + name]
+        for name in metadata.SLICE_STATS:
+            fields["slice_" + name] = out["slice_" + name]
+        return self.windows.pack(fields, 1)[0]
+
+    # -- output -------------------------------------------------------------------
+    def release(self, final: bool) -> None:
+        """Writes the held rows that no later anomaly can still ask for.
+
+        Args:
+            final: Write every held row (the end of a ``fit``).
+        """
+        if final and self.freq is None:
+            self.decide_update_freq(None)
+        if not self.held or self.freq is None:
+            return
+        limit = max(self.held[-1].step - self.flight_steps, self.release_to)
+        stale = time.monotonic() - MAX_HOLD_S
+        out = []
+        while self.held:
+            first = self.held[0]
+            if not (final or first.step <= limit or first.arrived < stale):
+                break
+            # The last row may yet be the epoch's last (update_freq="epoch").
+            if not final and len(self.held) == 1 and self.epoch_mode:
+                break
+            out.append(self.held.popleft())
+        self._write_entries(out)
+
+    def _due(self, held: _Held) -> bool:
+        if not held.valid or held.step <= self.last_logged:
+            return False
+        if held.full or held.epoch_last:
+            return True
+        return not self.epoch_mode and (held.step == 1 or held.step % self.freq == 0)
+
+    def _write_entries(self, entries: Sequence[_Held]) -> None:
+        rows, row_steps, windows, window_steps = [], [], [], []
+        for held in entries:
+            self.pending = self.pending + held.counts
+            if self._due(held):
+                rows.append(self._with_counts(held.log_row, self.pending))
+                row_steps.append(held.step)
+                self.pending = np.zeros_like(self.pending)
+                self.last_logged = held.step
+            if held.window is not None:
+                windows.append(held.window)
+                window_steps.append(held.step)
+                held.window = None
+        if rows or windows:
+            self._write(
+                np.array(rows, np.float32).reshape([-1, self.rows.width]),
+                np.array(row_steps, np.int64),
+                np.array(windows, np.float32).reshape([-1, self.windows.width]),
+                np.array(window_steps, np.int64),
+            )
+
+    def _with_counts(self, row: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Puts the counts since the last logged step into a packed row."""
         v = self.layout.num_variables
-        rows = rows.copy()
+        row = row.copy()
         index = self.rows.index
-        rows[:, index["nonfinite_grads"]] = counts[:, :v].sum(axis=1)[:, None]
-        rows[:, index["v_nonfinite_grads"]] = counts[:, :v]
-        rows[:, index["nonfinite_loss"]] = counts[:, v : v + 1]
-        rows[:, index["skipped_steps"]] = counts[:, v + 1 : v + 2]
-        return rows
+        row[index["nonfinite_grads"]] = counts[:v].sum()
+        row[index["v_nonfinite_grads"]] = counts[:v]
+        row[index["nonfinite_loss"]] = counts[v]
+        row[index["skipped_steps"]] = counts[v + 1]
+        return row
 
-    def _log_rows(self, rows, steps, valid, counts, final):
-        total = self.pending + counts.sum(axis=0)
-        width = counts.shape[1]
-        if self.epoch_mode:
-            if valid.any():
-                i = int(np.flatnonzero(valid)[-1])
-                self.last_row, self.last_row_step = rows[i].copy(), int(steps[i])
-            if final and self.last_row_step > self.last_logged:
-                logged = self._with_counts(self.last_row[None], total[None])
-                logged_steps = np.array([self.last_row_step], np.int64)
-                self.pending = np.zeros(width)
-            else:
-                logged = np.zeros([0, self.rows.width], np.float32)
-                logged_steps = np.zeros([0], np.int64)
-                self.pending = total
-        else:
-            due = self._on_schedule(steps, valid) & (steps > self.last_logged)
-            idx = np.flatnonzero(due)
-            cum = self.pending[None] + np.cumsum(counts, axis=0)
-            at = np.concatenate([np.zeros([1, width]), cum[idx]], axis=0)
-            logged = self._with_counts(rows[idx], np.diff(at, axis=0))
-            logged_steps = steps[idx]
-            self.pending = total - at[-1]
-        if len(logged_steps):
-            self.last_logged = max(self.last_logged, int(logged_steps.max()))
-        return logged, logged_steps
-
-    def _windows(self, grads, sums, col, steps, valid, final, last_valid):
-        layout = self.layout
-        carried = self.moments
-        if self.window_epoch:
-            close = np.zeros_like(valid)
-        else:
-            close = (
-                valid
-                & (steps > self.last_closed)
-                & (steps % self.window == 0)
-                & (steps > 0)
-            )
-        # A closing row is the last of its window; the open window comes last.
-        ends = np.flatnonzero(close) + 1
-        starts = [0, *ends.tolist()]
-        shift = carried.shift
-        if not carried.count[0] and valid.any():
-            shift = grads[int(np.flatnonzero(valid)[0])].copy()
-        block = stats.window_moments(
-            grads,
-            valid.astype(np.float64),
-            starts,
-            shift,
-            sums["grad_abs"],
-            sums["slice_abs"],
-            col["batch_size"],
-        )
-        # The carried window joins the first window of the block.
-        for field, extra in zip(block.sums(), carried.sums(), strict=True):
-            field[0] += extra[0]
-        closed = len(ends)
-        close_steps = steps[close].astype(np.int64)
-        if self.window_epoch and final and block.count[closed] > 0:
-            close_steps = np.array([last_valid], np.int64)
-            closed = 1
-        done = stats.WindowMoments(shift, *[f[:closed] for f in block.sums()])
-        packed = self.windows.pack(stats.window_statistics(layout, done), closed)
-        if closed == len(starts):  # the epoch window closed: nothing carried
-            self.moments = stats.WindowMoments.empty(layout)
-        else:
-            self.moments = block.window(closed)
-        if len(close_steps):
-            self.last_closed = max(self.last_closed, int(close_steps.max()))
-        return packed, close_steps
-
-    # -- writing -----------------------------------------------------------------
-    def write(
-        self,
-        rows: np.ndarray,
-        row_steps: np.ndarray,
-        windows: np.ndarray,
-        window_steps: np.ndarray,
-    ) -> None:
-        """Writes packed logged rows and closed windows, oldest first.
-
-        Args:
-            rows: Packed logged rows ``[k, rows.width]``.
-            row_steps: Their steps ``[k]``.
-            windows: Packed closed windows ``[j, windows.width]``.
-            window_steps: Their steps ``[j]``.
-        """
+    def _write(self, rows, row_steps, windows, window_steps) -> None:
+        """Writes packed logged rows and closed windows, oldest first."""
+        if self.writer is None:
+            return
+        if not self.tags:
+            self.tags = dict(self._tags_fn())
         if self._write_fn is None:
             self._write_fn = tf.function(
                 self._write_all, autograph=False
@@ -411,7 +445,9 @@ class BlockReducer:
         # every event measured ~1 µs per scalar write, more per layer tensor).
         self._meta = {
             tag: tf.where(
-                describe_windows if tag.startswith(_WINDOW_PREFIXES) else describe_rows,
+                describe_windows
+                if metadata.is_window_key(metadata.tag_key(tag) or "")
+                else describe_rows,
                 tf.constant(meta),
                 tf.constant(b""),
             )
@@ -459,12 +495,12 @@ class BlockReducer:
         scalars = tf.unstack(row[:width], num=width)
         for stat, value in zip(metadata.WINDOW_SCALARS, scalars, strict=True):
             self._summary(metadata.window_tag(stat), value, step)
-        start = index["layer_" + next(iter(metadata.WINDOW_LAYER_STATS))].start
-        count = len(metadata.WINDOW_LAYER_STATS)
+        start = index["layer_" + next(iter(WINDOW_LAYER_STATS))].start
+        count = len(WINDOW_LAYER_STATS)
         layers = tf.unstack(
             tf.reshape(row[start : start + count * v], [count, v]), num=count
         )
-        for stat, value in zip(metadata.WINDOW_LAYER_STATS, layers, strict=True):
+        for stat, value in zip(WINDOW_LAYER_STATS, layers, strict=True):
             self._summary(metadata.window_layer_tag(stat), value, step)
         if not s:
             return
@@ -478,33 +514,47 @@ class BlockReducer:
                 )
 
 
+# Measured sizes of one event in the event file (tag, step, wall time, framing),
+# metadata excluded (it goes with a tag's first event only).
+_SCALAR_EVENT_BYTES = 80
+_TENSOR_EVENT_BYTES = 90
+
+
 def tag_metadata(
     layout: stats.Layout,
     update_freq: int | str,
     window: int | str,
     loss_components: Sequence[str],
     step_components: Sequence[str],
+    sparse_variables: Sequence[str] = (),
 ) -> dict[str, bytes]:
     """The serialized summary metadata of every per-step and window tag.
 
     Args:
         layout: The variables' layout (names the entries of layer tensors).
-        update_freq: The callback's ``update_freq``.
+        update_freq: The ``update_freq`` in force (the adaptive default's
+            choice, an int, or ``"epoch"``).
         window: The variance window.
         loss_components: Every recorded loss component.
         step_components: Those recorded per step (the rest per epoch).
+        sparse_variables: Paths of the variables whose gradient arrived as
+            ``tf.IndexedSlices`` (rows of a table); listed in the layer tags'
+            content as ``"sparse_variables"``. Defaults to none.
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
     """
-    variables = {"variables": layout.paths}
+    variables: dict[str, Any] = {
+        "variables": layout.paths,
+        metadata.SPARSE_VARIABLES: list(sparse_variables),
+    }
     common = {"update_freq": update_freq}
     tags: dict[str, Any] = {}
     for stat, text in metadata.STEP_SCALARS.items():
         tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)
     for stat, text in metadata.LAYER_STATS.items():
         tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
-            text, variables, tensor=True
+            text, {**variables, **common}, tensor=True
         )
     win = {"window": window}
     for stat, text in metadata.WINDOW_SCALARS.items():

@@ -1,13 +1,15 @@
-"""The step ring: each training step's raw figures, kept in variables.
+"""The step ring: one small row of statistics per training step, on the device.
 
-The compiled train step does no statistics: it concatenates its flat gradient,
-its flat parameters after the update, a few scalars and its step into one row
-and scatters that row into the ring: one concat and one scatter op (the op
-count, more than the bytes, is what a 1 ms step pays for). The rows are
-reduced in blocks, away from the step, by ``reducer.py``.
+The compiled train step reduces its gradients to per-variable sums
+(``stats.py``) and writes them, with a few scalars and its step, as one row of
+``K = O(variables + slices + loss components)`` float32 numbers into a ring of
+``[rows, K]`` variables: one stack and one scatter. The host reads the rows in
+blocks (``reducer.py``); nothing of the model's size leaves the step.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -17,93 +19,141 @@ from tb_gradplugin import stats
 SCALARS = ("loss", "learning_rate", "loss_scale", "skipped", "batch_size")
 """The per-step scalar columns, in order; loss components follow them."""
 
-DEFAULT_BUDGET_BYTES = 64 * 2**20  # 64 MiB of ring per model (two [rows, P] f32).
-MAX_BLOCK_STEPS = 64  # steps reduced together; more saves nothing measurable.
+MAX_BLOCK_STEPS = 64  # steps read together; more saves nothing measurable.
+BLOCKS_IN_FLIGHT = 2  # blocks the writer may hold before the step waits for it.
 
 
-def block_steps(num_params: int, steps_per_execution: int, budget: int) -> int:
-    """Steps per reduced block, so that two blocks and their slack fit the budget.
+class Packing:
+    """Named column ranges of a packed float32 row.
 
     Args:
-        num_params: Trainable parameters ``P``.
-        steps_per_execution: The model's ``steps_per_execution``.
-        budget: Bytes the two ``[rows, P]`` float32 rings may take.
+        widths: ``(name, width)`` pairs, in column order.
+
+    Example:
+        >>> p = Packing([("a", 1), ("v", 3)])
+        >>> p.width, p.index["v"]
+        (4, slice(1, 4, None))
+    """
+
+    def __init__(self, widths: Sequence[tuple[str, int]]):
+        self.index: dict[str, slice] = {}
+        pos = 0
+        for name, width in widths:
+            self.index[name] = slice(pos, pos + int(width))
+            pos += int(width)
+        self.width = pos
+
+    def pack(self, fields: Mapping[str, np.ndarray], rows: int) -> np.ndarray:
+        """Packs ``{name: [k] or [k, width]}`` into ``[k, self.width]``.
+
+        Args:
+            fields: The values by name; a missing name packs zeros.
+            rows: ``k``, the number of rows.
+
+        Returns:
+            The packed float32 rows.
+        """
+        out = np.zeros([rows, self.width], np.float32)
+        for name, sl in self.index.items():
+            value = fields.get(name)
+            if value is not None:
+                out[:, sl] = np.reshape(value, [rows, sl.stop - sl.start])
+        return out
+
+
+def row_packing(num_variables: int, num_slices: int, num_components: int) -> Packing:
+    """The columns of a step row.
+
+    Args:
+        num_variables: Trainable variables ``V``.
+        num_slices: Named slices ``S``.
+        num_components: Loss components recorded per step ``C``.
 
     Returns:
-        A multiple of ``steps_per_execution``, at least one execution.
+        The packing: :data:`SCALARS`, ``components`` [C], one [V] range per
+        :data:`stats.SUM_COLUMNS`, ``slice_<col>`` [S] per
+        :data:`stats.SLICE_COLUMNS`, ``closed`` (1 when the step closed a
+        variance window), ``sum_sq`` and ``sum_zero`` [V] and ``slice_sum_sq``
+        [S] of the running gradient sum at that close, and ``step`` (the int64
+        step as two float32 words).
+    """
+    v, s = int(num_variables), int(num_slices)
+    return Packing(
+        [(name, 1) for name in SCALARS]
+        + [("components", num_components)]
+        + [(name, v) for name in stats.SUM_COLUMNS]
+        + [("slice_" + name, s) for name in stats.SLICE_COLUMNS]
+        + [("closed", 1)]
+        + [(name, v) for name in stats.RUNNING_COLUMNS]
+        + [("slice_sum_sq", s), ("step", 2)]
+    )
+
+
+def ring_rows(steps_per_execution: int) -> tuple[int, int]:
+    """Steps per block and rows in the ring.
+
+    Args:
+        steps_per_execution: The model's ``steps_per_execution``.
+
+    Returns:
+        ``(block, rows)``: a block is a multiple of ``steps_per_execution``;
+        the ring holds the blocks in flight, the one being written, and slack.
     """
     spe = max(int(steps_per_execution), 1)
-    rows = budget // max(8 * num_params, 1)
-    steps = min(MAX_BLOCK_STEPS, max((rows - 2) // 2, 1))
-    return max(steps // spe, 1) * spe
+    block = max(MAX_BLOCK_STEPS // spe, 1) * spe
+    return block, (BLOCKS_IN_FLIGHT + 2) * block + 2 * spe
+
+
+def step_words(step) -> tf.Tensor:
+    """The int64 step as two float32 words (bitcast: exact), shape ``[2]``."""
+    return tf.reshape(
+        tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32), [2]
+    )
+
+
+def steps_of(rows: np.ndarray, packing: Packing) -> np.ndarray:
+    """The int64 steps of read rows ``[n, K]`` (inverse of :func:`step_words`)."""
+    return np.ascontiguousarray(rows[:, packing.index["step"]]).view(np.int64)[:, 0]
 
 
 class StepRing:
-    """Rows of raw per-step figures, written in the step and read in blocks.
+    """Rows of per-step statistics, written in the step and read in blocks.
 
-    A block is read while the step goes on writing: the host starts a block's
-    reduction only after the previous one ended, and the ring holds two blocks
-    plus slack, so the rows being read are never overwritten.
+    The host reads a block while the step goes on writing; it lets at most
+    :data:`BLOCKS_IN_FLIGHT` blocks wait to be read, and the ring holds more,
+    so the rows being read are never overwritten.
 
     Args:
-        num_params: Length ``P`` of the flat gradient and parameter vectors.
-        num_components: Loss components recorded per step.
-        rows: Rows in the ring (two blocks and two rows of slack).
+        width: Columns ``K`` of a row.
+        rows: Rows in the ring.
         strategy: The model's distribution strategy; the variables are
             mirrored and written by the first replica only.
 
     Example:
-        >>> ring = StepRing(10, 0, rows=6, strategy=tf.distribute.get_strategy())
+        >>> ring = StepRing(10, rows=6, strategy=tf.distribute.get_strategy())
         >>> ring.rows
         6
     """
 
-    def __init__(
-        self,
-        num_params: int,
-        num_components: int,
-        rows: int,
-        strategy: tf.distribute.Strategy,
-    ):
+    def __init__(self, width: int, rows: int, strategy: tf.distribute.Strategy):
         self.rows = int(rows)
-        self.num_params = int(num_params)
-        self.width = len(SCALARS) + int(num_components)
-        # Row layout: gradient [P], parameters [P], scalars [width], and the
-        # int64 step as two float32 words (bitcast, exact).
-        self.row_width = 2 * self.num_params + self.width + 2
+        self.width = int(width)
         with strategy.scope():
-            self.data = _var(np.zeros([self.rows, self.row_width], np.float32))
+            self.data = _var(np.zeros([self.rows, self.width], np.float32))
             self.count = _var(np.int64(0))
             self.nan_seen = _var(np.int32(0))
 
-    def record(
-        self,
-        grad: tf.Tensor,
-        params: tf.Tensor,
-        scalars: tf.Tensor,
-        step: tf.Tensor,
-        bad: tf.Tensor | None = None,
-    ) -> tf.Operation:
+    def record(self, row: tf.Tensor, bad: tf.Tensor | None = None) -> tf.Operation:
         """Writes one step's row (in the train step).
 
         Args:
-            grad: The flat, unscaled gradient ``[P]``, or the list of the
-                variables' gradients (flattened here, in the same concat).
-            params: The flat parameters after the step ``[P]``, or the list of
-                the variables' values.
-            scalars: The :data:`SCALARS` and loss components ``[width]``, or
-                a list of scalars and vectors that make them up.
-            step: The optimizer's iterations after the step, int64.
+            row: The packed row ``[width]``, float32.
             bad: Whether the step saw a NaN/Inf (for ``stop_on_nan``).
                 Defaults to ``None``: not tracked.
 
         Returns:
             The grouped update ops.
         """
-        step_words = tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32)
-        row = stats.flatten(
-            [*_listed(grad), *_listed(params), *_listed(scalars), step_words]
-        )
         slot = tf.reshape(self.count % self.rows, [1])
         ops = [
             self.data.scatter_update(tf.IndexedSlices(row[None], slot)),
@@ -123,29 +173,10 @@ class StepRing:
             stop: One past the last row number, int64.
 
         Returns:
-            The rows ``[n, row_width]``; :meth:`split` takes them apart.
+            The rows ``[n, width]``.
         """
         idx = tf.range(start, stop, dtype=tf.int64) % self.rows
         return tf.gather(self.data, idx)
-
-    def split(
-        self, block: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Takes read rows apart (numpy views, no copy but the steps).
-
-        Args:
-            block: Rows from :meth:`read`, ``[n, row_width]``.
-
-        Returns:
-            ``(grads [n, P], params [n, P], scalars [n, width], steps [n])``.
-        """
-        p, w = self.num_params, self.width
-        steps = np.ascontiguousarray(block[:, 2 * p + w :]).view(np.int64)[:, 0]
-        return block[:, :p], block[:, p : 2 * p], block[:, 2 * p : 2 * p + w], steps
-
-
-def _listed(value) -> list:
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def _var(value: np.ndarray) -> tf.Variable:

@@ -1,15 +1,21 @@
-"""Gradient statistics of a block of training steps, in numpy.
+"""Gradient statistics: reduced inside the train step, finished on the host.
 
-The compiled train step only copies each step's flat gradient and parameters
-into a ring (``ring.py``); the functions here reduce a block of ``n`` such rows
-at once, ``[n, P]`` in, ``[n, V]`` out. They run on the callback's writer
-thread, in numpy rather than TensorFlow: numpy works on that one thread (which
-runs at idle priority), while TensorFlow ops would share the training's thread
-pools. Measured on the 2-core dev machine for a 64-step block of the
-16,330-parameter MLP of seed 003: the reduction takes 2.9 ms of CPU, the whole
-block (gather, reduction, writes) 8-9 ms, against 13 ms when the reduction was
-TensorFlow ops (DESIGN.md pitfall 14). Pure functions, no state; only
-:func:`flatten` (used in the step) is TensorFlow.
+In the step (``keras.ops``; the ``tf.IndexedSlices`` helpers are TensorFlow's
+own type): each variable's gradient, parameters before and after the update
+are reduced to a few sums (:func:`variable_sums`, :func:`slice_sums`), and a
+running sum of the gradient over the open window (one float32 slot of the
+variable's shape, like one optimizer moment) is reduced when the window closes
+(:func:`running_sum_sums`). Nothing of size ``P`` leaves the step.
+
+On the host (numpy): the per-step sums of a window and the reduced running
+sum give the per-entry variance of the gradient over the window's steps,
+averaged over entries, exactly (:func:`window_statistics`):
+
+    mean_i Var_t(g_ti) = (1/(n P)) sum_t |g_t|^2 - (1/P) |g_bar|^2,
+    g_bar = (1/n) sum_t g_t,
+
+and from the same sums the gradient noise scale and SNR of McCandlish et al.
+2018 ("An Empirical Model of Large-Batch Training", eq. 2.8 and appendix A).
 """
 
 from __future__ import annotations
@@ -18,17 +24,21 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-# Per-variable sums of one step, the keys of :func:`block_sums`.
+# Per-variable sums of one step, in the order :func:`variable_sums` returns them.
 SUM_COLUMNS = (
-    "grad_sq",
-    "grad_abs",
-    "grad_zero",
-    "grad_nonfinite",
-    "param_sq",
-    "update_sq",
+    "grad_sq",  # sum of g**2
+    "grad_abs",  # sum of |g|
+    "grad_zero",  # entries with g exactly 0
+    "grad_nonfinite",  # NaN/Inf entries of g
+    "param_sq",  # sum of w**2 after the update
+    "update_sq",  # sum of (w_after - w_before)**2
 )
+# Per-slice sums of one step, in the order :func:`slice_sums` returns them.
+SLICE_COLUMNS = ("grad_sq", "grad_abs")
+# Per-variable sums of the running gradient sum at a window's close.
+RUNNING_COLUMNS = ("sum_sq", "sum_zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +61,14 @@ class SliceSpec:
     var_index: int
     flat_indices: np.ndarray
 
+    @property
+    def size(self) -> int:
+        """Number of entries in the slice."""
+        return int(self.flat_indices.size)
+
 
 class Layout:
-    """Where each trainable variable sits in the flat parameter vector.
+    """The trainable variables, their sizes and the named slices.
 
     Args:
         paths: The variables' ``.path`` values, in order.
@@ -84,12 +99,11 @@ class Layout:
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.size = int(self.offsets[-1])
         self.num_variables = len(self.paths)
-        self.bounds = [
-            (int(a), int(b))
-            for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)
-        ]
-        self.sizes_array = np.maximum(np.array(self.sizes, dtype=np.float32), 1.0)
+        self.sizes_array = np.maximum(np.array(self.sizes, dtype=np.float64), 1.0)
         self.slices = [self._slice(n, spec) for n, spec in (slices or {}).items()]
+        self.slice_sizes = np.array(
+            [float(max(s.size, 1)) for s in self.slices], np.float64
+        )
 
     def _slice(self, name: str, spec) -> SliceSpec:
         try:
@@ -114,105 +128,168 @@ class Layout:
             )
         local = np.arange(self.sizes[index], dtype=np.int64).reshape(shape or (1,))
         flat = local[..., start:stop].reshape(-1) + self.offsets[index]
-        return SliceSpec(name, path, start, stop, index, flat.astype(np.int32))
+        return SliceSpec(name, path, start, stop, index, flat.astype(np.int64))
+
+    def slices_of(self, var_index: int) -> list[tuple[int, SliceSpec]]:
+        """The ``(position, slice)`` pairs of the slices on one variable."""
+        return [(i, s) for i, s in enumerate(self.slices) if s.var_index == var_index]
 
 
-def flatten(tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-    """Concatenates tensors into one float32 vector (dense, in order)."""
-    parts = []
-    for t in tensors:
-        if isinstance(t, tf.IndexedSlices):
-            t = tf.convert_to_tensor(t)
-        parts.append(tf.reshape(tf.cast(t, tf.float32), [-1]))
-    if not parts:
-        return tf.zeros([0], tf.float32)
-    return tf.concat(parts, axis=0)
+# -- in the step (keras.ops) ------------------------------------------------------
+def _f32(x):
+    return ops.cast(x, "float32")
 
 
-def block_sums(
-    layout: Layout,
-    grads: np.ndarray,
-    params: np.ndarray,
-    prev_params: np.ndarray,
-    rows: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Per-step, per-variable sums of a block of consecutive steps.
+def gradient_sums(values, size: int) -> list:
+    """Sums of one gradient's entries: ``Σg²``, ``Σ|g|`` and the count of zeros.
 
     Args:
-        layout: The variables' layout.
-        grads: The flat gradients, float32 ``[n, P]``, one row per step.
-        params: The flat parameters after each step, float32 ``[n, P]``.
-        prev_params: The flat parameters before the block's first step, ``[P]``.
-        rows: The rows that need every column (the logged ones); the others
-            get only ``grad_sq``, ``grad_abs``, ``grad_nonfinite`` and
-            ``slice_abs`` (what windows and counts use), zeros elsewhere.
-            Defaults to ``None``: every row.
+        values: The gradient's entries that may be non-zero (the dense
+            gradient, or a sparse gradient's summed rows), float32.
+        size: Entries of the whole variable (the rest are zero).
 
     Returns:
-        ``{column: float64 [n, V]}`` for the columns of :data:`SUM_COLUMNS`
-        (``update_sq`` is the squared change made by each step), and
-        ``slice_abs``: float64 ``[n, S]``, the sums of ``|g|`` over each slice.
+        Three float32 scalars, the first three of :data:`SUM_COLUMNS`.
     """
-    n = grads.shape[0]
-    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
-    every = len(rows) == n
-    sel_g = grads if every else grads[rows]
-    sel_p = params if every else params[rows]
-    # The change made by each selected row's step: from the previous row, or
-    # from the parameters before the block for row 0.
-    if every:
-        updates = np.empty_like(params)
-        if n:
-            np.subtract(params[0], prev_params, out=updates[0])
-            np.subtract(params[1:], params[:-1], out=updates[1:])
-    else:
-        before = params[np.maximum(rows - 1, 0)]
-        if len(rows) and rows[0] == 0:
-            before[0] = prev_params
-        updates = sel_p - before
-    out = {name: np.zeros([n, layout.num_variables]) for name in SUM_COLUMNS}
-    for v, (a, b) in enumerate(layout.bounds):
-        g = grads[:, a:b]
-        # einsum sums the products in one pass, without a temporary array.
-        out["grad_sq"][:, v] = np.einsum("ij,ij->i", g, g)
-        out["grad_abs"][:, v] = np.abs(g).sum(axis=1)
-        # A NaN/Inf entry makes the sum of squares non-finite: only then count.
-        bad = ~np.isfinite(out["grad_sq"][:, v])
-        if bad.any():
-            out["grad_nonfinite"][bad, v] = np.sum(~np.isfinite(g[bad]), axis=1)
-        p, u = sel_p[:, a:b], updates[:, a:b]
-        out["grad_zero"][rows, v] = (b - a) - np.count_nonzero(sel_g[:, a:b], axis=1)
-        out["param_sq"][rows, v] = np.einsum("ij,ij->i", p, p)
-        out["update_sq"][rows, v] = np.einsum("ij,ij->i", u, u)
-    out["slice_abs"] = slice_sums(layout, grads, absolute=True)
+    nonzero = _f32(ops.count_nonzero(values))
+    return [ops.sum(ops.square(values)), ops.sum(ops.abs(values)), size - nonzero]
+
+
+def nonfinite_counts(values: Sequence, grad_sq: Sequence):
+    """NaN/Inf entries per variable, ``[V]`` float32.
+
+    Counted only when the step's ``Σg²`` is not finite: a NaN/Inf entry makes
+    it so, and one branch per step costs less than a count per variable.
+
+    Args:
+        values: Each variable's gradient entries, or ``None`` for none.
+        grad_sq: Each variable's ``Σg²`` (from :func:`gradient_sums`).
+
+    Returns:
+        The counts, zeros on a finite step.
+    """
+
+    def count():
+        return ops.stack(
+            [
+                ops.zeros((), "float32")
+                if v is None
+                else ops.sum(_f32(ops.logical_not(ops.isfinite(v))))
+                for v in values
+            ]
+        )
+
+    return ops.cond(
+        ops.isfinite(ops.sum(ops.stack(grad_sq))),
+        lambda: ops.zeros((len(values),), "float32"),
+        count,
+    )
+
+
+def parameter_sums(before, after) -> list:
+    """``Σw²`` after the update and ``Σ(Δw)²`` of one variable (float32 scalars)."""
+    after = _f32(after)
+    return [ops.sum(ops.square(after)), ops.sum(ops.square(after - _f32(before)))]
+
+
+def slice_sums(values, spec: SliceSpec) -> list:
+    """``Σg²`` and ``Σ|g|`` over a slice's entries (a range on the last axis).
+
+    Args:
+        values: The variable's gradient entries (dense, or a sparse gradient's
+            summed rows: the slice is on the last axis either way).
+        spec: The slice.
+
+    Returns:
+        Two float32 scalars (:data:`SLICE_COLUMNS`).
+    """
+    part = values[..., spec.start : spec.stop]
+    return [ops.sum(ops.square(part)), ops.sum(ops.abs(part))]
+
+
+def running_sum_sums(running, size: int, specs: Sequence[SliceSpec]) -> list:
+    """``|S|²`` and the count of exact zeros of a running sum, and ``|S|²`` per slice.
+
+    Args:
+        running: The variable's running gradient sum over the window.
+        size: The variable's entries.
+        specs: The slices on this variable.
+
+    Returns:
+        ``[sum_sq, sum_zero, *slice_sum_sq]``, float32 scalars.
+    """
+    out = [ops.sum(ops.square(running)), float(size) - _f32(ops.count_nonzero(running))]
+    out += [ops.sum(ops.square(running[..., s.start : s.stop])) for s in specs]
     return out
 
 
-def slice_sums(
-    layout: Layout, values: np.ndarray, absolute: bool = False
-) -> np.ndarray:
-    """Sums of ``values`` ``[k, P]`` over each named slice's entries, ``[k, S]``.
+def unique_rows(grad):
+    """A ``tf.IndexedSlices`` gradient with repeated rows summed.
+
+    An embedding's gradient lists a row once per use in the batch; the norms
+    are of the summed rows. Costs O(rows used), not O(the table).
 
     Args:
-        layout: The variables' layout, with the slices.
-        values: Flat rows ``[k, P]``.
-        absolute: Sum ``|values|`` instead. Defaults to ``False``.
+        grad: A ``tf.IndexedSlices``.
 
     Returns:
-        float64 ``[k, S]``.
+        ``(values [u, ...], indices [u])``, the distinct rows and their sums.
     """
-    out = np.zeros([values.shape[0], len(layout.slices)])
-    for i, s in enumerate(layout.slices):
-        a, b = layout.bounds[s.var_index]
-        shape = layout.shapes[s.var_index] or (1,)
-        block = values[:, a:b].reshape((values.shape[0], *shape))
-        part = block[..., s.start : s.stop]
-        part = np.abs(part) if absolute else part
-        out[:, i] = part.sum(axis=tuple(range(1, part.ndim)))
-    return out
+    import tensorflow as tf
+
+    indices, position = tf.unique(grad.indices)
+    values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(indices)[0])
+    return values, indices
 
 
-def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def is_sparse(grad) -> bool:
+    """Whether a gradient arrived as a ``tf.IndexedSlices`` (rows of a table)."""
+    return type(grad).__name__ == "IndexedSlices"
+
+
+def as_float32(x):
+    """``x`` cast to float32 (``keras.ops``)."""
+    return _f32(x)
+
+
+# -- on the host (numpy) ----------------------------------------------------------
+@dataclasses.dataclass
+class WindowSums:
+    """Per-step sums accumulated over the steps of the open window (float64).
+
+    Attributes:
+        count: Steps in the window (skipped overflow steps excluded).
+        grad_sq: Per variable, ``Σ_t Σ g²`` ``[V]``.
+        grad_abs: Per variable, ``Σ_t Σ |g|`` ``[V]``.
+        slice_sq: Per slice, ``Σ_t Σ g²`` ``[S]``.
+        slice_abs: Per slice, ``Σ_t Σ |g|`` ``[S]``.
+        batch: Examples over the window's steps.
+    """
+
+    count: float
+    grad_sq: np.ndarray
+    grad_abs: np.ndarray
+    slice_sq: np.ndarray
+    slice_abs: np.ndarray
+    batch: float
+
+    @classmethod
+    def empty(cls, layout: Layout) -> WindowSums:
+        """A window with no step yet."""
+        v, s = layout.num_variables, len(layout.slices)
+        return cls(0.0, np.zeros(v), np.zeros(v), np.zeros(s), np.zeros(s), 0.0)
+
+    def add(self, grad_sq, grad_abs, slice_sq, slice_abs, batch) -> None:
+        """Adds one step's sums."""
+        self.count += 1.0
+        self.grad_sq += grad_sq
+        self.grad_abs += grad_abs
+        self.slice_sq += slice_sq
+        self.slice_abs += slice_abs
+        self.batch += float(batch)
+
+
+def safe_ratio(num, den) -> np.ndarray:
     """``num / den`` with 0 where ``den`` is 0 (a zero-size or all-zero variable)."""
     num, den = np.broadcast_arrays(np.asarray(num, np.float64), den)
     out = np.zeros(num.shape)
@@ -220,154 +297,53 @@ def safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclasses.dataclass
-class WindowMoments:
-    """Per-entry first and second moments of the gradient over ``k`` windows.
-
-    Sums are shifted by one gradient of the windows' time (``shift``), which
-    keeps them accurate when the mean is large against the spread.
-
-    Attributes:
-        shift: The gradient the sums are taken around, float32 ``[P]``.
-        sum1: Sum of ``g - shift`` over each window's steps, ``[k, P]``.
-        sum2: Sum of ``(g - shift)**2``, ``[k, P]``.
-        count: Number of steps of each window, ``[k]``.
-        abs_sum: Per-variable sums of ``|g|`` over each window, ``[k, V]``.
-        slice_abs_sum: Per-slice sums of ``|g|`` over each window, ``[k, S]``.
-        batch_sum: Sum of the examples per step over each window, ``[k]``.
-    """
-
-    shift: np.ndarray
-    sum1: np.ndarray
-    sum2: np.ndarray
-    count: np.ndarray
-    abs_sum: np.ndarray
-    slice_abs_sum: np.ndarray
-    batch_sum: np.ndarray
-
-    @classmethod
-    def empty(cls, layout: Layout, k: int = 1) -> WindowMoments:
-        """Returns ``k`` windows with no step in them (and a zero shift)."""
-        p, v, s = layout.size, layout.num_variables, len(layout.slices)
-        return cls(
-            shift=np.zeros([p], np.float32),
-            sum1=np.zeros([k, p]),
-            sum2=np.zeros([k, p]),
-            count=np.zeros([k]),
-            abs_sum=np.zeros([k, v]),
-            slice_abs_sum=np.zeros([k, s]),
-            batch_sum=np.zeros([k]),
-        )
-
-    def window(self, i: int) -> WindowMoments:
-        """Returns window ``i`` alone (``k`` = 1), sharing the shift."""
-        return WindowMoments(self.shift, *[f[i : i + 1] for f in self.sums()])
-
-    def sums(self) -> list[np.ndarray]:
-        """The per-window fields (all but ``shift``), in order."""
-        return [
-            self.sum1,
-            self.sum2,
-            self.count,
-            self.abs_sum,
-            self.slice_abs_sum,
-            self.batch_sum,
-        ]
-
-
-def window_moments(
-    grads: np.ndarray,
-    weights: np.ndarray,
-    starts: Sequence[int],
-    shift: np.ndarray,
-    abs_sums: np.ndarray,
-    slice_abs_sums: np.ndarray,
-    batch: np.ndarray,
-) -> WindowMoments:
-    """Window moments of the rows of a block, the windows being row ranges.
-
-    Args:
-        grads: The flat gradients ``[n, P]``.
-        weights: 1.0 for a row that counts, 0.0 for one that does not (a
-            skipped loss-scale overflow step), ``[n]``.
-        starts: The first row of each of the ``k`` windows, increasing; window
-            ``i`` ends where window ``i + 1`` starts, the last at row ``n``
-            (a window may hold no row).
-        shift: The gradient to take the sums around, ``[P]``.
-        abs_sums: Per-variable sums of ``|g|`` of each row, ``[n, V]``.
-        slice_abs_sums: Per-slice sums of ``|g|`` of each row, ``[n, S]``.
-        batch: Examples per row, ``[n]``.
-
-    Returns:
-        The moments of the ``k`` windows.
-    """
-    k, p = len(starts), grads.shape[1]
-    m = WindowMoments(
-        shift,
-        np.zeros([k, p]),
-        np.zeros([k, p]),
-        np.zeros([k]),
-        np.zeros([k, abs_sums.shape[1]]),
-        np.zeros([k, slice_abs_sums.shape[1]]),
-        np.zeros([k]),
-    )
-    keep = weights > 0
-    ends = [*starts[1:], grads.shape[0]]
-    for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
-        rows = np.arange(a, b)[keep[a:b]]
-        if not rows.size:
-            continue
-        g = grads[a:b] if rows.size == b - a else grads[rows]
-        d = g - shift
-        m.sum1[i] = d.sum(axis=0)
-        m.sum2[i] = np.einsum("ij,ij->j", d, d)
-        m.count[i] = rows.size
-        m.abs_sum[i] = abs_sums[rows].sum(axis=0)
-        m.slice_abs_sum[i] = slice_abs_sums[rows].sum(axis=0)
-        m.batch_sum[i] = batch[rows].sum()
-    return m
-
-
-def window_statistics(layout: Layout, m: WindowMoments) -> dict[str, np.ndarray]:
-    """Turns the moments of ``k`` windows into the windows' statistics.
+def window_statistics(
+    layout: Layout,
+    sums: WindowSums,
+    running_sq: np.ndarray,
+    running_zero: np.ndarray,
+    slice_running_sq: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The statistics of one closed window, from its sums.
 
     Args:
         layout: The variables' layout.
-        m: The windows' accumulated moments.
+        sums: The per-step sums over the window's ``n`` steps.
+        running_sq: Per variable, ``|S|²`` of the running gradient sum
+            ``S = Σ_t g_t`` ``[V]``.
+        running_zero: Per variable, entries of ``S`` exactly 0 ``[V]``.
+        slice_running_sq: Per slice, ``|S|²`` over the slice ``[S]``.
 
     Returns:
-        Per variable (``[k, V]``): ``layer_grad_variance`` (per-entry variance
-        over the window's steps, averaged over the variable's entries) and
-        ``layer_grad_mean_abs``. Whole model (``[k]``): ``grad_variance``,
-        ``grad_mean_abs``, ``noise_scale`` (B_simple of McCandlish et al. 2018,
-        ``B tr(Sigma_B) / |G|^2`` with ``B`` the mean examples per step),
-        ``grad_snr`` (``|G|^2 / tr(Sigma_B)``), ``window_steps``. Per slice
-        (``[k, S]``): ``slice_grad_mean_abs`` and ``slice_grad_variance``.
+        Per variable (``[V]``): ``layer_grad_variance`` (per-entry variance over
+        the window's steps, averaged over the variable's entries),
+        ``layer_grad_mean_abs``, ``layer_zero_fraction`` (share of entries
+        whose gradient was exactly 0 at every step). Whole model (scalars):
+        ``grad_variance``, ``grad_mean_abs``, ``noise_scale`` (B_simple of
+        McCandlish et al. 2018, ``B tr(Σ) / |G|²`` with ``B`` the mean examples
+        per step, ``tr(Σ)`` the summed per-entry variance and ``G`` the window's
+        mean gradient), ``grad_snr`` (``|G|² / tr(Σ)``), ``window_steps``. Per
+        slice (``[S]``): ``slice_grad_variance``, ``slice_grad_mean_abs``.
     """
-    n = np.maximum(m.count, 1.0)[:, None]
-    mean_d = m.sum1 / n
-    # Population variance over the window's steps; clamp the rounding.
-    var = np.maximum(m.sum2 / n - np.square(mean_d), 0.0)
-    mean_g = m.shift[None].astype(np.float64) + mean_d
-    sizes = layout.sizes_array[None].astype(np.float64)
-    var_sum = np.zeros([len(n), layout.num_variables])
-    for v, (a, b) in enumerate(layout.bounds):
-        var_sum[:, v] = var[:, a:b].sum(axis=1)
+    n = max(sums.count, 1.0)
+    # Σ_entries Var_t = (1/n) Σ_t |g_t|² - |S/n|², clamped against rounding.
+    trace = np.maximum(sums.grad_sq / n - np.asarray(running_sq) / n**2, 0.0)
+    slice_trace = np.maximum(
+        sums.slice_sq / n - np.asarray(slice_running_sq) / n**2, 0.0
+    )
     total = float(max(layout.size, 1))
-    tr_sigma = var.sum(axis=1)
-    g_sq = np.square(mean_g).sum(axis=1)
-    batch = m.batch_sum / n[:, 0]
-    slice_sizes = np.array([float(max(s.flat_indices.size, 1)) for s in layout.slices])[
-        None
-    ]
+    tr_sigma = float(trace.sum())
+    g_sq = float(np.sum(running_sq)) / n**2
     return {
-        "layer_grad_variance": var_sum / sizes,
-        "layer_grad_mean_abs": m.abs_sum / (sizes * n),
-        "grad_variance": tr_sigma / total,
-        "grad_mean_abs": m.abs_sum.sum(axis=1) / (total * n[:, 0]),
-        "noise_scale": safe_ratio(batch * tr_sigma, g_sq),
+        "layer_grad_variance": trace / layout.sizes_array,
+        "layer_grad_mean_abs": sums.grad_abs / (n * layout.sizes_array),
+        "layer_zero_fraction": np.asarray(running_zero) / layout.sizes_array,
+        "grad_variance": np.float64(tr_sigma / total),
+        "grad_mean_abs": np.float64(sums.grad_abs.sum() / (n * total)),
+        "noise_scale": safe_ratio(sums.batch / n * tr_sigma, g_sq),
         "grad_snr": safe_ratio(g_sq, tr_sigma),
-        "window_steps": m.count.copy(),
-        "slice_grad_variance": slice_sums(layout, var) / slice_sizes,
-        "slice_grad_mean_abs": m.slice_abs_sum / (slice_sizes * n),
+        "window_steps": np.float64(sums.count),
+        "slice_grad_variance": slice_trace / np.maximum(layout.slice_sizes, 1.0),
+        "slice_grad_mean_abs": sums.slice_abs
+        / (n * np.maximum(layout.slice_sizes, 1.0)),
     }

@@ -267,6 +267,7 @@ def train_runs(logdir: str) -> None:
     m = model(0.01, "healthy")
     cb = GradientHealthCallback(
         os.path.join(logdir, "healthy"),
+        update_freq=1,  # the views are checked at every step
         on_flag=None,
         slices={
             "lo": ("healthy/hidden/kernel", (0, 8)),
@@ -277,7 +278,9 @@ def train_runs(logdir: str) -> None:
     )
     m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
     m = model(5.0, "diverged")  # SGD at lr 5 on this data overflows within steps
-    cb = GradientHealthCallback(os.path.join(logdir, "diverged"), on_flag=None)
+    cb = GradientHealthCallback(
+        os.path.join(logdir, "diverged"), update_freq=1, on_flag=None
+    )
     m.fit(x, y, batch_size=32, epochs=5, verbose=0, callbacks=[cb])
 
 

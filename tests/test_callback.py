@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from tb_gradplugin import GradientHealthCallback, reader
 from tb_gradplugin import callback as callback_module
+from tb_gradplugin import reducer as reducer_module
+from tb_gradplugin import ring as ring_module
 
 BATCH = 16
 N = 64  # examples: 4 steps per epoch
@@ -88,7 +90,9 @@ def compiled(make, jit=False, spe=1, optimizer=None, weights=None):
 
 
 # -- reference --------------------------------------------------------------
-def reference(make, weights, x, y, epochs=EPOCHS, optimizer=None):
+def reference(
+    make, weights, x, y, epochs=EPOCHS, optimizer=None, batch=BATCH, sample_weight=None
+):
     """Replays the training with a plain GradientTape; returns per-step records."""
     model = make()
     model.set_weights(weights)
@@ -96,20 +100,25 @@ def reference(make, weights, x, y, epochs=EPOCHS, optimizer=None):
     variables = model.trainable_variables
     records = []
     for _ in range(epochs):
-        for i in range(0, len(x), BATCH):
-            xb, yb = x[i : i + BATCH], y[i : i + BATCH]
+        for i in range(0, len(x), batch):
+            xb, yb = x[i : i + batch], y[i : i + batch]
+            sw = None if sample_weight is None else sample_weight[i : i + batch]
             before = [v.numpy().astype(np.float64) for v in variables]
+            lr = float(opt.learning_rate)
             with tf.GradientTape() as tape:
-                loss = LOSS(yb, model(xb, training=True))
+                loss = LOSS(yb, model(xb, training=True), sample_weight=sw)
             grads = tape.gradient(loss, variables)
             opt.apply(grads, variables)
             records.append(
                 {
                     "loss": float(loss),
-                    "grads": [g.numpy().astype(np.float64) for g in grads],
+                    "grads": [
+                        tf.convert_to_tensor(g).numpy().astype(np.float64)
+                        for g in grads
+                    ],
                     "before": before,
                     "after": [v.numpy().astype(np.float64) for v in variables],
-                    "lr": float(opt.learning_rate),
+                    "lr": lr,
                 }
             )
     return [v.path for v in variables], records
@@ -138,7 +147,7 @@ def expected_step(rec):
 
 
 def expected_window(records):
-    """Per-entry variance over the window's steps, averaged; mean |g|."""
+    """Per-entry variance over the window's steps, averaged; mean |g|; noise scale."""
     per_var = list(zip(*[r["grads"] for r in records], strict=True))
     stacks = [np.stack(steps) for steps in per_var]  # [steps, *shape]
     var = [s.var(axis=0).mean() for s in stacks]
@@ -149,9 +158,12 @@ def expected_window(records):
     return {
         "window_layer/grad_variance": var,
         "window_layer/grad_mean_abs": mean_abs,
+        "window_layer/zero_fraction": [np.all(s == 0, axis=0).mean() for s in stacks],
         "window/grad_variance": allg.var(axis=0).mean(),
         "window/grad_mean_abs": np.abs(allg).mean(),
+        # McCandlish et al. 2018: B_simple = B tr(Σ) / |G|², and the SNR |G|²/tr(Σ).
         "window/noise_scale": BATCH * tr / np.sum(g_mean**2),
+        "window/grad_snr": np.sum(g_mean**2) / tr,
         "window/window_steps": len(records),
     }
 
@@ -166,6 +178,7 @@ def fit_and_read(tmp_path, make, jit=False, spe=1, epochs=EPOCHS, **cb_kwargs):
     model = compiled(make, jit=jit, spe=spe)
     weights = model.get_weights()
     logdir = str(tmp_path / "run")
+    cb_kwargs.setdefault("update_freq", 1)
     cb = GradientHealthCallback(logdir, on_flag=None, **cb_kwargs)
     model.fit(
         x, y, batch_size=BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=[cb]
@@ -285,7 +298,7 @@ def test_second_fit_continues_steps_in_one_event_file(tmp_path):
     x, y = data()
     model = compiled(sequential)
     logdir = tmp_path / "run"
-    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    cb = GradientHealthCallback(str(logdir), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -304,7 +317,7 @@ def test_callback_added_after_plain_fit_is_installed(tmp_path):
     x, y = data()
     model = compiled(sequential)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -317,7 +330,7 @@ def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
     x, y = data()
     x[20] = np.nan  # second batch; the tanh branch carries it to the loss
     model = compiled(functional)
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     history = model.fit(
         x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -332,8 +345,9 @@ def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
     assert np.all(layer_nf > 0)
 
 
-def test_nonfinite_between_logged_steps_is_counted(tmp_path):
+def test_nonfinite_between_logged_steps_is_counted(tmp_path, monkeypatch):
     """A NaN at an unlogged step still shows in the next logged step's count."""
+    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 0)  # no flight recorder
     x, y = data()
     x[20] = np.nan  # step 2, not logged with update_freq=3
     model = compiled(functional)
@@ -345,6 +359,25 @@ def test_nonfinite_between_logged_steps_is_counted(tmp_path):
     series = run.scalars["step/nonfinite_loss"]
     assert series.steps.tolist() == [1, 3]
     assert series.values.tolist() == [0.0, 2.0]
+
+
+def test_flight_recorder_writes_every_step_around_a_nan(tmp_path, monkeypatch):
+    """Around a first NaN every step is written, whatever update_freq says."""
+    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 5)
+    x, y = data(n=BATCH * 40)
+    x[BATCH * 19 + 3] = np.nan  # step 20
+    model = compiled(functional)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=10, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    series = read(str(tmp_path / "run")).scalars["step/nonfinite_loss"]
+    # Step 1, the schedule, and steps 15-25 at full resolution; the counts
+    # since the previous logged step add up to every NaN step (20 to 40).
+    expected = [1, 10, *range(15, 26), 30, 40]
+    assert series.steps.tolist() == expected
+    assert series.values.sum() == 21
+    assert series.values[expected.index(20)] == 1
 
 
 def test_stop_on_nan_stops_training(tmp_path):
@@ -374,7 +407,7 @@ def test_removed_log_dir_warns_once_and_training_goes_on(tmp_path):
                 logdir.write_text("not a directory")
 
     model = compiled(sequential)
-    cb = GradientHealthCallback(str(logdir), on_flag=None)
+    cb = GradientHealthCallback(str(logdir), update_freq=1, on_flag=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         history = model.fit(
@@ -403,7 +436,7 @@ def test_mixed_precision_skipped_steps_are_marked(tmp_path):
         )
         model = compiled(sequential, optimizer=opt)
         cb = GradientHealthCallback(
-            str(tmp_path / "run"), stop_on_nan=True, on_flag=None
+            str(tmp_path / "run"), update_freq=1, stop_on_nan=True, on_flag=None
         )
         history = model.fit(
             x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
@@ -450,13 +483,16 @@ MIRRORED_SCRIPT = textwrap.dedent(
                 model = make()
         else:
             model = make()
-        cb = GradientHealthCallback(sys.argv[1] + "/" + name, on_flag=None)
+        cb = GradientHealthCallback(sys.argv[1] + "/" + name, update_freq=1,
+                                    on_flag=None)
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0,
                   callbacks=[cb])
         run = reader.read_run(reader.provider_for_logdir(sys.argv[1]), name)
         series = {**run.scalars, **run.tensors}
         out[name] = {k: s.values.tolist() for k, s in series.items()}
         out[name]["steps"] = run.scalars["step/loss"].steps.tolist()
+        # Under the strategy the statistics read the gradients Keras summed.
+        assert cb._monitor.reused_all_reduce == (name == "mirrored")
     print(json.dumps(out))
     """
 )
@@ -621,7 +657,7 @@ def test_unbuilt_subclassed_model_is_laid_out_at_its_first_step(tmp_path):
     model = Subclassed()
     model.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
     assert not model.trainable_variables
-    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
     model.fit(
         x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
     )
@@ -646,3 +682,204 @@ def test_writer_thread_runs_at_idle_priority():
         policy = pool.submit(os.sched_getscheduler, 0).result()
     assert policy == os.SCHED_IDLE
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
+
+
+# -- wider replays -------------------------------------------------------------
+def test_long_run_small_ring_slow_writer_adam_schedule(tmp_path, monkeypatch):
+    """320 steps through a 34-row ring, a writer behind, Adam on a schedule: exact."""
+    import time
+
+    monkeypatch.setattr(ring_module, "MAX_BLOCK_STEPS", 8)  # the ring wraps 9 times
+    monkeypatch.setattr(callback_module, "_MAX_WRITE_DELAY_S", 0.0)  # every step
+    slow = reducer_module.BlockReducer.add_rows
+
+    def add_rows(self, block, step_seconds=None):
+        time.sleep(0.01)  # the writer falls behind: the step must wait for it
+        return slow(self, block, step_seconds)
+
+    monkeypatch.setattr(reducer_module.BlockReducer, "add_rows", add_rows)
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.01, 40, 0.5)
+    x, y = data(n=BATCH * 160)
+    model = compiled(sequential, optimizer=keras.optimizers.Adam(schedule))
+    weights = model.get_weights()
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    _, records = reference(
+        sequential, weights, x, y, epochs=2, optimizer=keras.optimizers.Adam(schedule)
+    )
+    steps = list(range(1, 321))
+    assert run.scalars["step/loss"].steps.tolist() == steps
+    assert_steps_match(run, records, steps)
+    assert run.scalars["window/window_steps"].values.tolist() == [160, 160]
+
+
+def test_update_freq_epoch_logs_each_epochs_last_step(tmp_path):
+    """update_freq='epoch' logs exactly steps 4, 8, 12 with those steps' values."""
+    _, weights, run, x, y = fit_and_read(tmp_path, sequential, update_freq="epoch")
+    _, records = reference(sequential, weights, x, y)
+    for key in ("step/loss", "step/grad_norm", "layer/update_norm"):
+        series = run.scalars.get(key) or run.tensors[key]
+        assert series.steps.tolist() == [4, 8, 12], key
+    assert_steps_match(run, records, [4, 8, 12])
+    assert run.scalars["step/loss"].content["update_freq"] == "epoch"
+
+
+def test_adaptive_default_logs_its_schedule_with_exact_values(tmp_path):
+    """The default update_freq is chosen once, written in the content, and kept."""
+    x, y = data(n=BATCH * 16)
+    model = compiled(sequential)
+    weights = model.get_weights()
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    freq = run.scalars["step/loss"].content["update_freq"]
+    assert isinstance(freq, int) and freq >= 1
+    expected = [s for s in range(1, 49) if s == 1 or s % freq == 0]
+    assert run.scalars["step/loss"].steps.tolist() == expected
+    _, records = reference(sequential, weights, x, y)
+    assert_steps_match(run, records, expected)
+    # Every step is still counted: the epoch windows hold 16 steps each.
+    assert run.scalars["window/window_steps"].values.tolist() == [16, 16, 16]
+
+
+def test_sample_weights_statistics_match_gradient_tape(tmp_path):
+    """With sample weights the statistics are those of the weighted loss."""
+    x, y = data()
+    sw = np.random.default_rng(3).uniform(0.0, 2.0, len(x)).astype("float32")
+    model = compiled(sequential)
+    weights = model.get_weights()
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    model.fit(
+        x,
+        y,
+        sample_weight=sw,
+        batch_size=BATCH,
+        epochs=EPOCHS,
+        shuffle=False,
+        verbose=0,
+        callbacks=[cb],
+    )
+    _, records = reference(sequential, weights, x, y, sample_weight=sw)
+    assert_steps_match(read(str(tmp_path / "run")), records, range(1, 13))
+
+
+def embedding_model():
+    return keras.Sequential(
+        [
+            keras.Input((6,), dtype="int32"),
+            keras.layers.Embedding(40, 8, name="emb"),
+            keras.layers.GlobalAveragePooling1D(),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name="bag",
+    )
+
+
+def test_embedding_sparse_gradient_matches_dense_reference(tmp_path):
+    """An embedding's IndexedSlices gradient gives its dense gradient's statistics."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, (N, 6)).astype("int32")  # rows 20-39 never used
+    x[:, 1] = x[:, 0]  # repeated rows within a batch
+    y = rng.integers(0, 3, N)
+    model = compiled(embedding_model)
+    weights = model.get_weights()
+    cb = GradientHealthCallback(
+        str(tmp_path / "run"),
+        update_freq=1,
+        on_flag=None,
+        slices={"lo": ("bag/emb/embeddings", (0, 4))},
+    )
+    model.fit(
+        x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    _, records = reference(embedding_model, weights, x, y)
+    assert_steps_match(run, records, range(1, 13))
+    series = run.tensors["layer/grad_norm"]
+    assert series.content["sparse_variables"] == ["bag/emb/embeddings"]
+    for e in range(EPOCHS):
+        exp = expected_window(records[4 * e : 4 * e + 4])
+        for key in ("window_layer/grad_variance", "window_layer/zero_fraction"):
+            np.testing.assert_allclose(
+                run.tensors[key].values[e], exp[key], rtol=2e-3, atol=1e-9
+            )
+        emb = np.stack([r["grads"][0] for r in records[4 * e : 4 * e + 4]])
+        np.testing.assert_allclose(
+            run.scalars["slice/lo/grad_variance"].values[e],
+            emb[..., 0:4].var(axis=0).mean(),
+            rtol=2e-3,
+        )
+    assert run.tensors["window_layer/zero_fraction"].values[0][0] >= 0.5
+
+
+def test_mixed_precision_values_step_by_step(tmp_path):
+    """Mixed precision: each applied step's unscaled grad norm and its loss scale."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        x, y = data()
+
+        def optimizer():
+            return keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(LR), initial_scale=2.0**20
+            )
+
+        model = compiled(sequential, optimizer=optimizer())
+        weights = model.get_weights()
+        cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+        model.fit(
+            x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
+        )
+        # The replay: Keras's own step, written out with a GradientTape.
+        ref = sequential()
+        ref.set_weights(weights)
+        opt = optimizer()
+        opt.build(ref.trainable_variables)
+        expected = {}
+        for _ in range(3):
+            for i in range(0, N, BATCH):
+                with tf.GradientTape() as tape:
+                    loss = LOSS(y[i : i + BATCH], ref(x[i : i + BATCH], training=True))
+                    scaled = opt.scale_loss(loss)
+                grads = tape.gradient(scaled, ref.trainable_variables)
+                scale = float(opt.dynamic_scale)
+                before = int(opt.iterations.numpy())
+                opt.apply(grads, ref.trainable_variables)
+                if int(opt.iterations.numpy()) > before:
+                    flat = np.concatenate([np.ravel(g.numpy()) for g in grads])
+                    expected[before + 1] = (np.linalg.norm(flat) / scale, scale)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = read(str(tmp_path / "run"))
+    assert run.scalars["step/grad_norm"].steps.tolist() == sorted(expected)
+    np.testing.assert_allclose(
+        run.scalars["step/grad_norm"].values,
+        [expected[s][0] for s in sorted(expected)],
+        rtol=1e-2,
+    )
+    np.testing.assert_array_equal(
+        run.scalars["step/loss_scale"].values,
+        [expected[s][1] for s in sorted(expected)],
+    )
+
+
+def test_probe_data_is_the_curvature_batch(tmp_path):
+    """probe_data=(x, y) is the batch whose Hessian is logged, not the first batch."""
+    x, y = data()
+    px, py = data(seed=5, n=BATCH)
+    model = compiled(tiny)
+    cb = GradientHealthCallback(
+        str(tmp_path / "run"), hessian_freq=1, probe_data=(px, py), on_flag=None
+    )
+    model.fit(
+        x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    eig = np.linalg.eigvalsh(nested_tape_hessian(model, px, py))
+    np.testing.assert_allclose(
+        run.scalars["hessian/top_eigenvalue"].values[0], eig.max(), rtol=1e-3
+    )

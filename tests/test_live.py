@@ -61,7 +61,8 @@ def test_exploding_training_warns_and_goes_on(tmp_path):
 def test_exploding_training_stops_with_on_flag_stop(tmp_path):
     """on_flag='stop' ends fit at the epoch where the error flag appears."""
     epochs, messages, _ = _fit(tmp_path, lr=50.0, on_flag="stop", epochs=30)
-    assert messages and epochs < 30
+    # The gradients blow up in the first epoch: training stops at its end.
+    assert messages and epochs == 1
 
 
 def test_healthy_training_gets_no_warning(tmp_path):
@@ -78,3 +79,30 @@ def test_live_diagnosis_reports_each_flag_once(tmp_path):
     first = live.new_errors()
     assert first and all(f.severity == "error" for f in first)
     assert live.new_errors() == []
+
+
+def test_live_diagnosis_runs_on_the_writer_thread_rate_limited(tmp_path, monkeypatch):
+    """Many short epochs: the rules run on the writer thread, every few seconds."""
+    import threading
+    import time
+
+    from tb_gradplugin import live
+
+    calls = []
+    original = live.LiveDiagnosis.new_errors
+
+    def new_errors(self):
+        calls.append((threading.current_thread().name, time.monotonic()))
+        return original(self)
+
+    monkeypatch.setattr(live.LiveDiagnosis, "new_errors", new_errors)
+    x, y = _data(n=64)
+    model = _model(0.05)
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag="warn")
+    start = time.monotonic()
+    model.fit(x, y, batch_size=16, epochs=40, verbose=0, callbacks=[cb])
+    elapsed = time.monotonic() - start
+    assert calls and all(name.startswith("gradient_health_writer") for name, _ in calls)
+    # At most one run per interval, plus the one at the end of training.
+    assert len(calls) <= elapsed / 5.0 + 2
+    assert len(calls) < 40

@@ -1,4 +1,4 @@
-"""Block statistics (numpy, on the writer thread) against plain numpy formulas."""
+"""In-step sums and host window statistics against plain numpy formulas."""
 
 from __future__ import annotations
 
@@ -48,130 +48,109 @@ def _flat(arrays):
     return np.concatenate([t.ravel() for t in arrays])
 
 
-def test_block_sums_match_numpy():
-    """Per-step sums of squares, |g|, zeros, NaN/Inf and updates match numpy."""
-    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
-    g = [_arrays(0), _arrays(3)]
-    g[0][0][0, :2] = 0.0
-    g[1][2][1, 1] = np.nan
-    g[1][2][2, 2] = np.inf
-    params = [_arrays(1), _arrays(2)]
-    prev = _flat(_arrays(4))
-    out = stats.block_sums(
-        layout,
-        np.stack([_flat(t) for t in g]),
-        np.stack([_flat(t) for t in params]),
-        prev,
-    )
-    bounds = list(_bounds(layout))
-    before = [prev, _flat(params[0])]
-    for r in range(2):
-        flat_p = _flat(params[r])
-        update = flat_p - before[r]
-        np.testing.assert_allclose(
-            out["param_sq"][r], [np.sum(flat_p[o:e] ** 2) for o, e in bounds], 1e-5
-        )
-        np.testing.assert_allclose(
-            out["update_sq"][r], [np.sum(update[o:e] ** 2) for o, e in bounds], 1e-5
-        )
+def test_gradient_and_parameter_sums_match_numpy():
+    """Σg², Σ|g|, zeros, NaN/Inf per variable, Σw², Σ(Δw)² equal numpy's counts."""
+    g, before, after = _arrays(0)[0], _arrays(1)[0], _arrays(2)[0]
+    g[0, :2] = 0.0
+    out = [float(v) for v in stats.gradient_sums(tf.constant(g), g.size)]
+    np.testing.assert_allclose(out[:2], [np.sum(g**2), np.abs(g).sum()], rtol=1e-6)
+    assert out[2] == 2.0
+    bad = g.copy()
+    bad[1, 1], bad[2, 2] = np.nan, np.inf
+    variables = [tf.constant(g), None, tf.constant(bad)]
+    sq = [tf.constant(float(np.sum(t**2))) for t in (g, np.zeros(1), bad)]
+    counts = stats.nonfinite_counts(variables, sq).numpy().tolist()
+    assert counts == [0.0, 0.0, 2.0]
+    clean = stats.nonfinite_counts(variables[:2], sq[:2]).numpy().tolist()
+    assert clean == [0.0, 0.0]
+    w = [float(v) for v in stats.parameter_sums(tf.constant(before), after)]
     np.testing.assert_allclose(
-        out["grad_sq"][0], [np.sum(t**2) for t in g[0]], rtol=1e-5
+        w, [np.sum(after**2), np.sum((after - before) ** 2)], rtol=1e-6
     )
-    assert np.isnan(out["grad_sq"][1, 2])
+
+
+def test_slice_and_running_sums_match_numpy():
+    """A slice's Σg², Σ|g| and a running sum's |S|², zeros, slice |S|² equal numpy's."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    spec = layout.slices[0]
+    g = _arrays(5)[2]
+    part = g[:, 1:3]
+    out = [float(v) for v in stats.slice_sums(tf.constant(g), spec)]
+    np.testing.assert_allclose(out, [np.sum(part**2), np.abs(part).sum()], 1e-6)
+    g[0] = 0.0
+    out = [float(v) for v in stats.running_sum_sums(tf.constant(g), g.size, [spec])]
     np.testing.assert_allclose(
-        out["grad_abs"][0], [np.abs(t).sum() for t in g[0]], rtol=1e-5
-    )
-    np.testing.assert_array_equal(out["grad_zero"], [[2, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(out["grad_nonfinite"], [[0, 0, 0], [0, 0, 2]])
-    idx = layout.slices[0].flat_indices
-    np.testing.assert_allclose(
-        out["slice_abs"][0], [np.abs(_flat(g[0])[idx]).sum()], rtol=1e-5
+        out, [np.sum(g**2), 3.0, np.sum(g[:, 1:3] ** 2)], rtol=1e-6
     )
 
 
-def test_block_sums_of_some_rows_equal_the_full_ones_there():
-    """rows= computes the logged rows' columns as a full pass does, others' sums too."""
-    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
-    grads = np.stack([_flat(_arrays(s)) for s in range(4)])
-    params = np.stack([_flat(_arrays(s + 10)) for s in range(4)])
-    prev = _flat(_arrays(20))
-    full = stats.block_sums(layout, grads, params, prev)
-    for rows in ([0, 2], [3], []):
-        some = stats.block_sums(layout, grads, params, prev, np.array(rows, np.int64))
-        for name in ("grad_sq", "grad_abs", "grad_nonfinite", "slice_abs"):
-            np.testing.assert_array_equal(some[name], full[name])
-        for name in ("grad_zero", "param_sq", "update_sq"):
-            np.testing.assert_allclose(some[name][rows], full[name][rows], rtol=1e-6)
-            others = np.setdiff1d(np.arange(4), rows)
-            assert not some[name][others].any()
-
-
-def test_empty_block_gives_empty_sums_and_empty_windows():
-    """A block of no rows (an epoch end with nothing new) reduces to empty arrays."""
-    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
-    empty = np.zeros([0, layout.size], np.float32)
-    sums = stats.block_sums(layout, empty, empty, np.zeros(layout.size, np.float32))
-    assert sums["grad_sq"].shape == (0, 3) and sums["slice_abs"].shape == (0, 1)
-    m = stats.window_moments(
-        empty,
-        np.zeros([0]),
-        [0],
-        np.zeros(layout.size, np.float32),
-        sums["grad_abs"],
-        sums["slice_abs"],
-        np.zeros([0]),
-    )
-    out = stats.window_statistics(layout, m)
-    assert out["window_steps"].tolist() == [0.0]
-    assert out["slice_grad_variance"].tolist() == [[0.0]]
-
-
-def test_windows_of_a_block_match_numpy_over_steps():
-    """Two windows of one block: variance, mean |g|, noise scale, slices as numpy."""
-    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
-    steps = np.stack([_flat(_arrays(s)) + 3.0 for s in range(7)]).astype(np.float32)
-    weights = np.ones(7, np.float32)
-    weights[5] = 0.0  # a skipped step: no sample
-    steps[5] = np.nan
-    batch = np.array([32, 32, 32, 16, 16, 0, 16], np.float32)
-    with np.errstate(invalid="ignore"):
-        sums = stats.block_sums(layout, steps, steps, steps[0])
-    m = stats.window_moments(
-        steps,
-        weights,
-        [0, 3, 7],  # rows 0-2, rows 3-6, and an open window with no row yet
-        steps[0],
-        sums["grad_abs"],
-        sums["slice_abs"],
-        batch,
-    )
-    out = stats.window_statistics(layout, m)
-    idx = layout.slices[0].flat_indices
-    for w, rows, b in ((0, [0, 1, 2], 32.0), (1, [3, 4, 6], 16.0)):
-        g = steps[rows].astype(np.float64)
-        var = g.var(axis=0)
-        per_var = [var[o:e].mean() for o, e in _bounds(layout)]
-        np.testing.assert_allclose(out["layer_grad_variance"][w], per_var, rtol=1e-4)
-        np.testing.assert_allclose(out["grad_variance"][w], var.mean(), rtol=1e-4)
-        np.testing.assert_allclose(out["grad_mean_abs"][w], np.abs(g).mean(), 1e-5)
-        np.testing.assert_allclose(
-            out["noise_scale"][w], b * var.sum() / np.sum(g.mean(0) ** 2), rtol=1e-4
-        )
-        np.testing.assert_allclose(
-            out["slice_grad_variance"][w], [var[idx].mean()], rtol=1e-4
-        )
-        np.testing.assert_allclose(
-            out["slice_grad_mean_abs"][w], [np.abs(g[:, idx]).mean()], 1e-5
-        )
-        assert out["window_steps"][w] == 3
-    assert out["window_steps"][2] == 0  # the open, empty window
-    assert np.all(np.isfinite(out["grad_variance"]))
-
-
-def test_flatten_densifies_indexed_slices():
-    """A sparse (IndexedSlices) gradient is flattened as its dense equivalent."""
+def test_unique_rows_sums_repeated_rows():
+    """Repeated rows of a sparse gradient are summed, as in its dense equivalent."""
     sparse = tf.IndexedSlices(
-        values=tf.constant([[1.0, 2.0]]), indices=tf.constant([2]), dense_shape=[3, 2]
+        values=tf.constant([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]]),
+        indices=tf.constant([2, 0, 2]),
+        dense_shape=tf.constant([4, 2]),
     )
-    flat = stats.flatten([sparse, tf.constant([7.0])]).numpy()
-    np.testing.assert_array_equal(flat, [0, 0, 0, 0, 1, 2, 7])
+    assert stats.is_sparse(sparse) and not stats.is_sparse(tf.zeros([2]))
+    values, indices = stats.unique_rows(sparse)
+    dense = np.zeros([4, 2], np.float32)
+    dense[indices.numpy()] = values.numpy()
+    np.testing.assert_array_equal(dense, tf.convert_to_tensor(sparse).numpy())
+
+
+def test_window_statistics_from_sums_match_numpy_over_steps():
+    """Variance, mean |g|, noise scale, SNR, zero share from sums equal numpy's."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    rng = np.random.default_rng(0)
+    steps = np.stack([_flat(_arrays(s)) + 0.5 for s in range(5)]).astype(np.float64)
+    steps[:, :3] = 0.0  # never a gradient: counted as zero in the window
+    steps[1:3, 3] = 0.0  # zero at some steps only: not counted
+    batch = rng.integers(8, 33, 5)
+    bounds = list(_bounds(layout))
+    idx = layout.slices[0].flat_indices
+    sums = stats.WindowSums.empty(layout)
+    for t, g in enumerate(steps):
+        sums.add(
+            np.array([np.sum(g[a:b] ** 2) for a, b in bounds]),
+            np.array([np.abs(g[a:b]).sum() for a, b in bounds]),
+            np.array([np.sum(g[idx] ** 2)]),
+            np.array([np.abs(g[idx]).sum()]),
+            batch[t],
+        )
+    total = steps.sum(axis=0)
+    out = stats.window_statistics(
+        layout,
+        sums,
+        np.array([np.sum(total[a:b] ** 2) for a, b in bounds]),
+        np.array([np.sum(total[a:b] == 0) for a, b in bounds]),
+        np.array([np.sum(total[idx] ** 2)]),
+    )
+    var = steps.var(axis=0)
+    mean = steps.mean(axis=0)
+    np.testing.assert_allclose(
+        out["layer_grad_variance"], [var[a:b].mean() for a, b in bounds], rtol=1e-9
+    )
+    np.testing.assert_allclose(out["grad_variance"], var.mean(), rtol=1e-9)
+    np.testing.assert_allclose(out["grad_mean_abs"], np.abs(steps).mean(), 1e-9)
+    np.testing.assert_allclose(
+        out["layer_grad_mean_abs"], [np.abs(steps[:, a:b]).mean() for a, b in bounds]
+    )
+    # McCandlish et al. 2018, eq. 2.8: B_simple = B tr(Σ) / |G|².
+    b_simple = batch.mean() * var.sum() / np.sum(mean**2)
+    np.testing.assert_allclose(out["noise_scale"], b_simple, rtol=1e-9)
+    np.testing.assert_allclose(out["grad_snr"], np.sum(mean**2) / var.sum(), 1e-9)
+    np.testing.assert_allclose(out["slice_grad_variance"], [var[idx].mean()], 1e-9)
+    np.testing.assert_allclose(
+        out["slice_grad_mean_abs"], [np.abs(steps[:, idx]).mean()], rtol=1e-9
+    )
+    np.testing.assert_allclose(out["layer_zero_fraction"], [3 / 20, 0.0, 0.0])
+    assert out["window_steps"] == 5
+
+
+def test_window_of_no_step_is_all_zero():
+    """A window that saw no step gives zeros, never NaN."""
+    layout = stats.Layout(["a", "b", "c"], SHAPES, {"cols": ("c", (1, 3))})
+    sums = stats.WindowSums.empty(layout)
+    out = stats.window_statistics(layout, sums, np.zeros(3), np.zeros(3), np.zeros(1))
+    assert out["window_steps"] == 0
+    assert all(np.all(np.asarray(v) == 0) for v in out.values())

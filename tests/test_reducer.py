@@ -1,0 +1,92 @@
+"""The host side of the shim: adaptive update_freq, flight recorder, row order."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tb_gradplugin import reader, reducer, ring, stats
+
+
+def test_adaptive_update_freq_keeps_events_and_disk_in_budget():
+    """The default frequency is the smallest 1-2-5 step within both budgets."""
+    # 17 events of 4 µs against 1 % of a 1 ms step: 6.8 steps -> 10.
+    assert reducer.adaptive_update_freq(0.001, 17, 500.0) == 10
+    # A 1 s step: events are cheap; 4.2 KB per logged step: every 5 steps.
+    assert reducer.adaptive_update_freq(1.0, 17, 4200.0) == 5
+    assert reducer.adaptive_update_freq(1.0, 17, 900.0) == 1
+    assert reducer.adaptive_update_freq(None, 17, 2500.0) == 5
+    assert reducer.adaptive_update_freq(1e-5, 17, 100.0) == 1000
+
+
+def _rows(packing, steps, grad_sq, loss=None):
+    """Step rows with one variable: its Σg² per step, everything else benign."""
+    out = np.zeros([len(steps), packing.width], np.float32)
+    idx = packing.index
+    out[:, idx["grad_sq"]] = np.asarray(grad_sq, np.float32)[:, None]
+    out[:, idx["param_sq"]] = 1.0
+    out[:, idx["loss"]] = 1.0 if loss is None else np.asarray(loss)[:, None]
+    words = np.asarray(steps, np.int64)[:, None].view(np.float32)
+    out[:, idx["step"]] = words
+    return out
+
+
+def _reducer(tmp_path, update_freq, flight=4):
+    layout = stats.Layout(["w"], [(3,)])
+    packing = ring.row_packing(1, 0, 0)
+    red = reducer.BlockReducer(
+        layout, packing, [], update_freq, "epoch", False, flight_steps=flight
+    )
+    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
+    red.set_writer(
+        writer, lambda: reducer.tag_metadata(layout, update_freq, "epoch", [], [])
+    )
+    return red, packing, writer
+
+
+def _logged_steps(tmp_path, writer):
+    writer.flush()
+    run = reader.read_run(reader.provider_for_logdir(str(tmp_path)), "run")
+    return run.scalars["step/grad_norm"]
+
+
+def test_gradient_norm_jump_writes_the_steps_around_it(tmp_path):
+    """A 10x jump over the recent median logs ±flight steps, in step order."""
+    red, packing, writer = _reducer(tmp_path, 10)
+    grad_sq = np.ones(40)
+    grad_sq[24] = 400.0  # step 25: norm 20 against a median of 1
+    steps = np.arange(1, 41)
+    # Two blocks, the jump in the second: the held rows of the first are used.
+    red.add_rows(_rows(packing, steps[:23], grad_sq[:23]))
+    red.add_rows(_rows(packing, steps[23:], grad_sq[23:]))
+    red.release(final=True)
+    series = _logged_steps(tmp_path, writer)
+    assert series.steps.tolist() == [
+        1,
+        10,
+        20,
+        21,
+        22,
+        23,
+        24,
+        25,
+        26,
+        27,
+        28,
+        29,
+        30,
+        40,
+    ]
+    assert series.values[series.steps.tolist().index(25)] == 20.0
+
+
+def test_first_nonfinite_step_only_triggers_the_recorder(tmp_path):
+    """A run of NaN steps is one anomaly (its start), not one per step."""
+    red, packing, writer = _reducer(tmp_path, 10, flight=2)
+    loss = np.ones(30)
+    loss[14:] = np.nan  # from step 15 on
+    red.add_rows(_rows(packing, np.arange(1, 31), np.ones(30), loss))
+    assert red.anomalies == [15]
+    red.release(final=True)
+    steps = _logged_steps(tmp_path, writer).steps.tolist()
+    assert steps == [1, 10, 13, 14, 15, 16, 17, 20, 30]
