@@ -1,7 +1,7 @@
 // The tab's views. Each has load(app, fresh, progress) -> data and
 // draw(app, data, main). Single-run views show the run opened in the run list;
 // views that compare runs draw the shown runs that hold their data.
-import {el, fmt} from './util.js';
+import {el, exact, fmt} from './util.js';
 import {
   NONFINITE_COLOR, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepAxis,
   stepTooltip, stepZoom, valueAxis,
@@ -422,13 +422,106 @@ const lossComponents = {
 
 // -- curvature & trajectory -------------------------------------------------
 
+// The density's Gaussian tails underflow float32 to exactly 0 far from every
+// eigenvalue (http_api.md): a log axis draws them at this share of the peak.
+const DENSITY_FLOOR = 1e-8;
+
+/**
+ * The minimal ratio's range [min_ratio_low, min_ratio_high] as a shaded band:
+ * an invisible low line and the width stacked on it. Each point keeps the
+ * logged value as its third entry, so the tooltip shows low and high exactly.
+ */
+function minRatioRange(hs, color) {
+  const low = hs['hessian/min_ratio_low'];
+  const high = hs['hessian/min_ratio_high'];
+  if (!low || !high) return [];
+  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
+  const lows = [];
+  const widths = [];
+  low.steps.forEach((step, i) => {
+    const lo = low.values[i];
+    const hi = highAt.get(step);
+    const ok = Number.isFinite(lo) && Number.isFinite(hi);
+    lows.push([step, ok ? lo : null, Number.isFinite(lo) ? lo : null]);
+    widths.push([step, ok ? hi - lo : null, Number.isFinite(hi) ? hi : null]);
+  });
+  const common = {type: 'line', stack: 'min_ratio_range', symbol: 'none', connectNulls: false,
+    lineStyle: {opacity: 0}, itemStyle: {color}};
+  return [
+    {...common, name: 'min ratio low', data: lows},
+    {...common, name: 'min ratio high', data: widths, areaStyle: {color, opacity: 0.15}},
+  ];
+}
+
+/**
+ * The spectral density of one curvature step on a log axis (zeros drawn at the
+ * floor), the exact eigenvalue histogram where exact, and a step chooser.
+ */
+function spectralDensity(app, run, curv, main) {
+  const sd = curv.spectral_density;
+  const color = app.colorOf(run);
+  const pick = el('select', {id: 'gh-density-step'});
+  for (const step of sd.steps) {
+    const o = el('option', {text: String(step)});
+    o.value = String(step);
+    if (step === sd.step) o.selected = true;
+    pick.appendChild(o);
+  }
+  pick.addEventListener('change', () => {
+    app.state.densityStep = {run, step: Number(pick.value)};
+    app.show('curvature');
+  });
+  main.appendChild(el('div', {class: 'gh-row'}, el('label', {}, 'Curvature step ', pick)));
+  const peak = Math.max(0, ...sd.density.filter((v) => Number.isFinite(v)));
+  const floor = peak > 0 ? DENSITY_FLOOR * peak : DENSITY_FLOOR;
+  // [λ, drawn density, logged density]: the tooltip shows the logged value.
+  const dens = sd.grid.map((x, i) => {
+    const v = sd.density[i];
+    return [x, Number.isFinite(v) ? Math.max(v, floor) : null, v];
+  });
+  const hist = sd.histogram;
+  const shares = hist ? sd.grid.map((x, i) => [x, hist[i] > 0 ? hist[i] : null, hist[i]]) : [];
+  const how = sd.method === 'exact' ? 'exact eigenvalues' : 'stochastic Lanczos quadrature';
+  const chart = app.charts.get('curv_density', main, {height: 320,
+    title: `Hessian spectral density at step ${sd.step} (${how}; Gaussian broadening σ = `
+      + `${fmt(sd.broadening ?? NaN)}; log axis, floor ${fmt(floor)})`
+      + `${hist ? ' and share of eigenvalues per bin' : ''} — ${run}`});
+  const box = chart.getDom();
+  box.dataset.step = String(sd.step);
+  box.dataset.floor = String(floor);
+  chart.setOption(baseOption({
+    tooltip: {trigger: 'axis', renderMode: 'richText', confine: true, formatter: (params) => {
+      const list = Array.isArray(params) ? params : [params];
+      if (!list.length) return '';
+      const lines = [`${run} · step ${sd.step}`, `λ ${exact(list[0].value[0])}`];
+      for (const p of list) lines.push(`${p.seriesName}: ${exact(p.value[2])}`);
+      return lines.join('\n');
+    }},
+    xAxis: {type: 'value', name: 'eigenvalue λ', nameLocation: 'middle', nameGap: 24,
+      min: 'dataMin', max: 'dataMax', axisLabel: {formatter: (v) => fmt(v)}},
+    yAxis: [valueAxis('density', true, {min: floor}),
+      valueAxis('share', true, {splitLine: {show: false}})],
+    series: [
+      {name: 'density', type: 'line', symbol: 'none', data: dens,
+        lineStyle: {width: 1.5, color}, itemStyle: {color},
+        markLine: {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
+          label: {formatter: 'λ = 0'}, data: [{xAxis: 0}]}},
+      ...(hist ? [{name: 'histogram', type: 'scatter', yAxisIndex: 1, symbol: 'rect',
+        symbolSize: [4, 4], itemStyle: {color, opacity: 0.6}, data: shares}] : []),
+    ],
+  }));
+}
+
 const curvature = {
   title: 'Curvature & trajectory',
   singleRun: true,
   multiRun: true,
   async load(app, fresh) {
     const run = app.state.run;
-    const curv = await app.fetch('curvature', {run}, fresh);
+    // The chosen density step belongs to the run it was chosen in.
+    const chosen = app.state.densityStep;
+    const step = chosen && chosen.run === run ? chosen.step : undefined;
+    const curv = await app.fetch('curvature', {run, step}, fresh);
     await app.healthOf([run], fresh);
     let traj;
     const runs = comparedRuns(app);
@@ -472,8 +565,11 @@ const curvature = {
             seriesOptions(app, run, key, series, {smoothing: 0, color, ...extra})));
         }
       };
+      out.push(...minRatioRange(hs, color));
       curve('min ratio', 'hessian/min_ratio', {symbol: 'circle'});
       curve('negative ratio', 'hessian/negative_ratio', {symbol: 'triangle', dashed: true});
+      curve('band min ratio', 'hessian/band_min_ratio', {symbol: 'diamond'});
+      curve('near-zero ratio', 'hessian/near_zero_ratio', {symbol: 'emptyCircle', dashed: true});
       curve('top eigenvalue (sharpness)', 'hessian/top_eigenvalue',
         {yAxisIndex: 1, symbol: 'rect', log: s.log, dashed: true});
       const overTime = app.charts.get('curv_time', main, {height: 300,
@@ -486,6 +582,7 @@ const curvature = {
         dataZoom: stepZoom(app, 'curv_time'),
         series: out,
       }));
+      if (curv.spectral_density) spectralDensity(app, run, curv, main);
     }
     const noise = hs['window/noise_scale'];
     if (noise) {
