@@ -457,6 +457,8 @@ def test_curvature_view_draws_the_spectral_density(tab, tensorboard):
         assert [p[2] for p in over_time[name]] == other["series"][key]["values"]
     high = [p[2] for p in over_time["min ratio high"]]
     assert high == other["series"]["hessian/min_ratio_high"]["values"]
+    assert "min ratio range" in over_time  # the shaded area between the ends
+    assert not tab.errors
 
 
 def test_zoom_survives_reload(tab):

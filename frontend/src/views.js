@@ -427,30 +427,35 @@ const lossComponents = {
 const DENSITY_FLOOR = 1e-8;
 
 /**
- * The minimal ratio's range [min_ratio_low, min_ratio_high] as a shaded band:
- * an invisible low line and the width stacked on it. Each point keeps the
- * logged value as its third entry, so the tooltip shows low and high exactly.
+ * The minimal ratio's range [min_ratio_low, min_ratio_high]: its two ends as
+ * thin lines (the tooltip shows their logged values, NaN stretches get their
+ * markers) and the area between them shaded. ECharts stacks two value axes
+ * along x, so the area is one polygon of a custom series, not a stack.
  */
-function minRatioRange(hs, color) {
+function minRatioRange(app, run, hs, color) {
   const low = hs['hessian/min_ratio_low'];
   const high = hs['hessian/min_ratio_high'];
   if (!low || !high) return [];
-  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
-  const lows = [];
-  const widths = [];
-  low.steps.forEach((step, i) => {
-    const lo = low.values[i];
-    const hi = highAt.get(step);
-    const ok = Number.isFinite(lo) && Number.isFinite(hi);
-    lows.push([step, ok ? lo : null, Number.isFinite(lo) ? lo : null]);
-    widths.push([step, ok ? hi - lo : null, Number.isFinite(hi) ? hi : null]);
-  });
-  const common = {type: 'line', stack: 'min_ratio_range', symbol: 'none', connectNulls: false,
-    lineStyle: {opacity: 0}, itemStyle: {color}};
-  return [
-    {...common, name: 'min ratio low', data: lows},
-    {...common, name: 'min ratio high', data: widths, areaStyle: {color, opacity: 0.15}},
+  const thin = {smoothing: 0, color, dashed: true};
+  const out = [
+    ...lineWithMarkers('min ratio low', low.steps, low.values,
+      seriesOptions(app, run, 'hessian/min_ratio_low', low, thin)),
+    ...lineWithMarkers('min ratio high', high.steps, high.values,
+      seriesOptions(app, run, 'hessian/min_ratio_high', high, thin)),
   ];
+  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
+  const both = low.steps.map((step, i) => [step, low.values[i], highAt.get(step)])
+    .filter((p) => Number.isFinite(p[1]) && Number.isFinite(p[2]));
+  if (both.length > 1) {
+    out.push({name: 'min ratio range', type: 'custom', silent: true, clip: true, z: 1,
+      data: [[both[0][0], both[0][1]]], encode: {x: 0, y: 1},
+      itemStyle: {color},
+      renderItem: (params, api) => ({type: 'polygon',
+        shape: {points: both.map((p) => api.coord([p[0], p[2]]))
+          .concat(both.slice().reverse().map((p) => api.coord([p[0], p[1]])))},
+        style: {fill: color, opacity: 0.15}})});
+  }
+  return out;
 }
 
 /**
@@ -499,13 +504,14 @@ function spectralDensity(app, run, curv, main) {
     }},
     xAxis: {type: 'value', name: 'eigenvalue λ', nameLocation: 'middle', nameGap: 24,
       min: 'dataMin', max: 'dataMax', axisLabel: {formatter: (v) => fmt(v)}},
-    yAxis: [valueAxis('density', true, {min: floor}),
+    yAxis: [valueAxis('density', true, {min: floor,
+      axisLabel: {formatter: (v) => fmt(v), showMinLabel: false}}),
       valueAxis('share', true, {splitLine: {show: false}})],
     series: [
       {name: 'density', type: 'line', symbol: 'none', data: dens,
         lineStyle: {width: 1.5, color}, itemStyle: {color},
         markLine: {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
-          label: {formatter: 'λ = 0'}, data: [{xAxis: 0}]}},
+          label: {formatter: 'λ = 0', position: 'insideEndTop'}, data: [{xAxis: 0}]}},
       ...(hist ? [{name: 'histogram', type: 'scatter', yAxisIndex: 1, symbol: 'rect',
         symbolSize: [4, 4], itemStyle: {color, opacity: 0.6}, data: shares}] : []),
     ],
@@ -565,7 +571,7 @@ const curvature = {
             seriesOptions(app, run, key, series, {smoothing: 0, color, ...extra})));
         }
       };
-      out.push(...minRatioRange(hs, color));
+      out.push(...minRatioRange(app, run, hs, color));
       curve('min ratio', 'hessian/min_ratio', {symbol: 'circle'});
       curve('negative ratio', 'hessian/negative_ratio', {symbol: 'triangle', dashed: true});
       curve('band min ratio', 'hessian/band_min_ratio', {symbol: 'diamond'});
