@@ -58,6 +58,7 @@ def test_small_gradient_and_negative_curvature_with_stuck_loss_is_a_saddle():
     (flag,) = only(flags, "saddle_point")
     assert flag.severity == "warning"
     assert flag.first_step == 200
+    assert "35% of the Hessian eigenvalues were below -0.001 x max|" in flag.message
     ev = flag.evidence
     assert ev["band_negative_ratio"] == pytest.approx(0.35)
     assert "negative_ratio" not in ev
@@ -86,6 +87,7 @@ def test_old_logs_without_the_band_fall_back_to_negative_ratio():
     )
     (flag,) = only(diagnose(run), "saddle_point")
     assert flag.evidence["negative_ratio"] == pytest.approx(0.35)
+    assert "eigenvalues were negative (step 300)" in flag.message
     assert "band_negative_ratio" not in flag.evidence
     assert "resolution" not in flag.evidence
 

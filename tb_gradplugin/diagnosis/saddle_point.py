@@ -88,7 +88,8 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
                     f"initially {short(initial_grad)})"
                 )
                 + f" while {negative_share[worst]:.0%} of the Hessian eigenvalues were "
-                f"negative (step {int(steps[worst])}): a saddle point, not a minimum."
+                + _negative_words(view, source)
+                + f" (step {int(steps[worst])}): a saddle point, not a minimum."
             ),
             evidence={
                 **_curvature_evidence(view, int(steps[worst]), source),
@@ -156,3 +157,13 @@ def _curvature_evidence(view: RunView, step: int, source: str) -> dict:
     resolution = view.data.scalar(_BAND_KEY).content.get("resolution")
     out["resolution"] = None if resolution is None else float(resolution)
     return out
+
+
+def _negative_words(view: RunView, source: str) -> str:
+    """How the message names the negative share: below the band, or below 0."""
+    if source != "band_negative_ratio":
+        return "negative"
+    resolution = view.data.scalar(_BAND_KEY).content.get("resolution")
+    if resolution is None:
+        return "negative beyond the near-zero band"
+    return f"below -{resolution:g} x max|eigenvalue|"
