@@ -440,6 +440,22 @@ def test_curvature_view_draws_the_spectral_density(tab, tensorboard):
     ref = http_json(base, "curvature", run="synthetic")["spectral_density"]
     assert ref["step"] == ref["steps"][-1] and len(ref["steps"]) > 2
     assert_density_matches(drawn_density(tab), ref)
+    zero = ref["density"].index(0.0)  # drawn at the floor; the tooltip says 0
+    text = tab.eval(
+        """(i) => {
+          const option = window.__gradHealth.charts.curv_density.getOption();
+          const params = option.series.map((s) => ({seriesName: s.name,
+            seriesType: s.type, value: s.data[i]}));
+          return option.tooltip[0].formatter(params);
+        }""",
+        zero,
+    )
+    head, where, dens, share = text.splitlines()
+    assert head == f"synthetic · step {ref['step']}"
+    assert where.startswith("λ ") and float(where[2:]) == ref["grid"][zero]
+    assert dens == "density: 0"
+    assert share.startswith("histogram: ")
+    assert float(share.split(": ")[1]) == ref["histogram"][zero]
     chosen = ref["steps"][1]
     n = tab.renders()
     tab.frame.select_option("#gh-density-step", str(chosen))
