@@ -38,6 +38,9 @@ MAX_HEATMAP_BUCKETS = 5000
 MAX_RUNS_PER_REQUEST = 200
 """The most ``run`` parameters one multi-run request may carry."""
 
+MAX_STEP = 2**63 - 1
+"""The largest ``step`` the ``curvature`` route accepts (TensorBoard's int64 step)."""
+
 _JSON = "application/json"
 
 
@@ -45,7 +48,7 @@ _JSON = "application/json"
 # Parameter parsing: a bad parameter is a 400 with a short message.
 
 
-def _int_param(args, name: str, default: int, lo: int, hi: int) -> int:
+def _int_param(args, name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = args.get(name)
     if raw is None or raw == "":
         return default
@@ -244,9 +247,11 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     @wrappers.Request.application
     def curvature_route(self, request):
-        """Answers ``curvature?run=RUN[&downsample=N]``."""
+        """Answers ``curvature?run=RUN[&downsample=N][&step=S]``."""
+        # No step: the latest density; a step not logged gives the one before it.
+        step = _int_param(request.args, "step", None, 0, MAX_STEP)
         return self._respond(
-            request, self.data.curvature_impl(*_run_view_args(request))
+            request, self.data.curvature_impl(*_run_view_args(request), step)
         )
 
     @wrappers.Request.application

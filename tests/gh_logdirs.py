@@ -21,7 +21,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
-from tb_gradplugin import metadata
+from tb_gradplugin import metadata, spectrum
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 """A run directory name that is HTML: it must render as text."""
@@ -209,6 +209,19 @@ def write_run(
                 False,
             )
             vals[metadata.hessian_tag("probe_loss")] = (loss[i], hcontent, False)
+            band = {**hcontent, "resolution": 1e-3}
+            for name, value in (
+                ("near_zero_ratio", 0.6 - 0.2 * t[i]),
+                ("band_min_ratio", 0.7 + 0.25 * t[i]),
+                ("min_ratio_low", 0.45 + 0.4 * t[i]),
+                ("min_ratio_high", 0.55 + 0.4 * t[i]),
+            ):
+                vals[metadata.hessian_tag(name)] = (value, band, False)
+            vals[metadata.HESSIAN_SPECTRUM_TAG] = (
+                _spectrum_row(int(step), t[i]),
+                {"method": "exact", "points": DENSITY_POINTS},
+                True,
+            )
         if trajectory and step % 50 == 0:
             vals[metadata.TRAJECTORY_TAG] = (
                 rng.normal(size=8) + t[i] * np.arange(8),
@@ -225,6 +238,33 @@ def write_run(
         window_steps=np.array(wsteps),
         window={k: np.array(v, np.float32) for k, v in window.items()},
     )
+
+
+DENSITY_POINTS = 96
+"""Grid points of the synthetic run's spectral densities."""
+
+
+def _spectrum_row(step: int, t: float) -> np.ndarray:
+    """A logged density row ``[σ, grid, density, histogram]`` of 100 eigenvalues.
+
+    A bulk at 0, a few negatives that shrink with ``t`` and an outlier that
+    grows: far from them the density underflows to exactly 0, as logged ones do.
+    Its own generator: the run's other values do not depend on it.
+    """
+    rng = np.random.default_rng(step)
+    eig = np.concatenate(
+        [
+            rng.normal(0.0, 1e-3, 80),
+            -(1.0 - 0.8 * t) * rng.uniform(0.5, 1.0, 10),
+            rng.uniform(0.5, 2.0, 9),
+            [10 * t + 1],
+        ]
+    )
+    sigma, grid, dens = spectrum.density_of(
+        [eig], [np.full(eig.size, 1 / eig.size)], 100, DENSITY_POINTS
+    )
+    hist = spectrum.histogram(eig, grid)
+    return np.concatenate([[sigma], grid, dens, hist])
 
 
 def write_corrupt_neighbour(run_dir: str | os.PathLike) -> pathlib.Path:

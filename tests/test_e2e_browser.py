@@ -404,6 +404,79 @@ def test_curvature_view_draws_min_ratio_against_loss(tab, tensorboard):
     np.testing.assert_allclose(xy, traj["runs"]["synthetic"]["xy"], rtol=1e-12)
 
 
+def drawn_density(tab) -> dict:
+    """The density chart's step, floor and drawn series, read from the page."""
+    return tab.eval(
+        """() => {
+          const c = window.__gradHealth.charts.curv_density;
+          const dom = c.getDom();
+          return {step: Number(dom.dataset.step), floor: Number(dom.dataset.floor),
+            series: Object.fromEntries(c.getOption().series
+              .map((s) => [s.name, s.data]))};
+        }"""
+    )
+
+
+def assert_density_matches(drawn: dict, ref: dict) -> None:
+    """The drawn density and histogram are the route's, zeros at the floor."""
+    assert drawn["step"] == ref["step"]
+    peak = max(ref["density"])
+    assert drawn["floor"] == pytest.approx(1e-8 * peak, rel=1e-12)
+    line = drawn["series"]["density"]
+    assert [p[0] for p in line] == ref["grid"]
+    assert [p[2] for p in line] == ref["density"]
+    assert [p[1] for p in line] == [max(d, drawn["floor"]) for d in ref["density"]]
+    assert 0.0 in ref["density"], "the fixture's density underflows far from λ"
+    shares = drawn["series"]["histogram"]
+    assert [p[2] for p in shares] == ref["histogram"]
+    assert [p[1] for p in shares] == [h if h > 0 else None for h in ref["histogram"]]
+
+
+def test_curvature_view_draws_the_spectral_density(tab, tensorboard):
+    """The density chart shows the route's latest density; a chosen step its own."""
+    base = tensorboard["base"]
+    tab.select_run("synthetic")
+    tab.show("curvature")
+    ref = http_json(base, "curvature", run="synthetic")["spectral_density"]
+    assert ref["step"] == ref["steps"][-1] and len(ref["steps"]) > 2
+    assert_density_matches(drawn_density(tab), ref)
+    zero = ref["density"].index(0.0)  # drawn at the floor; the tooltip says 0
+    text = tab.eval(
+        """(i) => {
+          const option = window.__gradHealth.charts.curv_density.getOption();
+          const params = option.series.map((s) => ({seriesName: s.name,
+            seriesType: s.type, value: s.data[i]}));
+          return option.tooltip[0].formatter(params);
+        }""",
+        zero,
+    )
+    head, where, dens, share = text.splitlines()
+    assert head == f"synthetic · step {ref['step']}"
+    assert where.startswith("λ ") and float(where[2:]) == ref["grid"][zero]
+    assert dens == "density: 0"
+    assert share.startswith("histogram: ")
+    assert float(share.split(": ")[1]) == ref["histogram"][zero]
+    chosen = ref["steps"][1]
+    n = tab.renders()
+    tab.frame.select_option("#gh-density-step", str(chosen))
+    tab.wait_render(n, "curvature")
+    other = http_json(base, "curvature", run="synthetic", step=chosen)
+    assert other["spectral_density"]["step"] == chosen
+    assert other["spectral_density"]["grid"] != ref["grid"]
+    assert_density_matches(drawn_density(tab), other["spectral_density"])
+    over_time = tab.series("curv_time")
+    for name, key in (
+        ("band min ratio", "hessian/band_min_ratio"),
+        ("near-zero ratio", "hessian/near_zero_ratio"),
+        ("min ratio low", "hessian/min_ratio_low"),
+    ):
+        assert [p[2] for p in over_time[name]] == other["series"][key]["values"]
+    high = [p[2] for p in over_time["min ratio high"]]
+    assert high == other["series"]["hessian/min_ratio_high"]["values"]
+    assert "min ratio range" in over_time  # the shaded area between the ends
+    assert not tab.errors
+
+
 def test_zoom_survives_reload(tab):
     """Reloading (as auto-reload does) keeps the user's step-range zoom."""
     tab.select_run("synthetic")

@@ -495,3 +495,21 @@ def test_curvature_route_serves_the_spectral_density(density_served):
     )["spectral_density"]
     assert first["step"] == 10 and first["broadening"] == 0.5
     np.testing.assert_allclose(first["histogram"], np.eye(points)[2])
+
+
+@pytest.mark.parametrize("step, shown", [(10, 10), (15, 10), (0, 10), (20, 20)])
+def test_curvature_route_step_parameter_picks_the_density(density_served, step, shown):
+    """``step=S`` sends the density logged at S, or the latest one before it."""
+    body = get_json(density_served["client"], f"curvature?run=curved&step={step}")
+    density = body["spectral_density"]
+    assert density["step"] == shown
+    row = density_served["rows"][[10, 20].index(shown)]
+    np.testing.assert_allclose(density["broadening"], row[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("step", ["x", "1.5", "-1", "99999999999999999999"])
+def test_curvature_route_rejects_a_bad_step(density_served, step):
+    """A step that is not a non-negative int64 is a 400 with a short message."""
+    resp = get(density_served["client"], f"curvature?run=curved&step={step}")
+    assert resp.status_code == 400, resp.get_data()[:200]
+    assert "step" in resp.get_data(as_text=True)

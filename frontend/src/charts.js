@@ -84,7 +84,8 @@ export function stepTooltip(run) {
       const lines = [`${run ? `${run} · ` : ''}step ${value[0]}`];
       for (const p of list) {
         const v = Array.isArray(p.value) ? p.value : p.data?.value;
-        if (!v) continue;
+        // A custom series is a shaded range whose ends are lines of their own.
+        if (!v || p.seriesType === 'custom') continue;
         if (p.seriesType === 'scatter') {
           lines.push(`${p.seriesName}: ${p.name}`);
           continue;

@@ -1,6 +1,6 @@
 // Only the ECharts parts the tab draws with, to keep the bundle small.
 import * as echarts from 'echarts/core';
-import {LineChart, ScatterChart, HeatmapChart, BarChart} from 'echarts/charts';
+import {LineChart, ScatterChart, HeatmapChart, BarChart, CustomChart} from 'echarts/charts';
 import {
   GridComponent, TooltipComponent, LegendComponent, DataZoomComponent,
   VisualMapComponent, MarkAreaComponent, MarkLineComponent, TitleComponent,
@@ -8,7 +8,7 @@ import {
 import {CanvasRenderer} from 'echarts/renderers';
 
 echarts.use([
-  LineChart, ScatterChart, HeatmapChart, BarChart, GridComponent, TooltipComponent,
+  LineChart, ScatterChart, HeatmapChart, BarChart, CustomChart, GridComponent, TooltipComponent,
   LegendComponent, DataZoomComponent, VisualMapComponent, MarkAreaComponent,
   MarkLineComponent, TitleComponent, CanvasRenderer,
 ]);

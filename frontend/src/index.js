@@ -39,6 +39,7 @@ class App {
       autoReload: true,
       zoom: {},
       layerStat: 'grad_norm',
+      densityStep: null, // {run, step}: the curvature step whose density is drawn
       sort: {key: 'worst', descending: true},
       dark: isDark(),
     };

@@ -1,7 +1,7 @@
 // The tab's views. Each has load(app, fresh, progress) -> data and
 // draw(app, data, main). Single-run views show the run opened in the run list;
 // views that compare runs draw the shown runs that hold their data.
-import {el, fmt} from './util.js';
+import {el, exact, fmt} from './util.js';
 import {
   NONFINITE_COLOR, SEVERITY_COLOR, baseOption, flagAreas, lineWithMarkers, stepAxis,
   stepTooltip, stepZoom, valueAxis,
@@ -422,13 +422,112 @@ const lossComponents = {
 
 // -- curvature & trajectory -------------------------------------------------
 
+// The density's Gaussian tails underflow float32 to exactly 0 far from every
+// eigenvalue (http_api.md): a log axis draws them at this share of the peak.
+const DENSITY_FLOOR = 1e-8;
+
+/**
+ * The minimal ratio's range [min_ratio_low, min_ratio_high]: its two ends as
+ * thin lines (the tooltip shows their logged values, NaN stretches get their
+ * markers) and the area between them shaded. ECharts stacks two value axes
+ * along x, so the area is one polygon of a custom series, not a stack.
+ */
+function minRatioRange(app, run, hs, color) {
+  const low = hs['hessian/min_ratio_low'];
+  const high = hs['hessian/min_ratio_high'];
+  if (!low || !high) return [];
+  const thin = {smoothing: 0, color, dashed: true};
+  const out = [
+    ...lineWithMarkers('min ratio low', low.steps, low.values,
+      seriesOptions(app, run, 'hessian/min_ratio_low', low, thin)),
+    ...lineWithMarkers('min ratio high', high.steps, high.values,
+      seriesOptions(app, run, 'hessian/min_ratio_high', high, thin)),
+  ];
+  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
+  const both = low.steps.map((step, i) => [step, low.values[i], highAt.get(step)])
+    .filter((p) => Number.isFinite(p[1]) && Number.isFinite(p[2]));
+  if (both.length > 1) {
+    out.push({name: 'min ratio range', type: 'custom', silent: true, clip: true, z: 1,
+      data: [[both[0][0], both[0][1]]], encode: {x: 0, y: 1},
+      itemStyle: {color},
+      renderItem: (params, api) => ({type: 'polygon',
+        shape: {points: both.map((p) => api.coord([p[0], p[2]]))
+          .concat(both.slice().reverse().map((p) => api.coord([p[0], p[1]])))},
+        style: {fill: color, opacity: 0.15}})});
+  }
+  return out;
+}
+
+/**
+ * The spectral density of one curvature step on a log axis (zeros drawn at the
+ * floor), the exact eigenvalue histogram where exact, and a step chooser.
+ */
+function spectralDensity(app, run, curv, main) {
+  const sd = curv.spectral_density;
+  const color = app.colorOf(run);
+  const pick = el('select', {id: 'gh-density-step'});
+  for (const step of sd.steps) {
+    const o = el('option', {text: String(step)});
+    o.value = String(step);
+    if (step === sd.step) o.selected = true;
+    pick.appendChild(o);
+  }
+  pick.addEventListener('change', () => {
+    app.state.densityStep = {run, step: Number(pick.value)};
+    app.show('curvature');
+  });
+  main.appendChild(el('div', {class: 'gh-row'}, el('label', {}, 'Curvature step ', pick)));
+  const peak = Math.max(0, ...sd.density.filter((v) => Number.isFinite(v)));
+  const floor = peak > 0 ? DENSITY_FLOOR * peak : DENSITY_FLOOR;
+  // [λ, drawn density, logged density]: the tooltip shows the logged value.
+  const dens = sd.grid.map((x, i) => {
+    const v = sd.density[i];
+    return [x, Number.isFinite(v) ? Math.max(v, floor) : null, v];
+  });
+  const hist = sd.histogram;
+  const shares = hist ? sd.grid.map((x, i) => [x, hist[i] > 0 ? hist[i] : null, hist[i]]) : [];
+  const how = sd.method === 'exact' ? 'exact eigenvalues' : 'stochastic Lanczos quadrature';
+  const chart = app.charts.get('curv_density', main, {height: 320,
+    title: `Hessian spectral density at step ${sd.step} (${how}; Gaussian broadening σ = `
+      + `${fmt(sd.broadening ?? NaN)}; log axis, floor ${fmt(floor)})`
+      + `${hist ? ' and share of eigenvalues per bin' : ''} — ${run}`});
+  const box = chart.getDom();
+  box.dataset.step = String(sd.step);
+  box.dataset.floor = String(floor);
+  chart.setOption(baseOption({
+    tooltip: {trigger: 'axis', renderMode: 'richText', confine: true, formatter: (params) => {
+      const list = Array.isArray(params) ? params : [params];
+      if (!list.length) return '';
+      const lines = [`${run} · step ${sd.step}`, `λ ${exact(list[0].value[0])}`];
+      for (const p of list) lines.push(`${p.seriesName}: ${exact(p.value[2])}`);
+      return lines.join('\n');
+    }},
+    xAxis: {type: 'value', name: 'eigenvalue λ', nameLocation: 'middle', nameGap: 24,
+      min: 'dataMin', max: 'dataMax', axisLabel: {formatter: (v) => fmt(v)}},
+    yAxis: [valueAxis('density', true, {min: floor,
+      axisLabel: {formatter: (v) => fmt(v), showMinLabel: false}}),
+      valueAxis('share', true, {splitLine: {show: false}})],
+    series: [
+      {name: 'density', type: 'line', symbol: 'none', data: dens,
+        lineStyle: {width: 1.5, color}, itemStyle: {color},
+        markLine: {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
+          label: {formatter: 'λ = 0', position: 'insideEndTop'}, data: [{xAxis: 0}]}},
+      ...(hist ? [{name: 'histogram', type: 'scatter', yAxisIndex: 1, symbol: 'rect',
+        symbolSize: [4, 4], itemStyle: {color, opacity: 0.6}, data: shares}] : []),
+    ],
+  }));
+}
+
 const curvature = {
   title: 'Curvature & trajectory',
   singleRun: true,
   multiRun: true,
   async load(app, fresh) {
     const run = app.state.run;
-    const curv = await app.fetch('curvature', {run}, fresh);
+    // The chosen density step belongs to the run it was chosen in.
+    const chosen = app.state.densityStep;
+    const step = chosen && chosen.run === run ? chosen.step : undefined;
+    const curv = await app.fetch('curvature', {run, step}, fresh);
     await app.healthOf([run], fresh);
     let traj;
     const runs = comparedRuns(app);
@@ -472,8 +571,11 @@ const curvature = {
             seriesOptions(app, run, key, series, {smoothing: 0, color, ...extra})));
         }
       };
+      out.push(...minRatioRange(app, run, hs, color));
       curve('min ratio', 'hessian/min_ratio', {symbol: 'circle'});
       curve('negative ratio', 'hessian/negative_ratio', {symbol: 'triangle', dashed: true});
+      curve('band min ratio', 'hessian/band_min_ratio', {symbol: 'diamond'});
+      curve('near-zero ratio', 'hessian/near_zero_ratio', {symbol: 'emptyCircle', dashed: true});
       curve('top eigenvalue (sharpness)', 'hessian/top_eigenvalue',
         {yAxisIndex: 1, symbol: 'rect', log: s.log, dashed: true});
       const overTime = app.charts.get('curv_time', main, {height: 300,
@@ -486,6 +588,7 @@ const curvature = {
         dataZoom: stepZoom(app, 'curv_time'),
         series: out,
       }));
+      if (curv.spectral_density) spectralDensity(app, run, curv, main);
     }
     const noise = hs['window/noise_scale'];
     if (noise) {

@@ -5,6 +5,13 @@ of a saddle leaves ``saddle_negative_ratio`` = 10 % negative eigenvalues; this
 project — the gradient counts as near zero below ``saddle_grad_fraction`` of the
 run's initial norm, or where the loss has stopped moving (the expected gradient
 is then ~0 even when the batch gradient is not).
+
+The negative share is ``hessian/band_negative_ratio``: the share of all
+eigenvalues below ``-r · max|λ|``, ``r`` the tag content's ``resolution``
+(``tb_gradplugin/http_api.md``). ``hessian/negative_ratio`` counts every
+eigenvalue below the machine tolerance — tiny negatives of a flat bulk on the
+exact path, and half of an unresolved bulk on the Lanczos path — so it is read
+only from old logs that have no band tag.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
     found = _negative_shares(view)
     if found is None:
         return []
-    steps, negative_share = found
+    steps, negative_share, source = found
     probe_grad = view.data.scalar("hessian/grad_norm")
     grad = (
         view.value_at(probe_grad, steps)
@@ -81,10 +88,12 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
                     f"initially {short(initial_grad)})"
                 )
                 + f" while {negative_share[worst]:.0%} of the Hessian eigenvalues were "
-                f"negative (step {int(steps[worst])}): a saddle point, not a minimum."
+                + _negative_words(view, source)
+                + f" (step {int(steps[worst])}): a saddle point, not a minimum."
             ),
             evidence={
-                "negative_ratio": figure(negative_share[worst]),
+                **_curvature_evidence(view, int(steps[worst]), source),
+                source: figure(negative_share[worst]),
                 "grad_norm": figure(grad[worst]),
                 "initial_grad_norm": figure(initial_grad),
                 "probes": int(idx.size),
@@ -96,15 +105,29 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
     ]
 
 
-def _negative_shares(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
-    """(probe steps, share of negative eigenvalues), or None without probes.
+_BAND_KEY = "hessian/band_negative_ratio"
+# Beside the negative share: what "minimum or saddle?" needs at that probe.
+_EVIDENCE_KEYS = (
+    "near_zero_ratio",
+    "band_min_ratio",
+    "min_ratio_low",
+    "min_ratio_high",
+)
 
-    Where only the minimal ratio was written, the negative share is what the
-    positive and the near-zero shares leave.
+
+def _negative_shares(view: RunView) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(probe steps, share of negative eigenvalues, its evidence name), or None.
+
+    The band share where the run logged it; for old logs without it, the
+    machine-tolerance share; where only the minimal ratio was written, what
+    the positive and the near-zero shares leave.
     """
+    band = view.data.scalar(_BAND_KEY)
+    if band is not None and len(band):
+        return band.steps, band.values, "band_negative_ratio"
     negative = view.data.scalar("hessian/negative_ratio")
     if negative is not None and len(negative):
-        return negative.steps, negative.values
+        return negative.steps, negative.values, "negative_ratio"
     min_ratio = view.data.scalar("hessian/min_ratio")
     if min_ratio is None or not len(min_ratio):
         return None
@@ -114,4 +137,33 @@ def _negative_shares(view: RunView) -> tuple[np.ndarray, np.ndarray] | None:
         if zero_ratio is not None
         else np.zeros(len(min_ratio))
     )
-    return min_ratio.steps, 1.0 - min_ratio.values - np.nan_to_num(zero, nan=0.0)
+    shares = 1.0 - min_ratio.values - np.nan_to_num(zero, nan=0.0)
+    return min_ratio.steps, shares, "negative_ratio"
+
+
+def _curvature_evidence(view: RunView, step: int, source: str) -> dict:
+    """The band's other shares, the minimal ratio's range and the resolution.
+
+    Only on the band path: an old log's shares were taken at another tolerance.
+    """
+    if source != "band_negative_ratio":
+        return {}
+    at = np.array([step])
+    out = {}
+    for name in _EVIDENCE_KEYS:
+        series = view.data.scalar(f"hessian/{name}")
+        if series is not None:
+            out[name] = figure(view.value_at(series, at)[0])
+    resolution = view.data.scalar(_BAND_KEY).content.get("resolution")
+    out["resolution"] = None if resolution is None else float(resolution)
+    return out
+
+
+def _negative_words(view: RunView, source: str) -> str:
+    """How the message names the negative share: below the band, or below 0."""
+    if source != "band_negative_ratio":
+        return "negative"
+    resolution = view.data.scalar(_BAND_KEY).content.get("resolution")
+    if resolution is None:
+        return "negative beyond the near-zero band"
+    return f"below -{resolution:g} x max|eigenvalue|"
