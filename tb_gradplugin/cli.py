@@ -148,9 +148,9 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
                 # No server binary for this platform, or it would not start:
                 # the Python loader reads the same files, only slower.
                 print(
-                    f"{PROG}: warning: no TensorBoard data server "
-                    f"({_clean(str(e).rstrip('.'))}); reading with TensorBoard's "
-                    "slower Python loader",
+                    f"{PROG}: warning: TensorBoard's Rust data server is "
+                    f"unavailable ({_clean(str(e).rstrip('.'))}); reading with "
+                    "its slower Python loader",
                     file=err,
                 )
                 provider, warnings = _python_provider(logdir)
@@ -206,7 +206,7 @@ def _server_warnings(logdir: str, server_log: list[str]) -> list[str]:
         try:
             partial = event_files.ends_with_partial_record(path)
         except OSError:
-            continue  # removed since the server listed it; nothing was read from it
+            continue  # a file removed during the read has no tail to check
         if partial:
             lines.append(
                 f"event file {path} ends with a partial record (still being "
