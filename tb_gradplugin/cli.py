@@ -4,8 +4,11 @@ Usage::
 
     tb-gradhealth check LOGDIR [--json] [--fail-on {error,warning,never}]
 
-It reads the event files with TensorBoard's own loading code (no TensorFlow),
-runs :func:`tb_gradplugin.diagnosis.run_report` on every run that holds
+It reads the event files through TensorBoard's Rust data server (the
+``tensorboard-data-server`` package, as ``tensorboard --load_fast=true`` does),
+or with TensorBoard's slower Python loader when no server is available (one
+line on standard error says so); no TensorFlow. It runs
+:func:`tb_gradplugin.diagnosis.run_report` on every run that holds
 gradient-health data and prints the flags, for a person or (``--json``) as one
 JSON object on standard output. Exit status: ``0`` when no flag is at or above
 ``--fail-on``, ``1`` when one is, ``2`` on a usage or input error (one line on
@@ -27,6 +30,8 @@ from typing import Any, TextIO
 
 PROG = "tb-gradhealth"
 _FAIL_ON = ("error", "warning", "never")
+_READ_ERROR = "Read error in "
+_USING_BEFORE = "using the events before that point"
 
 
 class _UsageError(Exception):
@@ -105,7 +110,7 @@ class _LoadWarnings(logging.Handler):
                 why = "ends with a partial record (still being written, or cut off)"
             else:
                 why = "is corrupt (failed CRC check)"
-            line = f"event file {path} {why}; using the events before that point"
+            line = f"event file {path} {why}; {_USING_BEFORE}"
         elif record.levelno >= logging.WARNING:
             line = msg.splitlines()[0] if msg else record.levelname
         else:
@@ -127,27 +132,33 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
         raise _UsageError(f"log directory not found: {_clean(logdir)}")
     if not os.path.isdir(logdir):
         raise _UsageError(f"not a directory: {_clean(logdir)}")
-    from tensorboard.util import tb_logging
+    from tensorboard.data import server_ingester
 
-    from tb_gradplugin import diagnosis, reader
+    from tb_gradplugin import data_server, diagnosis, reader
 
-    tb_logger = tb_logging.get_logger()
-    handler = _LoadWarnings()
-    saved = (tb_logger.level, tb_logger.propagate)
-    tb_logger.addHandler(handler)
-    tb_logger.setLevel(logging.DEBUG)
-    tb_logger.propagate = False
     try:
-        provider = reader.provider_for_logdir(logdir)
-        runs = reader.list_runs(provider)
-        datas = [reader.read_run(provider, run) for run in runs]
+        with contextlib.ExitStack() as stack:
+            try:
+                server_log: list[str] = []
+                provider = stack.enter_context(
+                    data_server.data_server_provider(logdir, log_lines=server_log)
+                )
+                warnings = _server_warnings(logdir, server_log)
+            except (server_ingester.NoDataServerError, OSError) as e:
+                # No server binary for this platform, or it would not start:
+                # the Python loader reads the same files, only slower.
+                print(
+                    f"{PROG}: warning: TensorBoard's Rust data server is "
+                    f"unavailable ({_clean(str(e).rstrip('.'))}); reading with "
+                    "its slower Python loader",
+                    file=err,
+                )
+                provider, warnings = _python_provider(logdir)
+            runs = reader.list_runs(provider)
+            datas = [reader.read_run(provider, run) for run in runs]
     except OSError as e:
         raise _UsageError(f"cannot read {_clean(logdir)}: {_clean(e)}") from e
-    finally:
-        tb_logger.removeHandler(handler)
-        tb_logger.setLevel(saved[0])
-        tb_logger.propagate = saved[1]
-    for line in handler.lines:
+    for line in warnings:
         print(f"{PROG}: warning: {_clean(line)}", file=err)
     if not runs:
         raise _UsageError(
@@ -167,6 +178,62 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
     if not reports:
         raise _UsageError(f"no run under {_clean(logdir)} could be diagnosed")
     return reports
+
+
+def _server_warnings(logdir: str, server_log: list[str]) -> list[str]:
+    """The data server's warnings, and the event files that end mid-record.
+
+    The server logs a corrupt record (``WARN ... Read error in PATH: WHY``) but
+    waits silently at a partial one, so those are found from the files.
+    """
+    from tb_gradplugin import event_files
+
+    paths = list(event_files.event_file_paths(logdir))
+    lines: list[str] = []
+    for entry in server_log:
+        if " WARN " not in entry and " ERROR " not in entry:
+            continue
+        text = entry.strip().partition("] ")[2] or entry.strip()
+        if text.startswith(_READ_ERROR):
+            where = text[len(_READ_ERROR) :]
+            path = next((p for p in paths if where.startswith(p + ": ")), None)
+            if path is not None:
+                why = "failed CRC check" if "Crc" in where else "unreadable record"
+                text = f"event file {path} is corrupt ({why}); {_USING_BEFORE}"
+        if text not in lines:
+            lines.append(text)
+    for path in paths:
+        try:
+            partial = event_files.ends_with_partial_record(path)
+        except OSError:
+            continue  # a file removed during the read has no tail to check
+        if partial:
+            lines.append(
+                f"event file {path} ends with a partial record (still being "
+                f"written, or cut off); {_USING_BEFORE}"
+            )
+    return lines
+
+
+def _python_provider(logdir: str) -> tuple[Any, list[str]]:
+    """Loads the log directory with TensorBoard's Python loader; keeps its warnings."""
+    from tensorboard.util import tb_logging
+
+    from tb_gradplugin import reader
+
+    tb_logger = tb_logging.get_logger()
+    handler = _LoadWarnings()
+    saved = (tb_logger.level, tb_logger.propagate)
+    tb_logger.addHandler(handler)
+    tb_logger.setLevel(logging.DEBUG)
+    tb_logger.propagate = False
+    try:
+        provider = reader.provider_for_logdir(logdir)
+    finally:
+        tb_logger.removeHandler(handler)
+        tb_logger.setLevel(saved[0])
+        tb_logger.propagate = saved[1]
+    return provider, handler.lines
 
 
 def _worst(reports: list[dict[str, Any]]) -> int:

@@ -9,8 +9,8 @@ range, the negative and near-zero shares, the ratio outside the near-zero band,
 the top eigenvalue (sharpness), the trace and a spectral density.
 
 A block of at most ``max_exact_params`` parameters is solved exactly: its
-Hessian is the batched Jacobian of the gradient (``tf.GradientTape.jacobian``
-vectorised with ``pfor``), then ``numpy.linalg.eigvalsh``; zero ends at the
+Hessian is the batched Jacobian of the gradient
+(:mod:`tb_gradplugin.hessian_engine`), then ``numpy.linalg.eigvalsh``; zero ends at the
 machine tolerance ``n · ε · max|λ|`` (float32 ``ε``). Larger blocks use
 stochastic Lanczos quadrature over Hessian-vector products (Ubaru, Chen & Saad
 2017; PyHessian, Yao et al. 2020), by default without reorthogonalisation
@@ -22,8 +22,7 @@ tolerance (:func:`tb_gradplugin.spectrum.slq_spectrum`).
 The computation reads the weights and never writes them; the metric variables
 that a multi-output compiled loss updates are restored bit for bit; random
 numbers come from a private ``numpy`` generator, so Keras, TensorFlow and numpy
-global random state are untouched. Compiled functions are cached per model and
-retrace only when the probe batch's shapes or the trainable variables change.
+global random state are untouched.
 :func:`write_summary` logs a result as ``hessian/*``, ``hessian_layer/*`` and
 ``hessian_spectrum/density``.
 """
@@ -32,14 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tb_gradplugin import metadata, spectrum
+from tb_gradplugin import hessian_engine, metadata, spectral_density, spectrum
 from tb_gradplugin.spectrum import Spectrum
 
 __all__ = ["CurvatureResult", "compute_curvature", "write_summary"]
@@ -59,19 +57,6 @@ DEFAULT_LANCZOS_PROBES = 4
 
 DEFAULT_HUTCHINSON_SAMPLES = 16
 """Rademacher probes for the trace; the Lanczos start vectors are reused."""
-
-_PFOR_BUDGET_BYTES = 2 * 2**30
-"""Memory for one vectorised chunk of Hessian rows. Each row of a ``pfor``
-Jacobian holds the activations of a forward and two reverse passes over the
-probe batch; rows are computed in chunks that fit this budget. A chunk costs a
-second ``pfor`` conversion when tracing (measured: 2.0 s against 0.9 s for a
-1,090-parameter MLP), so small models get no chunking."""
-
-_UNKNOWN_CHUNK = 256
-"""Rows per chunk when the activation size is unknown (subclassed models)."""
-
-_ACTIVATION_COPIES = 3
-"""Forward activations, their gradient and its tangent: copies per row."""
 
 _SPECTRUM_FIELDS = frozenset(f.name for f in dataclasses.fields(Spectrum))
 """Fields of the whole model's :class:`Spectrum` read as the result's own."""
@@ -176,170 +161,6 @@ class CurvatureResult:
         return self.spectrum.top
 
 
-class _Engine:
-    """Compiled loss, gradient, Hessian-block and HVP functions of one model."""
-
-    def __init__(self, model: Any) -> None:
-        self._model_ref = weakref.ref(model)
-        self.variables = list(model.trainable_variables)
-        self.key = tuple(id(v) for v in self.variables)
-        self.sizes = [int(np.prod(v.shape)) for v in self.variables]
-        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-        self.n_params = int(self.offsets[-1])
-        self._loss_grad = tf.function(self._loss_grad_impl)
-        self._hessian_fns: dict[tuple[tuple[int, ...], int | None], Any] = {}
-        self._hvp_fns: dict[tuple[int, ...], Any] = {}
-
-    def _loss(self, x: Any, y: Any, sample_weight: Any) -> tf.Tensor:
-        model = self._model_ref()
-        y_pred = model(x, training=False)
-        if hasattr(model, "_compute_loss"):
-            loss = model._compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False
-            )
-        else:
-            loss = model.compute_loss(
-                x=x, y=y, y_pred=y_pred, sample_weight=sample_weight
-            )
-        return tf.cast(loss, tf.float32)
-
-    def _flat(self, tensors: Sequence[tf.Tensor]) -> tf.Tensor:
-        return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1]) for t in tensors], 0)
-
-    def _loss_grad_impl(self, x: Any, y: Any, sample_weight: Any) -> Any:
-        with tf.GradientTape() as tape:
-            loss = self._loss(x, y, sample_weight)
-        grads = tape.gradient(
-            loss, self.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
-        return loss, tf.linalg.norm(self._flat(grads))
-
-    def loss_grad(self, x: Any, y: Any, sample_weight: Any) -> tuple[float, float]:
-        loss, norm = self._loss_grad(x, y, sample_weight)
-        return float(loss), float(norm)
-
-    def _group_vars(self, group: tuple[int, ...]) -> list[tf.Variable]:
-        return [self.variables[i] for i in group]
-
-    def _taped_gradient(
-        self, x: Any, y: Any, sw: Any, sources: list[tf.Variable]
-    ) -> tuple[tf.GradientTape, tf.Tensor, tf.Tensor]:
-        """Returns a persistent tape holding the flat gradient, the loss and it.
-
-        The Hessian is the Jacobian of the gradient, so the gradient must be
-        computed while the outer tape records; the caller differentiates the
-        flat gradient once more (all rows, or against some vectors).
-        """
-        with tf.GradientTape(persistent=True) as outer:
-            with tf.GradientTape() as inner:
-                loss = self._loss(x, y, sw)
-            grads = inner.gradient(
-                loss, sources, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            flat = self._flat(grads)
-        return outer, loss, flat
-
-    def _jacobian_rows(
-        self,
-        tape: tf.GradientTape,
-        target: tf.Tensor,
-        sources: list[tf.Variable],
-        chunk: int | None = None,
-    ) -> tf.Tensor:
-        rows = tape.jacobian(
-            target,
-            sources,
-            unconnected_gradients=tf.UnconnectedGradients.ZERO,
-            parallel_iterations=chunk,
-            experimental_use_pfor=True,
-        )
-        n_rows = tf.shape(target)[0]
-        return tf.concat(
-            [tf.reshape(tf.cast(r, tf.float32), [n_rows, -1]) for r in rows], axis=1
-        )
-
-    def activations_per_example(self) -> int | None:
-        """Returns the layer outputs' size per example, when Keras knows it."""
-        model = self._model_ref()
-        total = 0
-        try:
-            for layer in model.layers:
-                for out in tf.nest.flatten(layer.output):
-                    total += int(np.prod([d or 1 for d in out.shape[1:]]))
-        except (AttributeError, ValueError, TypeError):
-            return None  # subclassed models have no symbolic outputs
-        return total
-
-    def pfor_chunk(self, rows: int, batch_size: int) -> int | None:
-        """Returns the rows per vectorised chunk (``None``: all at once)."""
-        per_example = self.activations_per_example()
-        if per_example is None:
-            return None if rows <= _UNKNOWN_CHUNK else _UNKNOWN_CHUNK
-        per_row = 4 * _ACTIVATION_COPIES * max(1, batch_size) * per_example
-        chunk = max(1, _PFOR_BUDGET_BYTES // per_row)
-        return None if chunk >= rows else int(chunk)
-
-    def hessian(
-        self, group: tuple[int, ...], x: Any, y: Any, sw: Any, batch_size: int
-    ) -> Any:
-        """Returns the loss, the group's gradient norm and its Hessian."""
-        rows = sum(self.sizes[i] for i in group)
-        chunk = self.pfor_chunk(rows, batch_size)
-        fn = self._hessian_fns.get((group, chunk))
-        if fn is None:
-            sources = self._group_vars(group)
-
-            def impl(x: Any, y: Any, sw: Any) -> Any:
-                outer, loss, flat = self._taped_gradient(x, y, sw, sources)
-                hessian = self._jacobian_rows(outer, flat, sources, chunk)
-                return loss, tf.linalg.norm(flat), hessian
-
-            fn = tf.function(impl)
-            self._hessian_fns[(group, chunk)] = fn
-        return fn(x, y, sw)
-
-    def hvp(self, group: tuple[int, ...], x: Any, y: Any, sw: Any, v: Any) -> Any:
-        """Returns ``V H`` for a ``[b, n_group]`` batch ``V``.
-
-        The forward pass and the gradient are shared by the ``b`` products;
-        each product is one more reverse pass (for a few vectors this is faster
-        than ``pfor``: measured 2.9 ms for 4 separate products against 5.5 ms
-        vectorised on a 2,196-parameter MLP).
-        """
-        fn = self._hvp_fns.get(group)
-        if fn is None:
-            sources = self._group_vars(group)
-
-            def impl(x: Any, y: Any, sw: Any, v: tf.Tensor) -> tf.Tensor:
-                outer, _, flat = self._taped_gradient(x, y, sw, sources)
-                rows = []
-                for j in range(v.shape[0]):
-                    row = outer.gradient(
-                        flat,
-                        sources,
-                        output_gradients=v[j],
-                        unconnected_gradients=tf.UnconnectedGradients.ZERO,
-                    )
-                    rows.append(self._flat(row))
-                return tf.stack(rows)
-
-            fn = tf.function(impl)
-            self._hvp_fns[group] = fn
-        return fn(x, y, sw, v)
-
-
-_ENGINES: weakref.WeakKeyDictionary[Any, _Engine] = weakref.WeakKeyDictionary()
-
-
-def _engine_for(model: Any) -> _Engine:
-    engine = _ENGINES.get(model)
-    key = tuple(id(v) for v in model.trainable_variables)
-    if engine is None or engine.key != key:
-        engine = _Engine(model)
-        _ENGINES[model] = engine
-    return engine
-
-
 def _to_tensors(data: Any) -> Any:
     if data is None:
         return None
@@ -384,7 +205,7 @@ def compute_curvature(
     lanczos_probes: int = DEFAULT_LANCZOS_PROBES,
     hutchinson_samples: int = DEFAULT_HUTCHINSON_SAMPLES,
     resolution: float = spectrum.DEFAULT_RESOLUTION,
-    density_points: int = spectrum.DEFAULT_DENSITY_POINTS,
+    density_points: int = spectral_density.DEFAULT_DENSITY_POINTS,
     seed: int = 0,
     reorthogonalize: bool = False,
 ) -> CurvatureResult:
@@ -477,7 +298,7 @@ def _compute(
     model: Any, x: Any, y: Any, sw: Any, settings: _Settings, seed: int
 ) -> CurvatureResult:
     """Does the work of :func:`compute_curvature` on tensors."""
-    engine = _engine_for(model)
+    engine = hessian_engine.engine_for(model)
     n_vars = len(engine.variables)
     offsets = engine.offsets
     leading = tf.nest.flatten(x)[0].shape
@@ -526,7 +347,7 @@ def _exact_whole(h: np.ndarray, settings: _Settings) -> dict[str, Any]:
     """Returns the whole model's result fields from its full Hessian."""
     eig = spectrum.symmetric_eigenvalues(h)
     weights = np.full(eig.size, 1.0 / eig.size)
-    sigma, grid, dens = spectrum.density_of(
+    sigma, grid, dens = spectral_density.density_of(
         [eig], [weights], settings.lanczos_steps, settings.density_points
     )
     return {
@@ -536,13 +357,15 @@ def _exact_whole(h: np.ndarray, settings: _Settings) -> dict[str, Any]:
         "broadening": sigma,
         "density_grid": grid,
         "density": dens,
-        "histogram": spectrum.histogram(eig, grid) if np.isfinite(sigma) else None,
+        "histogram": spectral_density.histogram(eig, grid)
+        if np.isfinite(sigma)
+        else None,
         "eigenvalues": eig,
     }
 
 
 def _lanczos_whole(
-    engine: _Engine,
+    engine: hessian_engine.Engine,
     x: Any,
     y: Any,
     sw: Any,
@@ -577,7 +400,7 @@ def _lanczos_whole(
         matvec, start, settings.lanczos_steps, settings.reorthogonalize
     )
     hvps = quad.applied
-    sigma, grid, dens = spectrum.density_of(
+    sigma, grid, dens = spectral_density.density_of(
         quad.nodes, quad.weights, settings.lanczos_steps, settings.density_points
     )
     # Hutchinson: vᵀHv for Rademacher v; q1 = v/√n gives vᵀHv = n·q1ᵀHq1.
@@ -611,7 +434,7 @@ def _lanczos_whole(
 
 
 def _layer_spectra(
-    engine: _Engine,
+    engine: hessian_engine.Engine,
     x: Any,
     y: Any,
     sw: Any,

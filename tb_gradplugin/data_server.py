@@ -126,7 +126,9 @@ DATA_SERVER_LOADED = "Finished load cycle"
 
 @contextlib.contextmanager
 def data_server_provider(
-    logdir: str | os.PathLike, timeout_s: float = 3600.0
+    logdir: str | os.PathLike,
+    timeout_s: float = 3600.0,
+    log_lines: list[str] | None = None,
 ) -> Iterator[tb_provider.DataProvider]:
     """Loads a log directory once with TensorBoard's Rust data server.
 
@@ -141,6 +143,9 @@ def data_server_provider(
     Args:
         logdir: The log directory.
         timeout_s: Most seconds to wait for the load. Defaults to 3600.
+        log_lines: When given, the server's log lines up to the end of the load
+            are appended to it (a damaged event file is logged as
+            ``WARN ... Read error in PATH: ...``). Defaults to ``None``.
 
     Yields:
         A data provider over the loaded runs.
@@ -176,7 +181,9 @@ def data_server_provider(
             text=True,
         )
         try:
-            _wait_loaded(proc, timeout_s)
+            lines = _wait_loaded(proc, timeout_s)
+            if log_lines is not None:
+                log_lines.extend(lines)
             with open(port_file) as f:
                 addr = f"localhost:{int(f.read())}"
             channel = grpc.insecure_channel(
@@ -196,8 +203,8 @@ def data_server_provider(
             proc.stderr.close()
 
 
-def _wait_loaded(proc: subprocess.Popen, timeout_s: float) -> None:
-    """Reads the server's log until its load cycle is done."""
+def _wait_loaded(proc: subprocess.Popen, timeout_s: float) -> list[str]:
+    """Reads the server's log until its load cycle is done; returns its lines."""
     done = threading.Event()
     lines: list[str] = []
 
@@ -215,3 +222,4 @@ def _wait_loaded(proc: subprocess.Popen, timeout_s: float) -> None:
     if not any(DATA_SERVER_LOADED in line for line in lines):
         tail = "".join(lines[-3:]).strip()
         raise OSError(f"the data server stopped before loading: {tail[-300:]}")
+    return lines

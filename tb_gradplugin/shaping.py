@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tb_gradplugin import spectrum
+from tb_gradplugin import spectral_density
 from tb_gradplugin.diagnosis import summaries
 from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
@@ -377,7 +377,7 @@ def curvature_json(
     content = next((s.content for k, s in got.items() if k.startswith("hessian/")), {})
     shown = None
     if density is not None and len(density):
-        unpacked = spectrum.unpack_density(
+        unpacked = spectral_density.unpack_density(
             density.steps, density.values, density.content, step
         )
         shown = {

@@ -21,8 +21,14 @@ N = 300
 STEPS = np.arange(1, N + 1)
 
 
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
+# Makes TensorBoard find no data server binary, as on a platform without one.
+NO_DATA_SERVER = {"TENSORBOARD_DATA_SERVER_BINARY": os.devnull + "-missing"}
+
+
+def cli(
+    *args: str, timeout: float = 120, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), *filter(None, [env.get("PYTHONPATH")])]
     )
@@ -212,12 +218,17 @@ def test_help_exits_0():
     assert "--fail-on" in proc.stdout
 
 
+def damaged_logdir(logdir):
+    """A healthy run beside a garbage event file, and a diverging run cut short."""
+    healthy(logdir, "good")
+    eventfiles.write_garbage_event_file(logdir / "good")
+    cut = diverging(logdir, "cut")
+    eventfiles.truncate_event_file(cut, 5)
+
+
 def test_corrupt_file_next_to_good_ones_warns_and_uses_the_data(tmp_path):
     """Garbage and a truncated file give warnings; the good data still counts."""
-    healthy(tmp_path, "good")
-    eventfiles.write_garbage_event_file(tmp_path / "good")
-    cut = diverging(tmp_path, "cut")
-    eventfiles.truncate_event_file(cut, 5)
+    damaged_logdir(tmp_path)
     proc = cli("check", tmp_path, "--json")
     assert proc.returncode == 1, proc.stderr
     data = strict_json(proc.stdout)
@@ -230,6 +241,35 @@ def test_corrupt_file_next_to_good_ones_warns_and_uses_the_data(tmp_path):
     assert any("corrupt" in w for w in warnings)
     assert any("partial record" in w for w in warnings)
     assert "Traceback" not in proc.stderr
+
+
+def test_corrupt_and_cut_files_warn_the_same_without_a_data_server(tmp_path):
+    """The Python loader's fallback says so once and reports the same damage."""
+    damaged_logdir(tmp_path)
+    fast = cli("check", tmp_path, "--json")
+    slow = cli("check", tmp_path, "--json", env_extra=NO_DATA_SERVER)
+    assert slow.returncode == fast.returncode == 1, slow.stderr
+    assert strict_json(slow.stdout) == strict_json(fast.stdout)
+    warnings = slow.stderr.strip().splitlines()
+    assert len(warnings) == 3, slow.stderr
+    assert all(w.startswith("tb-gradhealth: warning: ") for w in warnings)
+    assert sum("Python loader" in w for w in warnings) == 1
+    assert any("corrupt" in w for w in warnings)
+    assert any("partial record" in w for w in warnings)
+    assert "Traceback" not in slow.stderr
+
+
+def test_fallback_keeps_exit_status_and_output(tmp_path):
+    """Without a data server the text output and exit status are unchanged."""
+    diverging(tmp_path)
+    oscillating(tmp_path)
+    fast = cli("check", tmp_path)
+    slow = cli("check", tmp_path, env_extra=NO_DATA_SERVER)
+    assert fast.stderr == ""
+    assert slow.returncode == fast.returncode == 1
+    assert slow.stdout == fast.stdout
+    assert len(slow.stderr.strip().splitlines()) == 1, slow.stderr
+    assert "Python loader" in slow.stderr
 
 
 def test_hostile_run_names_survive_text_and_json(tmp_path):

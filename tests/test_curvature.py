@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tb_gradplugin import curvature, metadata, reader  # noqa: E402
+from tb_gradplugin import curvature, hessian_engine, metadata, reader  # noqa: E402
 
 
 def _reference_hessian(loss_fn, variables):
@@ -217,19 +217,6 @@ def test_exact_matches_finite_differences_on_float64_conv_classifier():
         pytest.approx(neg),
     )
     assert neg > 0 and pos > 0
-
-
-def test_chunked_jacobian_equals_unchunked(monkeypatch):
-    """Hessian rows computed in small memory-bounded chunks give the same result."""
-    model, x, y = _small_regression()
-    whole = curvature.compute_curvature(model, x, y)
-    engine = curvature._engine_for(model)
-    assert engine.pfor_chunk(38, 32) is None
-    monkeypatch.setattr(curvature, "_PFOR_BUDGET_BYTES", 4 * 3 * 32 * 8 * 7)
-    assert engine.pfor_chunk(38, 32) == 7
-    chunked = curvature.compute_curvature(model, x, y)
-    np.testing.assert_allclose(chunked.eigenvalues, whole.eigenvalues, atol=1e-6)
-    assert {key[1] for key in engine._hessian_fns} == {None, 7}
 
 
 def test_saddle_x2_minus_y2():
@@ -438,7 +425,7 @@ def test_training_state_is_bit_identical_and_functions_not_retraced():
     # The dropout layer's RNG state is among the model variables compared.
     assert any("seed_generator" in v.path for v in model.variables)
 
-    engine = curvature._engine_for(model)
+    engine = hessian_engine.engine_for(model)
     traced = [f.experimental_get_tracing_count() for f in engine._hessian_fns.values()]
     traced += [f.experimental_get_tracing_count() for f in engine._hvp_fns.values()]
     for exact_limit in (10_000, 50):
