@@ -72,14 +72,18 @@ def _candidate_variables(model: keras.Model) -> list:
     return found
 
 
-def _optimizers(model: keras.Model) -> list:
-    """``model.optimizer`` and every other optimizer held by the model (a GAN's)."""
-    found = [model.optimizer]
-    for value in vars(model).values():
+def _optimizers(model: keras.Model) -> dict[str, Any]:
+    """``model.optimizer`` and every other optimizer held by the model (a GAN's).
+
+    Returns:
+        ``{attribute name: optimizer}``, ``"optimizer"`` first.
+    """
+    found = {"optimizer": model.optimizer}
+    for name, value in vars(model).items():
         if isinstance(value, keras.optimizers.Optimizer) and all(
-            value is not o for o in found
+            value is not o for o in found.values()
         ):
-            found.append(value)
+            found[name.lstrip("_")] = value
     return found
 
 
@@ -200,6 +204,9 @@ class _Monitor:
         self.writer = None
         self.sparse_paths: set[str] = set()
         self.optimizers = _optimizers(model)
+        # The paths each optimizer updates, as traced: which gradients the
+        # global norms cover, for the tags' content.
+        self.optimizer_paths: dict[str, list[str]] = {}
         self.late_components = False
         self.step_offset: int | None = None
         self.run_last_step = 0
@@ -295,8 +302,8 @@ class _Monitor:
 
         train_step._original = orig_step
         model.train_step = train_step
-        for each in self.optimizers:
-            self._wrap_apply(each)
+        for name, each in self.optimizers.items():
+            self._wrap_apply(name, each)
         if self._reads_keras_all_reduce():
             orig_reduce = opt._all_reduce_sum_gradients
             orig_reduce = getattr(orig_reduce, "_original", orig_reduce)
@@ -319,11 +326,11 @@ class _Monitor:
         train_function._gradient_health_monitor = self
         model.train_function = train_function
 
-    def _wrap_apply(self, opt):
+    def _wrap_apply(self, name, opt):
         orig_apply = getattr(opt.apply, "_original", opt.apply)
 
         def apply(grads, trainable_variables=None):
-            return self._apply(opt, orig_apply, grads, trainable_variables)
+            return self._apply(name, opt, orig_apply, grads, trainable_variables)
 
         apply._original = orig_apply
         opt.apply = apply
@@ -458,7 +465,7 @@ class _Monitor:
             (tf.identity(m.total.value), tf.identity(m.count.value)) for m in metrics
         ]
 
-    def _apply(self, opt, orig_apply, grads, trainable_variables):
+    def _apply(self, name, opt, orig_apply, grads, trainable_variables):
         """Runs one optimizer's update and reduces its variables' gradients.
 
         Several optimizers may update parts of the model in one step (a GAN);
@@ -511,6 +518,10 @@ class _Monitor:
         lr = tf.cast(opt.learning_rate, tf.float32)
         updated = sorted(
             {self.var_ids[id(v)] for v in variables if id(v) in self.var_ids}
+        )
+        paths = self.optimizer_paths.setdefault(name, [])
+        paths.extend(
+            p for p in (self.layout.paths[i] for i in updated) if p not in paths
         )
         # The parameters before the update (a transient copy: the update
         # writes new buffers while these reads are alive).
@@ -892,6 +903,8 @@ class _Monitor:
             self.cb.loss_components,
             self.step_components,
             [p for p in self.layout.paths if p in self.sparse_paths],
+            # Named only when not all is model.optimizer's (a GAN's, a split).
+            self.optimizer_paths if set(self.optimizer_paths) - {"optimizer"} else None,
         )
 
 

@@ -563,6 +563,7 @@ def tag_metadata(
     loss_components: Sequence[str],
     step_components: Sequence[str],
     sparse_variables: Sequence[str] = (),
+    optimizers: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, bytes]:
     """The serialized summary metadata of every per-step and window tag.
 
@@ -576,6 +577,12 @@ def tag_metadata(
         sparse_variables: Paths of the variables whose gradient arrived as
             ``tf.IndexedSlices`` (rows of a table); listed in the layer tags'
             content as ``"sparse_variables"``. Defaults to none.
+        optimizers: ``{optimizer: [paths it updates]}`` when optimizers other
+            than ``model.optimizer`` step the model (a GAN's): in the
+            ``step/*`` and ``layer/*`` tags' content as ``"optimizers"``; the
+            global norms cover all of them, and each optimizer's global norm
+            is the root of the summed squares of its paths' ``layer`` norms.
+            Defaults to ``None``: not written.
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
@@ -584,7 +591,9 @@ def tag_metadata(
         "variables": layout.paths,
         metadata.SPARSE_VARIABLES: list(sparse_variables),
     }
-    common = {"update_freq": update_freq}
+    common: dict[str, Any] = {"update_freq": update_freq}
+    if optimizers:
+        common["optimizers"] = {k: list(v) for k, v in optimizers.items()}
     tags: dict[str, Any] = {}
     for stat, text in metadata.STEP_SCALARS.items():
         tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)

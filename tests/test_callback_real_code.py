@@ -79,6 +79,10 @@ def test_refits_after_freezing_keep_steps_increasing_and_labels_right(tmp_path):
     rows = {int(s): r for s, r in zip(series.steps, series.values, strict=True)}
     frozen = [i for i, p in enumerate(paths) if p.startswith("base/")]
     assert np.isnan(rows[1][frozen]).all()  # frozen: absent, never 0
+    zero = run.tensors["window_layer/zero_fraction"]
+    assert zero.steps.tolist() == [4, 8, 12]
+    assert np.isnan(zero.values[0][frozen]).all()  # no "always zero" window
+    assert np.isfinite(zero.values[1:]).all()
     for step, expected in ((1, first_head), (5, second), (9, third)):
         for path, norm in expected.items():
             value = rows[step][paths.index(path)]
@@ -312,6 +316,14 @@ def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
     lrs = np.array([d_lr if p.startswith("disc/") else g_lr for p in grad.names])
     np.testing.assert_allclose(update.values, grad.values * lrs, rtol=1e-3)
     assert "step/loss" not in run.scalars
+    owners = run.scalars["step/grad_norm"].content["optimizers"]
+    assert sorted(owners) == ["d_optimizer", "g_optimizer"]
+    assert sorted(owners["d_optimizer"]) == sorted(
+        v.path for v in disc.trainable_weights
+    )
+    assert sorted(owners["g_optimizer"]) == sorted(
+        v.path for v in gen.trainable_weights
+    )
 
 
 class TwoOptimizers(keras.Model):
@@ -357,6 +369,11 @@ def test_second_optimizer_part_is_recorded_not_zero(tmp_path):
     assert grad.steps.tolist() == [1, 2, 3, 4]
     assert sorted(grad.names) == sorted(expected)
     first = dict(zip(grad.names, grad.values[0], strict=True))
+    owners = grad.content["optimizers"]
+    assert owners == {
+        "optimizer": [v.path for v in model.head.trainable_weights],
+        "base_optimizer": [v.path for v in model.base.trainable_weights],
+    }
     for path, norm in expected.items():
         np.testing.assert_allclose(first[path], norm, rtol=1e-4, err_msg=path)
 
