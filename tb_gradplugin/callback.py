@@ -87,17 +87,29 @@ def _optimizers(model: keras.Model) -> dict[str, Any]:
     return found
 
 
-def _last_step_in(log_dir: str) -> int:
-    """The largest step of the events already in ``log_dir`` (``0``: none)."""
-    last = 0
-    for name in _event_files(log_dir):
+def _run_state(log_dir: str) -> tuple[int, list[str] | None]:
+    """What the events already in ``log_dir`` hold.
+
+    Returns:
+        ``(last, paths)``: the largest step (``0``: none) and the variable
+        paths of the first ``layer/*`` tag metadata (``None``: none), the
+        labels TensorBoard keeps for the run.
+    """
+    last, paths = 0, None
+    tag = metadata.layer_tag("grad_norm")
+    for name in sorted(_event_files(log_dir)):
         path = os.path.join(log_dir, name)
         # A truncated last record ends a file being written: keep what was read.
         with contextlib.suppress(tf.errors.DataLossError):
             for event in tf.compat.v1.train.summary_iterator(path):
-                if event.HasField("summary"):
-                    last = max(last, int(event.step))
-    return last
+                if not event.HasField("summary"):
+                    continue
+                last = max(last, int(event.step))
+                for value in event.summary.value if paths is None else ():
+                    content = value.metadata.plugin_data.content
+                    if value.tag == tag and content:
+                        paths = metadata.parse_plugin_content(content).get("variables")
+    return last, paths
 
 
 def _event_files(log_dir: str) -> list[str]:
@@ -893,6 +905,8 @@ class _Monitor:
 
     def tags(self) -> dict[str, bytes]:
         """The serialized metadata of every tag (once the step is traced)."""
+        if self.cb._run_paths is None:
+            self.cb._run_paths = list(self.layout.paths)
         freq = self.cb.update_freq
         if freq == "auto" and self.reducer.freq is not None:
             freq = self.reducer.freq
@@ -1037,6 +1051,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if on_flag not in ("warn", "stop", None):
             raise ValueError(f"on_flag must be 'warn', 'stop' or None, got {on_flag!r}")
         self.log_dir = os.fspath(log_dir)
+        self._base_log_dir = self.log_dir
+        self._run_paths: list[str] | None = None
         self.update_freq = update_freq
         self.slices = dict(slices or {})
         self.loss_components = list(loss_components or [])
@@ -1073,8 +1089,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
             or monitor.cb is not self
             or monitor.optimizer is not model.optimizer
         ):
-            last = self._run_last_step()
+            last, recorded = self._run_state()
             monitor = _Monitor(self, model)
+            if monitor.layout is not None:
+                last = self._follow_labels(monitor.layout.paths, last, recorded)
             monitor.run_last_step = last
             if monitor.reducer is not None:
                 monitor.reducer.run_last_step = last
@@ -1145,7 +1163,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         old.finish()
         old.active = False
         monitor = _Monitor(self, self.model)
-        monitor.run_last_step = self._run_last_step()
+        monitor.run_last_step = self._run_state()[0]
         if monitor.reducer is not None:
             monitor.reducer.run_last_step = monitor.run_last_step
         if old.probe is not None:
@@ -1156,16 +1174,53 @@ class GradientHealthCallback(keras.callbacks.Callback):
         monitor.active = True
         monitor.start()
 
-    def _run_last_step(self) -> int:
-        """The last step this run recorded (a new monitor's steps follow it)."""
+    def _run_state(self) -> tuple[int, list[str] | None]:
+        """The run's last step (a new monitor's steps follow it) and labels."""
         mon = self._monitor
         if mon is not None and mon.reducer is not None:
             with contextlib.suppress(Exception):
                 mon.drain()
-            return max(mon.run_last_step, mon.reducer.last_step)
+            last = max(mon.run_last_step, mon.reducer.last_step)
+            return last, self._run_paths
         if self._writer is None:
-            return _last_step_in(self.log_dir)
-        return 0
+            return _run_state(self.log_dir)
+        return 0, self._run_paths
+
+    def _follow_labels(self, paths, last: int, recorded) -> int:
+        """Moves to a run whose per-layer labels are ``paths``, when they differ.
+
+        TensorBoard keeps a tag's first metadata: rows over other variables
+        would show under the first ones' names. Such a fit (another model on
+        the same ``log_dir``) writes to the subfolder ``variables-<k>`` whose
+        labels are its own; its steps go on from the run's last step.
+
+        Returns:
+            The last step the new rows follow.
+        """
+        if recorded is None or list(recorded) == list(paths):
+            return last
+        base = self._base_log_dir
+        k = 2
+        while True:
+            folder = os.path.join(base, f"variables-{k}")
+            sub_last, sub_paths = _run_state(folder)
+            if sub_paths is None or list(sub_paths) == list(paths):
+                break
+            k += 1
+        warnings.warn(
+            f"GradientHealthCallback: the model's variables differ from those "
+            f"recorded in {self.log_dir!r}; this fit is written to {folder!r} so "
+            "that every per-layer value keeps its own label.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if self._writer is not None:
+            self._guarded(self._writer.close)
+            self._writer = None
+        self.log_dir = folder
+        self._run_paths = list(paths)
+        self._live = None
+        return max(last, sub_last)
 
     def _open_writer(self):
         if self._writer is None:

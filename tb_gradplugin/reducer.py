@@ -231,9 +231,7 @@ class BlockReducer:
             applied = steps[block[:, idx["skipped"].start] == 0.0]
             if len(applied):
                 first = int(applied[0])
-                self.step_offset = (
-                    self.run_last_step if first <= self.run_last_step else 0
-                )
+                self.step_offset = max(0, self.run_last_step + 1 - first)
         steps = steps + (self.step_offset or 0)
         if len(steps):
             self.last_step = max(self.last_step, int(steps.max()))

@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tb_gradplugin import GradientHealthCallback, reader
@@ -447,3 +448,39 @@ def test_per_output_losses_created_in_the_first_step_are_recorded_per_step(tmp_p
     loss = run.scalars["step/loss"]
     assert loss.steps.tolist() == list(range(1, 9))
     np.testing.assert_allclose(loss.values, log.per_step("loss", 4), rtol=1e-4)
+
+
+def test_another_model_on_a_used_log_dir_gets_a_run_with_its_own_labels(tmp_path):
+    """Other variables on a used log_dir go to a subfolder run, labelled right."""
+    x, y = data()
+    log_dir = str(tmp_path / "run")
+    first, _ = base_and_head()
+    first.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
+    cb = GradientHealthCallback(log_dir, update_freq=1, on_flag=None)
+    first.fit(x, y, epochs=1, callbacks=[cb], **FIT)
+    keras.utils.set_random_seed(7)
+    second = keras.Sequential(
+        [keras.Input((6,)), keras.layers.Dense(7, name="wide"), keras.layers.Dense(3)]
+    )
+    second.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
+    expected = tape_norms(second, x[:BATCH], y[:BATCH])
+    with pytest.warns(RuntimeWarning, match="variables-2"):
+        second.fit(x, y, epochs=1, callbacks=[cb], **FIT)
+    cb.close()
+    other = GradientHealthCallback(log_dir, update_freq=1, on_flag=None)
+    with pytest.warns(RuntimeWarning, match="variables-2"):
+        second.fit(x, y, epochs=1, callbacks=[other], **FIT)
+    other.close()
+    run = read(log_dir)
+    assert run.tensors["layer/grad_norm"].names == [
+        v.path for v in first.trainable_variables
+    ]
+    assert run.scalars["step/loss"].steps.tolist() == [1, 2, 3, 4]
+    sub = read(os.path.join(log_dir, "variables-2"))
+    grad = sub.tensors["layer/grad_norm"]
+    assert grad.names == [v.path for v in second.trainable_variables]
+    assert grad.steps.tolist() == list(range(5, 13))
+    for path, norm in expected.items():
+        np.testing.assert_allclose(
+            grad.values[0][grad.names.index(path)], norm, rtol=1e-4
+        )
