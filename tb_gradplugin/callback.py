@@ -242,6 +242,7 @@ class _Monitor:
         self.executor = None
         self.futures: collections.deque = collections.deque()
         self.trace_warned = False
+        self.branch_warned = False
         self.active = False
         self._read_fn = None
         self._epoch_fn = None
@@ -377,6 +378,7 @@ class _Monitor:
         self._local.pending = None
         before = self._metric_state()
         self._local.in_step = True
+        self._local.graph = tf.compat.v1.get_default_graph()
         try:
             logs = orig_step(data)
         finally:
@@ -487,6 +489,18 @@ class _Monitor:
         if not getattr(self._local, "in_step", False):
             # An update outside the train step (the user's own loop): not a
             # step of this run.
+            return orig_apply(grads, trainable_variables)
+        if tf.compat.v1.get_default_graph() is not self._local.graph:
+            # Inside a conditional branch of the step (a tf.cond that updates
+            # some steps only): its tensors cannot leave the branch, so these
+            # variables are absent from the rows rather than breaking the step.
+            if not self.branch_warned:
+                self.branch_warned = True
+                warnings.warn(
+                    f"GradientHealthCallback: {name} updates inside a conditional "
+                    "branch of the train step; its variables are not recorded.",
+                    stacklevel=2,
+                )
             return orig_apply(grads, trainable_variables)
         variables = (
             list(trainable_variables)

@@ -484,3 +484,50 @@ def test_another_model_on_a_used_log_dir_gets_a_run_with_its_own_labels(tmp_path
         np.testing.assert_allclose(
             grad.values[0][grad.names.index(path)], norm, rtol=1e-4
         )
+
+
+class GatedBase(TwoOptimizers):
+    """Steps the base only at even steps, in a ``tf.cond`` branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = tf.Variable(0, trainable=False)
+
+    def train_step(self, data):
+        """Steps the head every step and the base every other step."""
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x, y, y_pred)
+        base, head = self.base.trainable_weights, self.head.trainable_weights
+        grads = tape.gradient(loss, base + head)
+        self.optimizer.apply(grads[len(base) :], head)
+        self.calls.assign_add(1)
+
+        def step_base():
+            self.base_optimizer.apply(grads[: len(base)], base)
+            return tf.constant(True)
+
+        tf.cond(self.calls % 2 == 0, step_base, lambda: tf.constant(False))
+        return self.compute_metrics(x, y, y_pred)
+
+
+def test_update_in_a_conditional_branch_trains_and_is_absent_not_zero(tmp_path):
+    """An optimizer stepped in a tf.cond branch: training runs, its part is absent."""
+    x, y = data()
+    keras.utils.set_random_seed(8)
+    model = GatedBase()
+    model(x[:1])
+    model.compile(optimizer=keras.optimizers.SGD(LR), loss=LOSS)
+    before = model.base.kernel.numpy()
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    with pytest.warns(UserWarning, match="conditional branch"):
+        model.fit(x, y, epochs=1, callbacks=[cb], **FIT)
+    cb.close()
+    assert not np.allclose(model.base.kernel.numpy(), before)  # the base trained
+    grad = read(str(tmp_path / "run")).tensors["layer/grad_norm"]
+    base = [i for i, p in enumerate(grad.names) if "/base/" in p]
+    head = [i for i, p in enumerate(grad.names) if "/head/" in p]
+    assert len(base) == len(head) == 2
+    assert np.isnan(grad.values[:, base]).all()
+    assert np.all(grad.values[:, head] > 0)
