@@ -19,8 +19,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
+import struct
 import threading
 import time
 import warnings
@@ -87,28 +89,64 @@ def _optimizers(model: keras.Model) -> dict[str, Any]:
     return found
 
 
+_PARSED_RECORDS = 1000  # records of a file parsed whole while looking for labels
+
+
+def _record_step(data: bytes) -> int | None:
+    """The step of a serialized ``Event`` that starts ``wall_time, step``."""
+    if len(data) < 10 or data[0] != 0x09 or data[9] != 0x10:
+        return None
+    step, shift = 0, 0
+    for byte in data[10:20]:
+        step |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return step
+    return None
+
+
 def _run_state(log_dir: str) -> tuple[int, list[str] | None]:
     """What the events already in ``log_dir`` hold.
+
+    Reads record headers and each event's first bytes (its step), parsing
+    whole events only at the start of a file: a long run's files cost a
+    sequential read, not a parse of every event.
 
     Returns:
         ``(last, paths)``: the largest step (``0``: none) and the variable
         paths of the first ``layer/*`` tag metadata (``None``: none), the
         labels TensorBoard keeps for the run.
     """
+    from tensorboard.compat.proto import event_pb2
+
     last, paths = 0, None
     tag = metadata.layer_tag("grad_norm")
     for name in sorted(_event_files(log_dir)):
-        path = os.path.join(log_dir, name)
-        # A truncated last record ends a file being written: keep what was read.
-        with contextlib.suppress(tf.errors.DataLossError):
-            for event in tf.compat.v1.train.summary_iterator(path):
-                if not event.HasField("summary"):
-                    continue
-                last = max(last, int(event.step))
-                for value in event.summary.value if paths is None else ():
-                    content = value.metadata.plugin_data.content
-                    if value.tag == tag and content:
-                        paths = metadata.parse_plugin_content(content).get("variables")
+        with open(os.path.join(log_dir, name), "rb") as f:
+            for count in itertools.count():
+                header = f.read(12)
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                data = f.read(length + 4)[:length]
+                if len(data) < length:
+                    break  # a record being written
+                step = _record_step(data)
+                if paths is None and count < _PARSED_RECORDS or step is None:
+                    try:
+                        event = event_pb2.Event.FromString(data)
+                    except Exception:  # noqa: BLE001 - a damaged record is skipped
+                        continue
+                    if not event.HasField("summary"):
+                        continue
+                    step = int(event.step)
+                    for value in event.summary.value if paths is None else ():
+                        content = value.metadata.plugin_data.content
+                        if value.tag == tag and content:
+                            paths = metadata.parse_plugin_content(content).get(
+                                "variables"
+                            )
+                last = max(last, step)
     return last, paths
 
 
