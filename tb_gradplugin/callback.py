@@ -2,7 +2,8 @@
 
 How it stays cheap (DESIGN.md pitfalls 7, 10, 11, 14-16): the statistics come
 from the gradients that Keras already computed, by wrapping the model's
-``train_step`` and the optimizer's ``apply`` on the instances (the user changes
+``train_step`` and the ``apply`` of every optimizer of the model (its
+``optimizer`` and those it holds, a GAN's) on the instances (the user changes
 nothing). The compiled step reduces them to per-variable and per-slice sums
 (``stats.py``) and writes one small row per step into a ring on the device
 (``ring.py``); a running gradient sum per variable gives the window variance.
@@ -18,8 +19,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import itertools
 import logging
 import os
+import struct
+import threading
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -52,6 +56,98 @@ def _all_metrics(model: keras.Model) -> list:
         found.append(m)
         stack.extend(getattr(m, "metrics", []) or [])
     return found
+
+
+def _candidate_variables(model: keras.Model) -> list:
+    """Every variable created trainable, frozen or not, in a fixed order.
+
+    A layer's ``_trainable_variables`` keeps the variables created trainable
+    whatever ``layer.trainable`` says later, so the per-layer rows keep one
+    order and one set of labels across freezing, unfreezing and recompiling.
+    """
+    seen, found = set(), []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for v in getattr(layer, "_trainable_variables", None) or []:
+            if id(v) not in seen:
+                seen.add(id(v))
+                found.append(v)
+    return found
+
+
+def _optimizers(model: keras.Model) -> dict[str, Any]:
+    """``model.optimizer`` and every other optimizer held by the model (a GAN's).
+
+    Returns:
+        ``{attribute name: optimizer}``, ``"optimizer"`` first.
+    """
+    found = {"optimizer": model.optimizer}
+    for name, value in vars(model).items():
+        if isinstance(value, keras.optimizers.Optimizer) and all(
+            value is not o for o in found.values()
+        ):
+            found[name.lstrip("_")] = value
+    return found
+
+
+_PARSED_RECORDS = 1000  # records of a file parsed whole while looking for labels
+
+
+def _record_step(data: bytes) -> int | None:
+    """The step of a serialized ``Event`` that starts ``wall_time, step``."""
+    if len(data) < 10 or data[0] != 0x09 or data[9] != 0x10:
+        return None
+    step, shift = 0, 0
+    for byte in data[10:20]:
+        step |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return step
+    return None
+
+
+def _run_state(log_dir: str) -> tuple[int, list[str] | None]:
+    """What the events already in ``log_dir`` hold.
+
+    Reads record headers and each event's first bytes (its step), parsing
+    whole events only at the start of a file: a long run's files cost a
+    sequential read, not a parse of every event.
+
+    Returns:
+        ``(last, paths)``: the largest step (``0``: none) and the variable
+        paths of the first ``layer/*`` tag metadata (``None``: none), the
+        labels TensorBoard keeps for the run.
+    """
+    from tensorboard.compat.proto import event_pb2
+
+    last, paths = 0, None
+    tag = metadata.layer_tag("grad_norm")
+    for name in sorted(_event_files(log_dir)):
+        with open(os.path.join(log_dir, name), "rb") as f:
+            for count in itertools.count():
+                header = f.read(12)
+                if len(header) < 12:
+                    break
+                (length,) = struct.unpack("<Q", header[:8])
+                data = f.read(length + 4)[:length]
+                if len(data) < length:
+                    break  # a record being written
+                step = _record_step(data)
+                if paths is None and count < _PARSED_RECORDS or step is None:
+                    try:
+                        event = event_pb2.Event.FromString(data)
+                    except Exception:  # noqa: BLE001 - a damaged record is skipped
+                        continue
+                    if not event.HasField("summary"):
+                        continue
+                    step = int(event.step)
+                    for value in event.summary.value if paths is None else ():
+                        content = value.metadata.plugin_data.content
+                        if value.tag == tag and content:
+                            paths = metadata.parse_plugin_content(content).get(
+                                "variables"
+                            )
+                last = max(last, step)
+    return last, paths
 
 
 def _event_files(log_dir: str) -> list[str]:
@@ -134,10 +230,15 @@ class _Monitor:
         self.is_lso = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         factor = getattr(self.optimizer, "loss_scale_factor", None)
         self.unscale = self.is_lso or bool(factor)
-        self.loss_metric = getattr(model, "_loss_tracker", None)
-        metrics = {m.name: m for m in _all_metrics(model)}
-        if self.loss_metric is None and _is_mean_metric(metrics.get("loss")):
-            self.loss_metric = metrics["loss"]
+        found = _all_metrics(model)
+        tracker = getattr(model, "_loss_tracker", None)
+        # Every Mean of the model, those named "loss" last (the compiled
+        # tracker first of them): candidates for the loss Keras logs.
+        means = [m for m in found if _is_mean_metric(m)]
+        self.loss_metrics = [m for m in means if m.name != "loss"] + sorted(
+            (m for m in means if m.name == "loss"), key=lambda m: m is not tracker
+        )
+        metrics = {m.name: m for m in found}
         self.step_components = [
             n for n in callback.loss_components if _is_mean_metric(metrics.get(n))
         ]
@@ -152,8 +253,15 @@ class _Monitor:
         self.reducer = None
         self.writer = None
         self.sparse_paths: set[str] = set()
+        self.optimizers = _optimizers(model)
+        # The paths each optimizer updates, as traced: which gradients the
+        # global norms cover, for the tags' content.
+        self.optimizer_paths: dict[str, list[str]] = {}
+        self.late_components = False
+        self.step_offset: int | None = None
+        self.run_last_step = 0
         if model.trainable_variables:
-            self._setup(list(model.trainable_variables))
+            self._setup(_candidate_variables(model))
         self.probe = None
         if callback.hessian_freq and callback.probe_data is None:
             if self.strategy.num_replicas_in_sync > 1:
@@ -172,10 +280,15 @@ class _Monitor:
         self.executor = None
         self.futures: collections.deque = collections.deque()
         self.trace_warned = False
+        self.branch_warned = False
         self.active = False
         self._read_fn = None
         self._epoch_fn = None
-        self._reduced = None
+        # The state of the step being traced, per thread: under a
+        # MirroredStrategy each replica's step is traced in its own thread,
+        # and they take turns at every collective.
+        self._local = threading.local()
+        self._local.reduced = None
         self.reused_all_reduce = False
 
     def _setup(self, variables):
@@ -218,6 +331,7 @@ class _Monitor:
             self.cb.variance_window,
             self.is_lso,
         )
+        self.reducer.run_last_step = self.run_last_step
 
     # -- in-graph shims ----------------------------------------------------
     def install(self):
@@ -227,11 +341,11 @@ class _Monitor:
         includes the shims (pitfall 11: a traced function keeps what it saw).
         """
         model, opt = self.model, self.optimizer
-        if not opt.built and self.layout is not None:
+        if self.is_lso and not opt.built and model.trainable_variables:
             # The shim reads optimizer state (the loss scale) before the first
             # apply, which is where Keras would build it.
             with self.strategy.scope():
-                opt.build(self.variables)
+                opt.build(model.trainable_variables)
         orig_step = getattr(model.train_step, "_original", model.train_step)
 
         def train_step(data):
@@ -239,20 +353,15 @@ class _Monitor:
 
         train_step._original = orig_step
         model.train_step = train_step
-        orig_apply = getattr(opt.apply, "_original", opt.apply)
-
-        def apply(grads, trainable_variables=None):
-            return self._apply(orig_apply, grads, trainable_variables)
-
-        apply._original = orig_apply
-        opt.apply = apply
+        for name, each in self.optimizers.items():
+            self._wrap_apply(name, each)
         if self._reads_keras_all_reduce():
             orig_reduce = opt._all_reduce_sum_gradients
             orig_reduce = getattr(orig_reduce, "_original", orig_reduce)
 
             def all_reduce(grads_and_vars):
                 reduced = orig_reduce(grads_and_vars)
-                self._reduced = reduced
+                self._local.reduced = reduced
                 return reduced
 
             all_reduce._original = orig_reduce
@@ -267,6 +376,15 @@ class _Monitor:
 
         train_function._gradient_health_monitor = self
         model.train_function = train_function
+
+    def _wrap_apply(self, name, opt):
+        orig_apply = getattr(opt.apply, "_original", opt.apply)
+
+        def apply(grads, trainable_variables=None):
+            return self._apply(name, opt, orig_apply, grads, trainable_variables)
+
+        apply._original = orig_apply
+        opt.apply = apply
 
     def _reads_keras_all_reduce(self) -> bool:
         """Whether the statistics can use the gradients Keras all-reduces.
@@ -294,12 +412,18 @@ class _Monitor:
     def _train_step(self, orig_step, data):
         if self.probe is not None:
             self.probe.capture(data)
-        self._pending = None
+        self._local.collected = {}
+        self._local.pending = None
         before = self._metric_state()
-        logs = orig_step(data)
+        self._local.in_step = True
+        self._local.graph = tf.compat.v1.get_default_graph()
+        try:
+            logs = orig_step(data)
+        finally:
+            self._local.in_step = False
         after = self._metric_state()
-        pending = self._pending
-        self._pending = None
+        pending, collected = self._local.pending, self._local.collected
+        self._local.pending, self._local.collected = None, {}
         if pending is None:
             if not self.trace_warned:
                 self.trace_warned = True
@@ -325,48 +449,120 @@ class _Monitor:
             )
             before = [(tf.constant(0.0), tf.constant(0.0))] * len(deltas)
             after = [(d[0], d[1]) for d in deltas]
-        loss = tf.constant(0.0)
-        if self.loss_metric is not None:
-            (t0, c0), (t1, c1) = before[0], after[0]
-            loss = tf.math.divide_no_nan(t1 - t0, c1 - c0)
-        n = len(self.step_components)
-        components = [
+        means = [
             tf.cast(tf.math.divide_no_nan(t1 - t0, c1 - c0), tf.float32)
-            for (t0, c0), (t1, c1) in zip(
-                before[len(before) - n :], after[len(after) - n :], strict=True
-            )
+            for (t0, c0), (t1, c1) in zip(before, after, strict=True)
         ]
-        self._record(pending, tf.cast(loss, tf.float32), components, batch_size)
+        counted = [
+            tf.cast(c1 > c0, tf.float32)
+            for (_, c0), (_, c1) in zip(before, after, strict=True)
+        ]
+        if not self.late_components:
+            # Keras creates some Mean trackers (a multi-output model's
+            # per-output losses) in the first step: after it, the callback
+            # lays the step out again with them as per-step components.
+            now = {m.name: m for m in _all_metrics(self.model)}
+            self.late_components = any(
+                _is_mean_metric(now.get(n)) for n in self.epoch_components
+            )
+        n_loss = len(self.loss_metrics)
+        loss, known = self._step_loss(
+            logs, after[:n_loss], means[:n_loss], counted[:n_loss], ctx
+        )
+        components = means[n_loss:]
+        parts, nonfinite = self._step_parts(collected)
+        closed, running = self._window_close(pending["skipped"], pending["step"])
+        pending.update(parts=parts, nonfinite=nonfinite, closed=closed)
+        pending["running"] = running
+        self._record(pending, loss, known, components, batch_size)
         return logs
 
+    def _step_loss(self, logs, after, means, counted, ctx):
+        """The step's value of what Keras logs as ``loss``, and whether known.
+
+        ``logs["loss"]`` is either a Mean metric's running result (the
+        compiled tracker, a custom step's ``total_loss`` tracker): then the
+        step's value is that metric's mean over this step, known when the
+        step updated it; or a plain tensor, the step's loss itself. No
+        ``loss`` in the logs, or one from a metric this step left unchanged:
+        unknown, a NaN marked so, never a filled-in 0.
+        """
+        nan, zero = tf.constant(float("nan")), tf.constant(0.0)
+        value = logs.get("loss") if isinstance(logs, Mapping) else None
+        if value is None or not tf.is_tensor(value) or value.shape.rank != 0:
+            return nan, zero
+        value = tf.cast(value, tf.float32)
+        if ctx is not None and ctx.num_replicas_in_sync > 1:
+            # Replica-local results do not match the synced logs: follow
+            # the metrics named "loss" that the step updated.
+            loss, known = nan, zero
+            for m, mean, seen in zip(self.loss_metrics, means, counted, strict=True):
+                if m.name == "loss":
+                    loss = tf.where(seen > 0, mean, loss)
+                    known = tf.maximum(known, seen)
+            return loss, known
+        loss, known = value, tf.constant(1.0)
+        for (total, count), mean, seen in zip(after, means, counted, strict=True):
+            result = tf.cast(
+                tf.math.divide_no_nan(total, tf.cast(count, total.dtype)), tf.float32
+            )
+            hit = tf.equal(result, value)
+            loss = tf.where(hit, mean, loss)
+            known = tf.where(hit, seen, known)
+        return tf.where(known > 0, loss, nan), known
+
     def _metric_state(self):
-        metrics = ([self.loss_metric] if self.loss_metric is not None else []) + list(
-            self.component_metrics
-        )
+        metrics = list(self.loss_metrics) + list(self.component_metrics)
         return [
             (tf.identity(m.total.value), tf.identity(m.count.value)) for m in metrics
         ]
 
-    def _apply(self, orig_apply, grads, trainable_variables):
+    def _apply(self, name, opt, orig_apply, grads, trainable_variables):
+        """Runs one optimizer's update and reduces its variables' gradients.
+
+        Several optimizers may update parts of the model in one step (a GAN);
+        each call adds the sums of the variables it updated. A variable that
+        no optimizer updated at a step is absent (NaN) from that step's row.
+        """
+        if not getattr(self._local, "in_step", False):
+            # An update outside the train step (the user's own loop): not a
+            # step of this run.
+            return orig_apply(grads, trainable_variables)
+        if tf.compat.v1.get_default_graph() is not self._local.graph:
+            # Inside a conditional branch of the step (a tf.cond that updates
+            # some steps only): its tensors cannot leave the branch, so these
+            # variables are absent from the rows rather than breaking the step.
+            if not self.branch_warned:
+                self.branch_warned = True
+                warnings.warn(
+                    f"GradientHealthCallback: {name} updates inside a conditional "
+                    "branch of the train step; its variables are not recorded.",
+                    stacklevel=2,
+                )
+            return orig_apply(grads, trainable_variables)
         variables = (
             list(trainable_variables)
             if trainable_variables is not None
-            else list(self.optimizer._trainable_variables)
+            else list(opt._trainable_variables)
         )
         grads = list(grads)
-        if self.layout is None or not self.optimizer.built:
+        if self.layout is None or not opt.built:
             with tf.init_scope():
                 if self.layout is None:
-                    self._setup(variables)
-                if not self.optimizer.built:
-                    self.optimizer.build(variables)
+                    known = _candidate_variables(self.model)
+                    ids = {id(v) for v in known}
+                    self._setup(known + [v for v in variables if id(v) not in ids])
+                if not opt.built:
+                    opt.build(variables)
         by_index = {}
         for g, v in zip(grads, variables, strict=False):
             i = self.var_ids.get(id(v))
             if i is not None and g is not None:
                 by_index[i] = g
+        primary = opt is self.optimizer
+        is_lso = primary and self.is_lso
         ctx = tf.distribute.get_replica_context()
-        reuse = self._reads_keras_all_reduce()
+        reuse = primary and self._reads_keras_all_reduce()
         if ctx is not None and ctx.num_replicas_in_sync > 1 and not reuse:
             # Replica gradients are scaled by 1/replicas before the all-reduce
             # (pitfall 8); the statistics are of the summed, global gradient.
@@ -376,67 +572,85 @@ class _Monitor:
                 [tf.convert_to_tensor(by_index[i]) for i in keys],
             )
             by_index = dict(zip(keys, summed, strict=True))
-        if self.is_lso:
-            scale = tf.cast(self.optimizer.dynamic_scale, tf.float32)
+        factor = getattr(opt, "loss_scale_factor", None)
+        if is_lso:
+            scale = tf.cast(opt.dynamic_scale, tf.float32)
         else:
-            factor = getattr(self.optimizer, "loss_scale_factor", None)
             scale = tf.constant(float(factor or 1.0), tf.float32)
-        iteration = tf.cast(self.optimizer.iterations, tf.int64)
-        lr = tf.cast(self.optimizer.learning_rate, tf.float32)
+        unscale = is_lso or bool(factor)
+        iteration = tf.cast(opt.iterations, tf.int64)
+        lr = tf.cast(opt.learning_rate, tf.float32)
+        updated = sorted(
+            {self.var_ids[id(v)] for v in variables if id(v) in self.var_ids}
+        )
+        paths = self.optimizer_paths.setdefault(name, [])
+        paths.extend(
+            p for p in (self.layout.paths[i] for i in updated) if p not in paths
+        )
         # The parameters before the update (a transient copy: the update
         # writes new buffers while these reads are alive).
-        before = [tf.identity(v.value) for v in self.variables]
-        self._reduced = None
+        before = {i: tf.identity(self.variables[i].value) for i in updated}
+        accumulate = getattr(opt, "gradient_accumulation_steps", None)
+        if accumulate and not is_lso:
+            # A step is an applied update: the batches that only add to the
+            # accumulators are skipped rows, and the update's row holds the
+            # gradient it applied, the mean over its batches.
+            applies = tf.equal((opt._iterations + 1) % accumulate, 0)
+            by_index = {
+                i: (
+                    tf.convert_to_tensor(g)
+                    + opt._accumulated_gradients[
+                        opt._get_variable_index(self.variables[i])
+                    ].value
+                )
+                / accumulate
+                for i, g in by_index.items()
+            }
+        self._local.reduced = None
         result = orig_apply(grads, trainable_variables)
         with tf.control_dependencies([result] if result is not None else []):
-            after = [tf.identity(v.value) for v in self.variables]
-            iteration_after = tf.cast(self.optimizer.iterations, tf.int64)
-        if reuse and self._reduced is not None:
+            after = {i: tf.identity(self.variables[i].value) for i in updated}
+            iteration_after = tf.cast(opt.iterations, tf.int64)
+        if reuse and self._local.reduced is not None:
             # The global gradients Keras summed for the update (by variable).
             where = {id(v.value): i for i, v in enumerate(self.variables)}
             by_index = {
                 where[id(v)]: g
-                for g, v in self._reduced
+                for g, v in self._local.reduced
                 if g is not None and id(v) in where
             }
             self.reused_all_reduce = True
-        self._reduced = None
-        skipped = (
-            tf.equal(iteration_after, iteration) if self.is_lso else tf.constant(False)
+        self._local.reduced = None
+        skipped = tf.equal(iteration_after, iteration) if is_lso else tf.constant(False)
+        if accumulate and not is_lso:
+            skipped = tf.logical_not(applies)
+        conditional = is_lso or bool(accumulate)
+        self._collect(
+            by_index, before, after, scale if unscale else None, skipped, conditional
         )
-        parts, nonfinite = self._step_sums(by_index, before, after, scale, skipped)
-        closed, running = self._window_close(skipped, iteration_after)
-        self._pending = {
-            "lr": lr,
-            "scale": scale,
-            "skipped": skipped,
-            "parts": parts,
-            "nonfinite": nonfinite,
-            "closed": closed,
-            "running": running,
-            "step": iteration_after,
-        }
+        if self._local.pending is None or primary:
+            # The step, learning rate and loss scale of a row are those of
+            # model.optimizer when it ran in the step, else of the first
+            # optimizer that did.
+            self._local.pending = {
+                "lr": lr,
+                "scale": scale,
+                "skipped": skipped,
+                "step": iteration_after,
+            }
         return result
 
-    def _step_sums(self, by_index, before, after, scale, skipped):
-        """Per-variable and per-slice sums of the step; adds to the running sums.
-
-        Returns:
-            ``(parts, nonfinite)``: the ``[V]`` vectors of
-            :data:`stats.SUM_COLUMNS` and the ``[S]`` vectors of
-            :data:`stats.SLICE_COLUMNS`, in row order; the step's NaN/Inf count.
-        """
+    def _collect(self, by_index, before, after, scale, skipped, conditional):
+        """Reduces the gradients of one update to sums; adds to the running sums."""
         layout = self.layout
-        inv = 1.0 / scale if self.unscale else None
-        columns = {name: [] for name in stats.SUM_COLUMNS if name != "grad_nonfinite"}
-        slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
-        zero = tf.zeros([], tf.float32)
-        grads = []
-        for i in range(layout.num_variables):
+        inv = None if scale is None else 1.0 / scale
+        for i in before:
             g, size = by_index.get(i), layout.sizes[i]
             values = None
             if g is None:
-                sums = [zero, zero, tf.constant(float(size))]
+                # Updated without a gradient: nothing was seen, so no value.
+                nan = tf.constant(float("nan"))
+                sums = [nan, nan, nan]
             else:
                 sparse = stats.is_sparse(g)
                 if sparse:
@@ -451,24 +665,47 @@ class _Monitor:
                 if inv is not None:
                     values = values * inv
                 sums = stats.gradient_sums(values, size)
-                self._accumulate(i, values, indices, skipped)
-            grads.append(values)
+                self._accumulate(i, values, indices, skipped, conditional)
             sums += stats.parameter_sums(before[i], after[i])
+            self._local.collected[i] = (sums, values)
+
+    def _step_parts(self, collected):
+        """The step's ``[V]`` sum vectors and ``[S]`` slice vectors, in row order.
+
+        Returns:
+            ``(parts, nonfinite)``: the vectors of :data:`stats.SUM_COLUMNS`
+            and :data:`stats.SLICE_COLUMNS`, NaN for a variable no optimizer
+            updated at this step; the step's NaN/Inf count.
+        """
+        layout = self.layout
+        nan = tf.constant(float("nan"))
+        names = [n for n in stats.SUM_COLUMNS if n != "grad_nonfinite"]
+        columns = {name: [] for name in names}
+        slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
+        for i in range(layout.num_variables):
+            sums, values = collected.get(i, ([nan] * len(names), None))
             for column, value in zip(columns.values(), sums, strict=True):
                 column.append(value)
             for pos, spec in layout.slices_of(i):
-                part = (
-                    [zero, zero] if values is None else stats.slice_sums(values, spec)
-                )
+                part = [nan, nan] if values is None else stats.slice_sums(values, spec)
                 for column, value in zip(slice_columns, part, strict=True):
                     column[pos] = value
         vectors = {name: tf.stack(column) for name, column in columns.items()}
-        vectors["grad_nonfinite"] = stats.nonfinite_counts(grads, columns["grad_sq"])
+        present = sorted(i for i, (_, v) in collected.items() if v is not None)
+        counts = [tf.zeros([], tf.float32)] * layout.num_variables
+        if present:
+            found = stats.nonfinite_counts(
+                [collected[i][1] for i in present],
+                [collected[i][0][0] for i in present],
+            )
+            for k, i in enumerate(present):
+                counts[i] = found[k]
+        vectors["grad_nonfinite"] = tf.stack(counts)
         parts = [vectors[name] for name in stats.SUM_COLUMNS]
         parts += [tf.stack(c) for c in slice_columns if c]
         return parts, tf.reduce_sum(vectors["grad_nonfinite"])
 
-    def _accumulate(self, i, values, indices, skipped):
+    def _accumulate(self, i, values, indices, skipped, conditional):
         running = self.running[i]
 
         def add():
@@ -478,8 +715,9 @@ class _Monitor:
                 running.scatter_add(tf.IndexedSlices(values, indices))
             return tf.constant(True)
 
-        if self.is_lso:
-            # An overflow step is skipped: its gradient is not in the window.
+        if conditional:
+            # A skipped step (an overflow, a batch only accumulated) is not
+            # in the window.
             tf.cond(skipped, lambda: tf.constant(False), add)
         else:
             add()
@@ -518,11 +756,12 @@ class _Monitor:
         )
         return tf.cast(close, tf.float32), running
 
-    def _record(self, pending, loss, components, batch_size):
+    def _record(self, pending, loss, known, components, batch_size):
         """Stacks the step's figures into one ring row and writes it."""
         skipped = pending["skipped"]
         scalars = [
             loss,
+            known,
             pending["lr"],
             pending["scale"],
             tf.cast(skipped, tf.float32),
@@ -541,7 +780,7 @@ class _Monitor:
         )
         bad = None
         if self.cb.stop_on_nan:
-            bad = tf.logical_not(tf.math.is_finite(loss))
+            bad = tf.logical_and(known > 0, tf.logical_not(tf.math.is_finite(loss)))
             if self.is_lso:
                 bad = tf.logical_and(bad, tf.logical_not(skipped))
             else:
@@ -552,6 +791,9 @@ class _Monitor:
     def after_execution(self):
         """After each execution of the train function: hand a full block over."""
         if not self.active or self.layout is None:
+            return
+        if self.late_components and self.cb._monitor is self:
+            self.cb._guarded(self.cb._lay_out_again)
             return
         self.since += 1
         self.executions += 1
@@ -678,6 +920,9 @@ class _Monitor:
     def _epoch_task(self, running, step, values):
         if self.reducer.writer is not self.writer:
             self.reducer.set_writer(self.writer, self.tags)
+        # The step of the epoch's last row (the run's step, whichever
+        # optimizer counted it), else the optimizer's step.
+        step = self.reducer.last_step or step + (self.reducer.step_offset or 0)
         self.reducer.epoch_end(running)
         if values:
             with self.writer.as_default():
@@ -712,6 +957,8 @@ class _Monitor:
 
     def tags(self) -> dict[str, bytes]:
         """The serialized metadata of every tag (once the step is traced)."""
+        if self.cb._run_paths is None:
+            self.cb._run_paths = list(self.layout.paths)
         freq = self.cb.update_freq
         if freq == "auto" and self.reducer.freq is not None:
             freq = self.reducer.freq
@@ -722,6 +969,8 @@ class _Monitor:
             self.cb.loss_components,
             self.step_components,
             [p for p in self.layout.paths if p in self.sparse_paths],
+            # Named only when not all is model.optimizer's (a GAN's, a split).
+            self.optimizer_paths if set(self.optimizer_paths) - {"optimizer"} else None,
         )
 
 
@@ -854,6 +1103,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if on_flag not in ("warn", "stop", None):
             raise ValueError(f"on_flag must be 'warn', 'stop' or None, got {on_flag!r}")
         self.log_dir = os.fspath(log_dir)
+        self._base_log_dir = self.log_dir
+        self._run_paths: list[str] | None = None
         self.update_freq = update_freq
         self.slices = dict(slices or {})
         self.loss_components = list(loss_components or [])
@@ -890,7 +1141,13 @@ class GradientHealthCallback(keras.callbacks.Callback):
             or monitor.cb is not self
             or monitor.optimizer is not model.optimizer
         ):
+            last, recorded = self._run_state()
             monitor = _Monitor(self, model)
+            if monitor.layout is not None:
+                last = self._follow_labels(monitor.layout.paths, last, recorded)
+            monitor.run_last_step = last
+            if monitor.reducer is not None:
+                monitor.reducer.run_last_step = last
             monitor.install()
         self._monitor = monitor
         self._write_failed = False
@@ -948,6 +1205,75 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._writer = None
 
     # -- helpers -----------------------------------------------------------
+    def _lay_out_again(self) -> None:
+        """Replaces the monitor once loss components' trackers exist.
+
+        The rows recorded so far are written first; the new monitor's train
+        function records the components per step from the next step on.
+        """
+        old = self._monitor
+        old.finish()
+        old.active = False
+        monitor = _Monitor(self, self.model)
+        monitor.run_last_step = self._run_state()[0]
+        if monitor.reducer is not None:
+            monitor.reducer.run_last_step = monitor.run_last_step
+        if old.probe is not None:
+            monitor.probe = old.probe
+        monitor.install()
+        self._monitor = monitor
+        monitor.set_writer(self._writer)
+        monitor.active = True
+        monitor.start()
+
+    def _run_state(self) -> tuple[int, list[str] | None]:
+        """The run's last step (a new monitor's steps follow it) and labels."""
+        mon = self._monitor
+        if mon is not None and mon.reducer is not None:
+            with contextlib.suppress(Exception):
+                mon.drain()
+            last = max(mon.run_last_step, mon.reducer.last_step)
+            return last, self._run_paths
+        if self._writer is None:
+            return _run_state(self.log_dir)
+        return 0, self._run_paths
+
+    def _follow_labels(self, paths, last: int, recorded) -> int:
+        """Moves to a run whose per-layer labels are ``paths``, when they differ.
+
+        TensorBoard keeps a tag's first metadata: rows over other variables
+        would show under the first ones' names. Such a fit (another model on
+        the same ``log_dir``) writes to the subfolder ``variables-<k>`` whose
+        labels are its own; its steps go on from the run's last step.
+
+        Returns:
+            The last step the new rows follow.
+        """
+        if recorded is None or list(recorded) == list(paths):
+            return last
+        base = self._base_log_dir
+        k = 2
+        while True:
+            folder = os.path.join(base, f"variables-{k}")
+            sub_last, sub_paths = _run_state(folder)
+            if sub_paths is None or list(sub_paths) == list(paths):
+                break
+            k += 1
+        warnings.warn(
+            f"GradientHealthCallback: the model's variables differ from those "
+            f"recorded in {self.log_dir!r}; this fit is written to {folder!r} so "
+            "that every per-layer value keeps its own label.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        if self._writer is not None:
+            self._guarded(self._writer.close)
+            self._writer = None
+        self.log_dir = folder
+        self._run_paths = list(paths)
+        self._live = None
+        return max(last, sub_last)
+
     def _open_writer(self):
         if self._writer is None:
             existing = set(_event_files(self.log_dir))

@@ -155,7 +155,7 @@ class BlockReducer:
         # Scalars first, then per-variable blocks: the writer unstacks them.
         self.rows = ring.Packing(
             [(name, 1) for name in STEP_STATS]
-            + [("components", len(self.components))]
+            + [("components", len(self.components)), ("loss_known", 1)]
             + [("v_" + name, v) for name in LAYER_STATS]
         )
         self.windows = ring.Packing(
@@ -180,6 +180,9 @@ class BlockReducer:
         self.last_logged = -1
         self.last_valid: _Held | None = None
         self.bytes_written = 0
+        self.run_last_step = 0
+        self.step_offset: int | None = None
+        self.last_step = 0
 
     # -- input -------------------------------------------------------------------
     def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
@@ -221,11 +224,24 @@ class BlockReducer:
             self.decide_update_freq(step_seconds)
         idx = self.packing.index
         steps = ring.steps_of(block, self.packing)
+        if self.step_offset is None:
+            # A recompiled model's optimizer counts from 1 again: the run's
+            # steps go on from its last one, never written twice. Decided at
+            # the first applied step (a skipped step has not advanced).
+            applied = steps[block[:, idx["skipped"].start] == 0.0]
+            if len(applied):
+                first = int(applied[0])
+                self.step_offset = max(0, self.run_last_step + 1 - first)
+        steps = steps + (self.step_offset or 0)
+        if len(steps):
+            self.last_step = max(self.last_step, int(steps.max()))
         now = time.monotonic()
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for r, step in zip(block.astype(np.float64), steps.tolist(), strict=True):
                 valid = r[idx["skipped"]][0] == 0.0
-                loss = r[idx["loss"]][0]
+                # An unknown loss (no metric named "loss" updated) is no NaN.
+                known = r[idx["loss_known"]][0] > 0
+                loss = r[idx["loss"]][0] if known else 0.0
                 nonfinite = r[idx["grad_nonfinite"]]
                 counts = np.concatenate(
                     [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
@@ -294,9 +310,11 @@ class BlockReducer:
         update_sq = r[idx["update_sq"]]
         fields = {
             "loss": r[idx["loss"]],
-            "grad_norm": np.sqrt(grad_sq.sum()),
-            "param_norm": np.sqrt(param_sq.sum()),
-            "update_norm": np.sqrt(update_sq.sum()),
+            "loss_known": r[idx["loss_known"]],
+            # Over the variables updated at the step (the others are NaN).
+            "grad_norm": np.sqrt(np.nansum(grad_sq)),
+            "param_norm": np.sqrt(np.nansum(param_sq)),
+            "update_norm": np.sqrt(np.nansum(update_sq)),
             "learning_rate": r[idx["learning_rate"]],
             "loss_scale": r[idx["loss_scale"]],
             "components": r[idx["components"]],
@@ -316,7 +334,7 @@ class BlockReducer:
 
     def _watch(self, held: _Held, r, loss, nonfinite) -> None:
         """The flight recorder's trigger: a first non-finite step or a jump."""
-        norm = math.sqrt(r[self.packing.index["grad_sq"]].sum())
+        norm = math.sqrt(np.nansum(r[self.packing.index["grad_sq"]]))
         finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
         anomalous = not finite and self.finite_before
         if finite:
@@ -471,16 +489,32 @@ class BlockReducer:
     def _summary(self, tag, value, step):
         tf.summary.write(tag, value, step=step, metadata=self._meta[tag])
 
+    def _summary_op(self, tag, value, step):
+        # Written at some steps only: its first event, whichever it is, must
+        # carry the metadata, so every event does.
+        return tf.summary.write(tag, value, step=step, metadata=self.tags[tag])
+
     def _write_row(self, row, step):
         # One unstack per part rather than one slice op per tag.
-        width = self.rows.index["components"].stop
+        width = self.rows.index["loss_known"].stop
         scalars = tf.unstack(row[:width], num=width)
         layers = tf.unstack(
             tf.reshape(row[width:], [len(LAYER_STATS), self.layout.num_variables]),
             num=len(LAYER_STATS),
         )
+        known = scalars[self.rows.index["loss_known"].start] > 0
         for i, stat in enumerate(STEP_STATS):
-            if self.mixed_precision or stat not in _MIXED_PRECISION_ONLY:
+            if stat == "loss":
+                # No value where the step's loss is unknown (a custom step
+                # with no metric named "loss"): no point rather than a 0.
+                tf.cond(
+                    known,
+                    lambda v=scalars[i]: self._summary_op(
+                        metadata.step_tag("loss"), v, step
+                    ),
+                    lambda: tf.constant(False),
+                )
+            elif self.mixed_precision or stat not in _MIXED_PRECISION_ONLY:
                 self._summary(metadata.step_tag(stat), scalars[i], step)
         first = self.rows.index["components"].start
         for i, name in enumerate(self.components):
@@ -527,6 +561,7 @@ def tag_metadata(
     loss_components: Sequence[str],
     step_components: Sequence[str],
     sparse_variables: Sequence[str] = (),
+    optimizers: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, bytes]:
     """The serialized summary metadata of every per-step and window tag.
 
@@ -540,6 +575,12 @@ def tag_metadata(
         sparse_variables: Paths of the variables whose gradient arrived as
             ``tf.IndexedSlices`` (rows of a table); listed in the layer tags'
             content as ``"sparse_variables"``. Defaults to none.
+        optimizers: ``{optimizer: [paths it updates]}`` when optimizers other
+            than ``model.optimizer`` step the model (a GAN's): in the
+            ``step/*`` and ``layer/*`` tags' content as ``"optimizers"``; the
+            global norms cover all of them, and each optimizer's global norm
+            is the root of the summed squares of its paths' ``layer`` norms.
+            Defaults to ``None``: not written.
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
@@ -548,7 +589,9 @@ def tag_metadata(
         "variables": layout.paths,
         metadata.SPARSE_VARIABLES: list(sparse_variables),
     }
-    common = {"update_freq": update_freq}
+    common: dict[str, Any] = {"update_freq": update_freq}
+    if optimizers:
+        common["optimizers"] = {k: list(v) for k, v in optimizers.items()}
     tags: dict[str, Any] = {}
     for stat, text in metadata.STEP_SCALARS.items():
         tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)

@@ -16,8 +16,19 @@ import tensorflow as tf
 
 from tb_gradplugin import stats
 
-SCALARS = ("loss", "learning_rate", "loss_scale", "skipped", "batch_size")
-"""The per-step scalar columns, in order; loss components follow them."""
+SCALARS = (
+    "loss",
+    "loss_known",
+    "learning_rate",
+    "loss_scale",
+    "skipped",
+    "batch_size",
+)
+"""The per-step scalar columns, in order; loss components follow them.
+
+``loss_known`` is 1 when the step updated a metric named ``loss`` (the loss
+Keras logs), else 0 and ``loss`` is NaN: no value, not a non-finite one.
+"""
 
 MAX_BLOCK_STEPS = 64  # steps read together; more saves nothing measurable.
 BLOCKS_IN_FLIGHT = 2  # blocks the writer may hold before the step waits for it.

@@ -332,14 +332,20 @@ def window_statistics(
         sums.slice_sq / n - np.asarray(slice_running_sq) / n**2, 0.0
     )
     total = float(max(layout.size, 1))
-    tr_sigma = float(trace.sum())
+    # NaN entries: variables no optimizer updated in the window (absent).
+    tr_sigma = float(np.nansum(trace))
     g_sq = float(np.sum(running_sq)) / n**2
+    # A variable absent at a step of the window (not updated then) has no
+    # window statistics: its running sum of zeros is no "always zero" gradient.
+    absent = np.isnan(sums.grad_sq)
     return {
         "layer_grad_variance": trace / layout.sizes_array,
         "layer_grad_mean_abs": sums.grad_abs / (n * layout.sizes_array),
-        "layer_zero_fraction": np.asarray(running_zero) / layout.sizes_array,
+        "layer_zero_fraction": np.where(
+            absent, np.nan, np.asarray(running_zero) / layout.sizes_array
+        ),
         "grad_variance": np.float64(tr_sigma / total),
-        "grad_mean_abs": np.float64(sums.grad_abs.sum() / (n * total)),
+        "grad_mean_abs": np.float64(np.nansum(sums.grad_abs) / (n * total)),
         "noise_scale": safe_ratio(sums.batch / n * tr_sigma, g_sq),
         "grad_snr": safe_ratio(g_sq, tr_sigma),
         "window_steps": np.float64(sums.count),

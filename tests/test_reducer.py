@@ -26,6 +26,7 @@ def _rows(packing, steps, grad_sq, loss=None):
     out[:, idx["grad_sq"]] = np.asarray(grad_sq, np.float32)[:, None]
     out[:, idx["param_sq"]] = 1.0
     out[:, idx["loss"]] = 1.0 if loss is None else np.asarray(loss)[:, None]
+    out[:, idx["loss_known"]] = 1.0
     words = np.asarray(steps, np.int64)[:, None].view(np.float32)
     out[:, idx["step"]] = words
     return out
@@ -90,3 +91,27 @@ def test_first_nonfinite_step_only_triggers_the_recorder(tmp_path):
     red.release(final=True)
     steps = _logged_steps(tmp_path, writer).steps.tolist()
     assert steps == [1, 10, 13, 14, 15, 16, 17, 20, 30]
+
+
+def test_unknown_loss_writes_no_loss_point_and_no_anomaly(tmp_path):
+    """Rows whose loss is unknown write no loss point and are no NaN anomaly."""
+    red, packing, writer = _reducer(tmp_path, 1)
+    rows = _rows(packing, np.arange(1, 11), np.ones(10))
+    rows[4:, packing.index["loss_known"]] = 0.0  # from step 5 on
+    rows[4:, packing.index["loss"]] = np.nan
+    red.add_rows(rows)
+    red.release(final=True)
+    writer.flush()
+    run = reader.read_run(reader.provider_for_logdir(str(tmp_path)), "run")
+    assert run.scalars["step/loss"].steps.tolist() == [1, 2, 3, 4]
+    assert run.scalars["step/grad_norm"].steps.tolist() == list(range(1, 11))
+    assert not red.anomalies
+
+
+def test_steps_restarting_at_one_continue_from_the_runs_last_step(tmp_path):
+    """A reducer after a recompile writes its steps after the run's last one."""
+    red, packing, writer = _reducer(tmp_path, 1)
+    red.run_last_step = 7
+    red.add_rows(_rows(packing, np.arange(1, 4), np.ones(3)))
+    red.release(final=True)
+    assert _logged_steps(tmp_path, writer).steps.tolist() == [8, 9, 10]
