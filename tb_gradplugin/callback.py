@@ -1,6 +1,6 @@
 """The Keras callback that records gradient health as TensorBoard summaries.
 
-How it stays cheap (DESIGN.md pitfalls 7, 10, 11, 14-16): the statistics come
+How it stays cheap: the statistics come
 from the gradients that Keras already computed, by wrapping the model's
 ``train_step`` and the ``apply`` of every optimizer of the model (its
 ``optimizer`` and those it holds, a GAN's) on the instances (the user changes
@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tb_gradplugin import metadata, reducer, ring, stats
+from tb_gradplugin import diagnosis, metadata, reducer, ring, stats
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class _ProbeCapture:
     def __init__(self):
         self.vars = None
         self.structure = None
-        self.done = None
+        self.captured = None
 
     def capture(self, data) -> None:
         flat = tf.nest.flatten(data)
@@ -191,7 +191,7 @@ class _ProbeCapture:
                     tf.Variable(tf.zeros(t.shape, t.dtype), trainable=False)
                     for t in flat
                 ]
-                self.done = tf.Variable(False, trainable=False)
+                self.captured = tf.Variable(False, trainable=False)
             self.structure = data
         if len(flat) != len(self.vars) or any(
             t.shape != v.shape for t, v in zip(flat, self.vars, strict=True)
@@ -201,14 +201,14 @@ class _ProbeCapture:
         def store():
             for v, t in zip(self.vars, flat, strict=True):
                 v.assign(t)
-            self.done.assign(True)
+            self.captured.assign(True)
             return tf.constant(True)
 
-        tf.cond(self.done, lambda: tf.constant(False), store)
+        tf.cond(self.captured, lambda: tf.constant(False), store)
 
     def batch(self):
         """Returns ``(x, y, sample_weight)`` of the captured batch, or ``None``."""
-        if self.vars is None or not bool(self.done.numpy()):
+        if self.vars is None or not bool(self.captured.numpy()):
             return None
         data = tf.nest.pack_sequence_as(self.structure, [v.numpy() for v in self.vars])
         return keras.utils.unpack_x_y_sample_weight(data)
@@ -246,7 +246,9 @@ class _Monitor:
         self.epoch_components = [
             n for n in callback.loss_components if n not in self.step_components
         ]
-        self.spe = max(int(getattr(model, "steps_per_execution", 1) or 1), 1)
+        self.steps_per_execution = max(
+            int(getattr(model, "steps_per_execution", 1) or 1), 1
+        )
         self.jit = bool(getattr(model, "jit_compile", False))
         self.layout = None
         self.ring = None
@@ -272,9 +274,9 @@ class _Monitor:
                 )
             else:
                 self.probe = _ProbeCapture()
-        self.since = 0
+        self.executions_since_submit = 0
         self.last_submit = time.monotonic()
-        self.done = 0
+        self.rows_taken = 0
         self.executions = 0
         self.timed_from = None
         self.executor = None
@@ -308,8 +310,8 @@ class _Monitor:
             len(self.layout.slices),
             len(self.step_components),
         )
-        block, rows = ring.ring_rows(self.spe)
-        self.executions_per_block = block // self.spe
+        block, rows = ring.ring_rows(self.steps_per_execution)
+        self.executions_per_block = block // self.steps_per_execution
         self.ring = ring.StepRing(self.packing.width, rows, self.strategy)
         with self.strategy.scope():
             # The gradient summed over the open variance window: one float32
@@ -338,7 +340,7 @@ class _Monitor:
         """Wraps train_step, optimizer.apply and the train function.
 
         Forces a rebuild of the train function so that the compiled step
-        includes the shims (pitfall 11: a traced function keeps what it saw).
+        includes the shims (a traced function keeps what it saw).
         """
         model, opt = self.model, self.optimizer
         if self.is_lso and not opt.built and model.trainable_variables:
@@ -564,8 +566,8 @@ class _Monitor:
         ctx = tf.distribute.get_replica_context()
         reuse = primary and self._reads_keras_all_reduce()
         if ctx is not None and ctx.num_replicas_in_sync > 1 and not reuse:
-            # Replica gradients are scaled by 1/replicas before the all-reduce
-            # (pitfall 8); the statistics are of the summed, global gradient.
+            # Replica gradients are scaled by 1/replicas before the all-reduce;
+            # the statistics are of the summed, global gradient.
             keys = sorted(by_index)
             summed = ctx.all_reduce(
                 tf.distribute.ReduceOp.SUM,
@@ -795,13 +797,13 @@ class _Monitor:
         if self.late_components and self.cb._monitor is self:
             self.cb._guarded(self.cb._lay_out_again)
             return
-        self.since += 1
+        self.executions_since_submit += 1
         self.executions += 1
         if self.timed_from is None:
             # The first execution of a fit includes tracing: time from its end.
             self.timed_from = (time.monotonic(), self.executions)
         if (
-            self.since >= self.executions_per_block
+            self.executions_since_submit >= self.executions_per_block
             or time.monotonic() - self.last_submit > _MAX_WRITE_DELAY_S
         ):
             self.cb._guarded(self.submit)
@@ -816,7 +818,7 @@ class _Monitor:
         if self.timed_from is None:
             return None
         start, executions = self.timed_from
-        steps = (self.executions - executions) * self.spe
+        steps = (self.executions - executions) * self.steps_per_execution
         return (time.monotonic() - start) / steps if steps else None
 
     def submit(self, stop: int | None = None):
@@ -826,7 +828,7 @@ class _Monitor:
             stop: The ring's row count, when already read. Defaults to
                 ``None``: read it here.
         """
-        self.since = 0
+        self.executions_since_submit = 0
         self.last_submit = time.monotonic()
         # The ring holds the blocks in flight and more: wait rather than
         # let the step overwrite rows not yet read (a writer falling behind).
@@ -834,7 +836,7 @@ class _Monitor:
             self.futures.popleft().result()
         if stop is None:
             stop = int(self.ring.count.numpy())
-        start, self.done = max(self.done, stop - self.ring.rows), stop
+        start, self.rows_taken = max(self.rows_taken, stop - self.ring.rows), stop
         if stop > start:
             self._submit(self._process, start, stop, self._step_seconds())
 
@@ -889,8 +891,8 @@ class _Monitor:
         """At each ``fit``: skips rows recorded without the callback active."""
         self.drain()
         if self.layout is not None:
-            self.done = int(self.ring.count.numpy())
-        self.since = 0
+            self.rows_taken = int(self.ring.count.numpy())
+        self.executions_since_submit = 0
         self.timed_from = None
         self.last_submit = time.monotonic()
 
@@ -1319,20 +1321,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
             flags.append(self._flags.pop(0))
         when = f"epoch {epoch + 1}" if epoch is not None else "end of training"
         for flag in flags:
-            where = f" in {flag.layer}" if flag.layer else ""
-            logger.warning(
-                "Gradient health, %s: %s%s (steps %s-%s): %s Advice: %s",
-                when,
-                flag.kind,
-                where,
-                flag.first_step,
-                flag.last_step,
-                flag.message,
-                flag.advice,
-            )
+            text = diagnosis.format_flag(flag)
+            logger.warning("Gradient health, %s:\n%s", when, text)
             warnings.warn(
-                f"GradientHealthCallback: {flag.kind}{where} at steps "
-                f"{flag.first_step}-{flag.last_step}: {flag.message}",
+                f"GradientHealthCallback: {when}\n{text}",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 
-from tb_gradplugin import diagnosis, metadata, reader
+from tb_gradplugin import diagnosis, reader
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +33,7 @@ class LiveDiagnosis:
 
     def __init__(self, log_dir: str, thresholds: diagnosis.Thresholds | None = None):
         self.thresholds = thresholds
-        self._multiplexer = plugin_event_multiplexer.EventMultiplexer(
-            tensor_size_guidance={metadata.PLUGIN_NAME: 0}, max_reload_threads=1
-        )
+        self._multiplexer = reader.event_multiplexer()
         self._multiplexer.AddRun(log_dir, name=_RUN)
         self._provider = tb_data_provider.MultiplexerDataProvider(
             self._multiplexer, log_dir

@@ -209,6 +209,18 @@ def read_run(
     return data
 
 
+def event_multiplexer() -> plugin_event_multiplexer.EventMultiplexer:
+    """TensorBoard's event loader, set to keep every gradient-health point.
+
+    Returns:
+        An empty multiplexer (no reservoir sampling of this plugin's series,
+        one reload thread); add runs to it and call ``Reload``.
+    """
+    return plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={metadata.PLUGIN_NAME: 0}, max_reload_threads=1
+    )
+
+
 def provider_for_logdir(logdir: str | os.PathLike) -> tb_provider.DataProvider:
     """Loads every run under a log directory with TensorBoard's event loading.
 
@@ -228,10 +240,7 @@ def provider_for_logdir(logdir: str | os.PathLike) -> tb_provider.DataProvider:
     path = os.fspath(logdir)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"log directory not found: {path}")
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: 0},
-        max_reload_threads=1,
-    )
+    multiplexer = event_multiplexer()
     multiplexer.AddRunsFromDirectory(path)
     multiplexer.Reload()
     return tb_data_provider.MultiplexerDataProvider(multiplexer, path)

@@ -55,7 +55,7 @@ MAX_HOLD_S = 10.0
 """Seconds a row is held at most, so that slow steps still show promptly."""
 
 # The adaptive default of update_freq (see adaptive_update_freq).
-EVENT_SECONDS = 4e-6  # one tf.summary event on the host, measured (DESIGN.md 14).
+EVENT_SECONDS = 4e-6  # one tf.summary event on the host, measured on 2 CPU cores.
 EVENT_SHARE = 0.01  # events may take this share of the step time.
 DISK_BYTES_PER_STEP = 1000.0  # a 1,000,000-step run stays under ~1 GB.
 _FREQ_LADDER = (1, 2, 5)
