@@ -136,7 +136,7 @@ def health_row(data: reader.RunData, report: dict) -> dict[str, Any]:
     """One run's row of the health table.
 
     Args:
-        data: Every series of the run.
+        data: The run's series; only its scalars are read.
         report: The run's ``flags`` object (``diagnosis.run_report``).
 
     Returns:
@@ -271,7 +271,9 @@ class HealthTable:
                 self._rows.move_to_end(key)
                 return hit
         report = self._run_report(ctx, eid, run)
-        row = health_row(self._read_run_data(ctx, eid, run, versions), report)
+        # A row shows scalars only; the report read the tensors it needs.
+        scalars = {k: v for k, v in versions.items() if v.kind == "scalar"}
+        row = health_row(self._read_run_data(ctx, eid, run, scalars), report)
         with self._lock:
             self._rows[key] = row
             while len(self._rows) > _ROW_CACHE_ENTRIES:

@@ -157,6 +157,35 @@ def list_runs(
     return sorted(runs)
 
 
+def last_step(
+    provider: tb_provider.DataProvider, run: str, ctx=None, *, experiment_id: str = ""
+) -> int | None:
+    """The largest step of any gradient-health series of a run, without reading one.
+
+    Args:
+        provider: A TensorBoard data provider.
+        run: The run name.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""`` (the only one).
+
+    Returns:
+        The step, or ``None`` for a run with no series.
+    """
+    ctx = ctx or tb_context.RequestContext()
+    steps = []
+    for listing in (provider.list_scalars, provider.list_tensors):
+        found = listing(
+            ctx,
+            experiment_id=experiment_id,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=[run]),
+        ).get(run, {})
+        steps += [
+            int(ts.max_step) for tag, ts in found.items() if metadata.tag_key(tag)
+        ]
+    return max(steps) if steps else None
+
+
 def read_run(
     provider: tb_provider.DataProvider,
     run: str,

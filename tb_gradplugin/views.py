@@ -126,10 +126,14 @@ class ViewData:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
         versions = self._reader.known_run(ctx, eid, run)
+        # Only the series the rules read: the others are most of a long run's
+        # bytes. The last step still comes from every series' listing.
+        read = {k: v for k, v in versions.items() if k in diagnosis.SERIES_KEYS}
         return self._reader.memo(
             ("flags", eid, run, cached_reader.version_stamp(versions)),
             lambda: diagnosis.run_report(
-                self._reader.read_run_data(ctx, eid, run, versions)
+                self._reader.read_run_data(ctx, eid, run, read),
+                last_step=max(int(v.max_step) for v in versions.values()),
             ),
         )
 
