@@ -300,7 +300,8 @@ class CachedReader:
             else:
                 found[key] = hit
         if missing:
-            data = read_run(self.provider, run, ctx, experiment_id=eid, keys=missing)
+            listed = {k: (versions[k].kind, versions[k].content) for k in missing}
+            data = read_run(self.provider, run, ctx, experiment_id=eid, listed=listed)
             for key in missing:
                 series = data.scalars.get(key) or data.tensors.get(key)
                 if series is not None:

@@ -187,8 +187,9 @@ class HealthTable:
         provider: Returns TensorBoard's data provider (raises when there is none).
         read_run_data: ``(ctx, eid, run, versions) -> reader.RunData``, the
             plugin's cached read of every series of a run.
-        run_report: ``(ctx, eid, run) -> dict``, the ``flags`` route's cached
-            report, so a row and the run's flags come from one diagnosis.
+        run_report: ``(ctx, eid, run, versions) -> dict``, the ``flags``
+            route's cached report, so a row and the run's flags come from one
+            diagnosis; ``versions`` is the run's listing made by this table.
     """
 
     def __init__(
@@ -270,7 +271,7 @@ class HealthTable:
             if hit is not None:
                 self._rows.move_to_end(key)
                 return hit
-        report = self._run_report(ctx, eid, run)
+        report = self._run_report(ctx, eid, run, versions)
         # A row shows scalars only; the report read the tensors it needs.
         scalars = {k: v for k, v in versions.items() if v.kind == "scalar"}
         row = health_row(self._read_run_data(ctx, eid, run, scalars), report)

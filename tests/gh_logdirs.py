@@ -21,7 +21,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
-from tb_gradplugin import metadata, spectrum
+from tb_gradplugin import metadata, spectral_density
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 """A run directory name that is HTML: it must render as text."""
@@ -260,10 +260,10 @@ def _spectrum_row(step: int, t: float) -> np.ndarray:
             [10 * t + 1],
         ]
     )
-    sigma, grid, dens = spectrum.density_of(
+    sigma, grid, dens = spectral_density.density_of(
         [eig], [np.full(eig.size, 1 / eig.size)], 100, DENSITY_POINTS
     )
-    hist = spectrum.histogram(eig, grid)
+    hist = spectral_density.histogram(eig, grid)
     return np.concatenate([[sigma], grid, dens, hist])
 
 
