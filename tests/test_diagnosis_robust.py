@@ -149,3 +149,13 @@ def test_rolling_min_skips_nan_like_nanmin():
     ]
     np.testing.assert_array_equal(robust.rolling_min(x, 3), want)
     np.testing.assert_array_equal(robust.rolling_min(x, 7), [1.0, 1.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_cumulative_quantile_equals_np_quantile_of_each_prefix(q):
+    """At every exact point the value is np.quantile of the prefix, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.round(rng.normal(size=150), 1), rng.normal(size=150)])
+    got = robust.cumulative_quantile(x, q, points=300)
+    want = [np.quantile(x[: i + 1], q) for i in range(300)]
+    np.testing.assert_array_equal(got, want)

@@ -94,9 +94,31 @@ def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarra
     if n == 0:
         return x.copy()
     at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
-    vals = np.array([np.quantile(x[: i + 1], q) for i in at])
+    if x.dtype == np.float64 and np.isfinite(x).all():
+        vals = np.array([_linear_quantile(x[: i + 1], q) for i in at])
+    else:
+        vals = np.array([np.quantile(x[: i + 1], q) for i in at])
     idx = np.searchsorted(at, np.arange(n), side="right") - 1
     return vals[idx]
+
+
+def _linear_quantile(x: np.ndarray, q: float) -> float:
+    """np.quantile(x, q) of finite float64 ``x``, bit for bit, with less overhead.
+
+    The same two order statistics and the same interpolation as numpy's
+    default ("linear") method; np.quantile's own setup costs ~20x the work
+    on a short series, and a cumulative quantile calls it hundreds of times.
+    """
+    m = x.shape[0]
+    virtual = (m - 1) * q
+    if virtual >= m - 1:
+        return float(x.max())
+    lo = math.floor(virtual)
+    part = np.partition(x, [lo, lo + 1])
+    a, b = float(part[lo]), float(part[lo + 1])
+    t = virtual - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def nanmedian(x: np.ndarray) -> float:
