@@ -312,14 +312,15 @@ class CachedReader:
     def read_run_data(
         self, ctx, eid: str, run: str, versions: dict[str, TagVersion] | None = None
     ) -> RunData:
-        """Reads all of a run's series (for the diagnosis), through the cache.
+        """Reads the listed series of a run, through the cache.
 
         Args:
             ctx: The request context.
             eid: The experiment.
             run: The run.
-            versions: The run's listing when already made. Defaults to
-                ``None``: list it.
+            versions: The series to read: the run's listing, or the part of it
+                a caller needs (the diagnosis: ``diagnosis.SERIES_KEYS``).
+                Defaults to ``None``: list the run and read every series.
 
         Returns:
             The run's data.

@@ -186,7 +186,8 @@ class HealthTable:
     Args:
         provider: Returns TensorBoard's data provider (raises when there is none).
         read_run_data: ``(ctx, eid, run, versions) -> reader.RunData``, the
-            plugin's cached read of every series of a run.
+            plugin's cached read of the listed series of a run (a row reads
+            the scalars).
         run_report: ``(ctx, eid, run, versions) -> dict``, the ``flags``
             route's cached report, so a row and the run's flags come from one
             diagnosis; ``versions`` is the run's listing made by this table.
