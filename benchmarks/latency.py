@@ -244,9 +244,15 @@ def check_times(logdir: str) -> tuple[float, float]:
     cli = time.perf_counter() - t0
     t0 = time.perf_counter()
     with data_server.data_server_provider(logdir) as provider:
-        datas = [reader.read_run(provider, r) for r in reader.list_runs(provider)]
-    for data in datas:
-        diagnosis.run_report(data)
+        datas = [
+            (
+                reader.read_run(provider, r, keys=diagnosis.SERIES_KEYS),
+                reader.last_step(provider, r),
+            )
+            for r in reader.list_runs(provider)
+        ]
+    for data, last_step in datas:
+        diagnosis.run_report(data, last_step=last_step)
     return cli, time.perf_counter() - t0
 
 

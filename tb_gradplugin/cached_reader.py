@@ -300,7 +300,8 @@ class CachedReader:
             else:
                 found[key] = hit
         if missing:
-            data = read_run(self.provider, run, ctx, experiment_id=eid, keys=missing)
+            listed = {k: (versions[k].kind, versions[k].content) for k in missing}
+            data = read_run(self.provider, run, ctx, experiment_id=eid, listed=listed)
             for key in missing:
                 series = data.scalars.get(key) or data.tensors.get(key)
                 if series is not None:
@@ -311,14 +312,15 @@ class CachedReader:
     def read_run_data(
         self, ctx, eid: str, run: str, versions: dict[str, TagVersion] | None = None
     ) -> RunData:
-        """Reads all of a run's series (for the diagnosis), through the cache.
+        """Reads the listed series of a run, through the cache.
 
         Args:
             ctx: The request context.
             eid: The experiment.
             run: The run.
-            versions: The run's listing when already made. Defaults to
-                ``None``: list it.
+            versions: The series to read: the run's listing, or the part of it
+                a caller needs (the diagnosis: ``diagnosis.SERIES_KEYS``).
+                Defaults to ``None``: list the run and read every series.
 
         Returns:
             The run's data.

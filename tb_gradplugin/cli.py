@@ -155,7 +155,14 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
                 )
                 provider, warnings = _python_provider(logdir)
             runs = reader.list_runs(provider)
-            datas = [reader.read_run(provider, run) for run in runs]
+            # Only the series the rules read: the others are most of the bytes.
+            datas = [
+                (
+                    reader.read_run(provider, run, keys=diagnosis.SERIES_KEYS),
+                    reader.last_step(provider, run),
+                )
+                for run in runs
+            ]
     except OSError as e:
         raise _UsageError(f"cannot read {_clean(logdir)}: {_clean(e)}") from e
     for line in warnings:
@@ -166,9 +173,9 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
             "written by GradientHealthCallback were found)"
         )
     reports = []
-    for data in datas:
+    for data, last_step in datas:
         try:
-            reports.append(diagnosis.run_report(data))
+            reports.append(diagnosis.run_report(data, last_step=last_step))
         except Exception as e:  # noqa: BLE001 - one bad run must not hide the rest
             print(
                 f"{PROG}: warning: could not diagnose run {_clean(data.run)}: "

@@ -136,7 +136,7 @@ def health_row(data: reader.RunData, report: dict) -> dict[str, Any]:
     """One run's row of the health table.
 
     Args:
-        data: Every series of the run.
+        data: The run's series; only its scalars are read.
         report: The run's ``flags`` object (``diagnosis.run_report``).
 
     Returns:
@@ -186,9 +186,11 @@ class HealthTable:
     Args:
         provider: Returns TensorBoard's data provider (raises when there is none).
         read_run_data: ``(ctx, eid, run, versions) -> reader.RunData``, the
-            plugin's cached read of every series of a run.
-        run_report: ``(ctx, eid, run) -> dict``, the ``flags`` route's cached
-            report, so a row and the run's flags come from one diagnosis.
+            plugin's cached read of the listed series of a run (a row reads
+            the scalars).
+        run_report: ``(ctx, eid, run, versions) -> dict``, the ``flags``
+            route's cached report, so a row and the run's flags come from one
+            diagnosis; ``versions`` is the run's listing made by this table.
     """
 
     def __init__(
@@ -270,8 +272,10 @@ class HealthTable:
             if hit is not None:
                 self._rows.move_to_end(key)
                 return hit
-        report = self._run_report(ctx, eid, run)
-        row = health_row(self._read_run_data(ctx, eid, run, versions), report)
+        report = self._run_report(ctx, eid, run, versions)
+        # A row shows scalars only; the report read the tensors it needs.
+        scalars = {k: v for k, v in versions.items() if v.kind == "scalar"}
+        row = health_row(self._read_run_data(ctx, eid, run, scalars), report)
         with self._lock:
             self._rows[key] = row
             while len(self._rows) > _ROW_CACHE_ENTRIES:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 from tensorboard import context as tb_context
@@ -88,9 +88,9 @@ class RunData:
         return self.tensors.get(key)
 
 
-def _content(ts) -> dict:
+def _content(raw: bytes) -> dict:
     try:
-        return metadata.parse_plugin_content(ts.plugin_content)
+        return metadata.parse_plugin_content(raw)
     except ValueError as err:
         logger.warning("ignoring the content of a series: %s", err)
         return {}
@@ -157,6 +157,35 @@ def list_runs(
     return sorted(runs)
 
 
+def last_step(
+    provider: tb_provider.DataProvider, run: str, ctx=None, *, experiment_id: str = ""
+) -> int | None:
+    """The largest step of any gradient-health series of a run, without reading one.
+
+    Args:
+        provider: A TensorBoard data provider.
+        run: The run name.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""`` (the only one).
+
+    Returns:
+        The step, or ``None`` for a run with no series.
+    """
+    ctx = ctx or tb_context.RequestContext()
+    steps = []
+    for listing in (provider.list_scalars, provider.list_tensors):
+        found = listing(
+            ctx,
+            experiment_id=experiment_id,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=[run]),
+        ).get(run, {})
+        steps += [
+            int(ts.max_step) for tag, ts in found.items() if metadata.tag_key(tag)
+        ]
+    return max(steps) if steps else None
+
+
 def read_run(
     provider: tb_provider.DataProvider,
     run: str,
@@ -165,6 +194,7 @@ def read_run(
     experiment_id: str = "",
     downsample: int = ALL_POINTS,
     keys: Iterable[str] | None = None,
+    listed: Mapping[str, tuple[str, bytes]] | None = None,
 ) -> RunData:
     """Reads a run's gradient-health series.
 
@@ -176,36 +206,41 @@ def read_run(
         downsample: Most points per series. Defaults to :data:`ALL_POINTS`.
         keys: Only these keys (tags without the prefix). Defaults to ``None``:
             all of them.
+        listed: Key -> ``(kind, PluginData content)`` of the series to read,
+            from a listing already made: then only these are read, without
+            listing the run again (a listing is a server call of its own, tens
+            of ms on a busy machine), and ``keys`` is ignored. Defaults to
+            ``None``.
 
     Returns:
         The run's series; empty when the run has none.
     """
     ctx = ctx or tb_context.RequestContext()
+    data = RunData(run=run)
+    targets = {"scalar": data.scalars, "tensor": data.tensors}
+    if listed is not None:
+        for kind, target in targets.items():
+            contents = {
+                metadata.TAG_PREFIX + key: content
+                for key, (k, content) in listed.items()
+                if k == kind
+            }
+            _read_into(
+                provider, ctx, kind, experiment_id, run, contents, downsample, target
+            )
+        return data
     wanted = None if keys is None else {metadata.TAG_PREFIX + k for k in keys}
     filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
-    data = RunData(run=run)
     kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
-    kinds = (
-        ("scalar", provider.list_scalars, data.scalars),
-        ("tensor", provider.list_tensors, data.tensors),
-    )
-    for kind, list_fn, target in kinds:
+    for kind, list_fn in (
+        ("scalar", provider.list_scalars),
+        ("tensor", provider.list_tensors),
+    ):
         meta = list_fn(ctx, run_tag_filter=filt, **kw).get(run, {})
-        if not meta:
-            continue
-        points = _read_points(
-            provider, ctx, kind, experiment_id, run, set(meta), downsample
+        contents = {tag: ts.plugin_content for tag, ts in meta.items()}
+        _read_into(
+            provider, ctx, kind, experiment_id, run, contents, downsample, targets[kind]
         )
-        for tag, (steps, wall_times, values) in points.items():
-            key = metadata.tag_key(tag)
-            if key is None or tag not in meta:
-                continue
-            target[key] = Series(
-                steps=steps,
-                values=values,
-                wall_times=wall_times,
-                content=_content(meta[tag]),
-            )
     return data
 
 
@@ -219,6 +254,27 @@ def event_multiplexer() -> plugin_event_multiplexer.EventMultiplexer:
     return plugin_event_multiplexer.EventMultiplexer(
         tensor_size_guidance={metadata.PLUGIN_NAME: 0}, max_reload_threads=1
     )
+
+
+def _read_into(
+    provider, ctx, kind, experiment_id, run, contents, downsample, target
+) -> None:
+    """Reads the tags of ``contents`` (tag -> content bytes) of one kind into target."""
+    if not contents:
+        return
+    points = _read_points(
+        provider, ctx, kind, experiment_id, run, set(contents), downsample
+    )
+    for tag, (steps, wall_times, values) in points.items():
+        key = metadata.tag_key(tag)
+        if key is None or tag not in contents:
+            continue
+        target[key] = Series(
+            steps=steps,
+            values=values,
+            wall_times=wall_times,
+            content=_content(contents[tag]),
+        )
 
 
 def provider_for_logdir(logdir: str | os.PathLike) -> tb_provider.DataProvider:

@@ -111,13 +111,22 @@ class ViewData:
             }
         return {"run": run, **out}
 
-    def flags_impl(self, ctx, eid: str, run: str) -> dict[str, Any]:
+    def flags_impl(
+        self,
+        ctx,
+        eid: str,
+        run: str,
+        versions: dict[str, cached_reader.TagVersion] | None = None,
+    ) -> dict[str, Any]:
         """Diagnoses a run: the contract's ``flags`` object.
 
         Args:
             ctx: The request context.
             eid: The experiment.
             run: The run.
+            versions: The run's listing when the caller already made one (the
+                health table lists every run at once). Defaults to ``None``:
+                list the run.
 
         Returns:
             ``{"run", "last_step", "flags": [...]}`` as in the CLI.
@@ -125,11 +134,16 @@ class ViewData:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
-        versions = self._reader.known_run(ctx, eid, run)
+        if versions is None:
+            versions = self._reader.known_run(ctx, eid, run)
+        # Only the series the rules read: the others are most of a long run's
+        # bytes. The last step still comes from every series' listing.
+        read = {k: v for k, v in versions.items() if k in diagnosis.SERIES_KEYS}
         return self._reader.memo(
             ("flags", eid, run, cached_reader.version_stamp(versions)),
             lambda: diagnosis.run_report(
-                self._reader.read_run_data(ctx, eid, run, versions)
+                self._reader.read_run_data(ctx, eid, run, read),
+                last_step=max(int(v.max_step) for v in versions.values()),
             ),
         )
 

@@ -127,3 +127,35 @@ def test_rolling_min_is_the_minimum_of_each_run():
     np.testing.assert_array_equal(robust.rolling_min(x, 20), [1])
     np.testing.assert_array_equal(robust.rolling_min(x, 1), x)
     assert robust.rolling_min(np.zeros(0), 3).shape == (0,)
+
+
+@pytest.mark.parametrize("width", [3, 5, 9])
+def test_rolling_median_equals_the_median_of_each_window(width):
+    """Every point is np.median of its window, ties and both dtypes included."""
+    rng = np.random.default_rng(width)
+    for dtype in (np.float32, np.float64):
+        x = np.round(rng.normal(size=301), 1).astype(dtype)
+        half = width // 2
+        want = [np.median(x[max(0, i - half) : i + half + 1]) for i in range(301)]
+        np.testing.assert_array_equal(robust.rolling_median(x, width), want)
+
+
+def test_rolling_min_skips_nan_like_nanmin():
+    """A run's minimum ignores NaN; a run of NaN only gives NaN."""
+    x = np.array([np.nan, 2.0, np.nan, np.nan, np.nan, 5.0, 1.0, 7.0, 3.0, 0.5])
+    want = [
+        np.nanmin(x[i : i + 3]) if np.isfinite(x[i : i + 3]).any() else np.nan
+        for i in range(8)
+    ]
+    np.testing.assert_array_equal(robust.rolling_min(x, 3), want)
+    np.testing.assert_array_equal(robust.rolling_min(x, 7), [1.0, 1.0, 1.0, 0.5])
+
+
+@pytest.mark.parametrize("q", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_cumulative_quantile_equals_np_quantile_of_each_prefix(q):
+    """At every exact point the value is np.quantile of the prefix, bit for bit."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.round(rng.normal(size=150), 1), rng.normal(size=150)])
+    got = robust.cumulative_quantile(x, q, points=300)
+    want = [np.quantile(x[: i + 1], q) for i in range(300)]
+    np.testing.assert_array_equal(got, want)

@@ -49,6 +49,30 @@ def test_keys_limit_what_is_read(tmp_path):
     assert list(run.scalars) == ["step/loss"]
 
 
+def test_listed_series_are_read_as_with_keys_and_last_step_needs_no_read(tmp_path):
+    """listed= reads the same series as keys=; last_step is the largest listed."""
+    eventfiles.write_run(
+        tmp_path,
+        "r",
+        steps=[1, 2, 3],
+        loss=[1.0, 0.5, 0.4],
+        grad_norm=[1, 1, 1],
+        param_norm=[2, 2, 2],
+    )
+    provider = reader.provider_for_logdir(tmp_path)
+    full = reader.read_run(provider, "r")
+    listed = {
+        key: ("scalar", b"") for key in ("step/loss", "step/grad_norm", "step/nope")
+    }
+    run = reader.read_run(provider, "r", listed=listed)
+    assert sorted(run.scalars) == ["step/grad_norm", "step/loss"]
+    for key, series in run.scalars.items():
+        np.testing.assert_array_equal(series.steps, full.scalars[key].steps)
+        np.testing.assert_array_equal(series.values, full.scalars[key].values)
+    assert reader.last_step(provider, "r") == full.last_step == 3
+    assert reader.last_step(provider, "nope") is None
+
+
 def test_unknown_run_is_empty_and_missing_logdir_raises(tmp_path):
     """An unknown run reads as empty; a missing directory is FileNotFoundError."""
     eventfiles.write_run(tmp_path, "r", steps=[1], loss=[1.0])

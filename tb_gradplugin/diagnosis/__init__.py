@@ -34,7 +34,7 @@ from tb_gradplugin.diagnosis.flags import (
     severity_rank,
     sort_flags,
 )
-from tb_gradplugin.diagnosis.report import diagnose, run_report
+from tb_gradplugin.diagnosis.report import SERIES_KEYS, diagnose, run_report
 from tb_gradplugin.diagnosis.summaries import RECENT_STEPS, recent_median, volatility
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 from tb_gradplugin.reader import RunData, Series
@@ -43,6 +43,7 @@ __all__ = [
     "ADVICE",
     "KINDS",
     "RECENT_STEPS",
+    "SERIES_KEYS",
     "SEVERITIES",
     "Flag",
     "RunData",

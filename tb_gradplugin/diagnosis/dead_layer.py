@@ -98,6 +98,10 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
     # structure (sparse_variables): a writer without it packed no such share.
     windows = _window_columns(view.window_zero) if sparse is not None else {}
     blocked_before = _zero_weight_before(view, names)
+    # One variable per contiguous row: a column of a long [steps, variables]
+    # matrix is strided, and each reduction over it misses the cache.
+    zero_rows = np.ascontiguousarray(zero.values.T)
+    window_rows = np.ascontiguousarray(view.window_zero.values.T) if windows else None
     out = {}
     for i, name in enumerate(names):
         if i <= blocked_before or name.rsplit("/", 1)[-1] == "bias":
@@ -110,17 +114,17 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
         if sparse is not None and (name in sparse or judged in sparse):
             continue  # its gradient arrives as rows: untouched rows are no death
         if judged in windows:
-            series, column = view.window_zero, windows[judged]
+            series, rows, column = view.window_zero, window_rows, windows[judged]
         elif sparse is None and "embedding" in name.lower():
             continue  # a writer without the structure: only the name is left
         else:
-            series, column = zero, index[judged]
-        found = _share(series, column, thresholds, per_step=series is zero)
+            series, rows, column = zero, zero_rows, index[judged]
+        found = _share(rows[column], series.steps, thresholds, per_step=series is zero)
         if found is None:
             continue
         share, first_step = found
         own = {i, index[judged]}
-        all_zero = all(_whole(zero.values[:, j], thresholds) for j in own)
+        all_zero = all(_whole(zero_rows[j], thresholds) for j in own)
         out[i] = ZeroShare(
             share, first_step, judged, series is view.window_zero, all_zero
         )
@@ -135,11 +139,9 @@ def _window_columns(series: Series | None) -> dict[str, int]:
 
 
 def _share(
-    series: Series, column: int, thresholds: Thresholds, *, per_step: bool
+    values: np.ndarray, steps: np.ndarray, thresholds: Thresholds, *, per_step: bool
 ) -> tuple[float, int] | None:
     """(late low quantile of a zero-share column, step it stayed high from)."""
-    values = series.values[:, column]
-    steps = series.steps
     if per_step and values.shape[0] >= thresholds.dead_touch_steps:
         # A unit touched at any of the consecutive steps is alive.
         values = rolling_min(values, thresholds.dead_touch_steps)
@@ -224,8 +226,7 @@ def _starved_by(
     such layer; the layers after it receive a gradient.
     """
     zero = view.layer_zero
-    width = zero.values.shape[1]
-    whole = [_whole(zero.values[:, j], thresholds) for j in range(width)]
+    whole = [_whole(row, thresholds) for row in np.ascontiguousarray(zero.values.T)]
     blockers = [
         i
         for i, s in dead.items()

@@ -17,6 +17,7 @@ from tb_gradplugin.diagnosis import (
     loss_plateau,
     non_finite,
     oscillating_loss,
+    run_view,
     saddle_point,
     vanishing,
 )
@@ -25,7 +26,12 @@ from tb_gradplugin.diagnosis.run_view import RunView
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 from tb_gradplugin.reader import RunData
 
-__all__ = ["diagnose", "run_report"]
+__all__ = ["SERIES_KEYS", "diagnose", "run_report"]
+
+SERIES_KEYS = run_view.KEYS | saddle_point.KEYS
+"""Every key :func:`diagnose` reads: a run read with only these keys gets the
+same flags as the whole run, so a reader can leave the other series (most of a
+long run's bytes) unread."""
 
 
 def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
@@ -74,12 +80,20 @@ def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
     return sort_flags(flags)
 
 
-def run_report(run: RunData, thresholds: Thresholds | None = None) -> dict[str, Any]:
+def run_report(
+    run: RunData,
+    thresholds: Thresholds | None = None,
+    *,
+    last_step: int | None = None,
+) -> dict[str, Any]:
     """Builds the JSON object of one run, as the CLI and the ``flags`` route send it.
 
     Args:
         run: The run's series.
         thresholds: The thresholds. Defaults to ``None``: :class:`Thresholds()`.
+        last_step: The run's largest step over all its series, for a ``run``
+            read with only :data:`SERIES_KEYS`. Defaults to ``None``: the
+            largest step of ``run``.
 
     Returns:
         ``{"run": str, "last_step": int | None, "flags": [flag.to_json(), ...]}``,
@@ -87,6 +101,6 @@ def run_report(run: RunData, thresholds: Thresholds | None = None) -> dict[str, 
     """
     return {
         "run": run.run,
-        "last_step": run.last_step,
+        "last_step": run.last_step if last_step is None else last_step,
         "flags": [f.to_json() for f in diagnose(run, thresholds)],
     }

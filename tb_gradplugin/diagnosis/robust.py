@@ -48,8 +48,7 @@ def rolling_median(x: np.ndarray, width: int) -> np.ndarray:
         # A plain median over the full windows, the ends one by one: the
         # NaN-aware median below is several times slower.
         out = np.empty(n)
-        windows = np.lib.stride_tricks.sliding_window_view(x, 2 * half + 1)
-        out[half : n - half] = np.median(windows, axis=1)
+        out[half : n - half] = _full_window_median(x, half)
         for i in list(range(half)) + list(range(n - half, n)):
             out[i] = np.median(x[max(0, i - half) : i + half + 1])
         return out
@@ -58,6 +57,25 @@ def rolling_median(x: np.ndarray, width: int) -> np.ndarray:
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmedian(windows, axis=1)
+
+
+def _full_window_median(x: np.ndarray, half: int) -> np.ndarray:
+    """Median of each full window of ``2 * half + 1`` points of a finite series."""
+    shifted = [x[i : x.shape[0] - 2 * half + i] for i in range(2 * half + 1)]
+    if half == 1:
+        a, b, c = shifted
+        return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+    if half == 2:
+        # The smaller of two pairs' minima is below three points and the larger
+        # of their maxima above three: neither is the median, which is then
+        # the median of the other two and the fifth point. Element-wise
+        # minima and maxima are ~20x faster than np.median over the windows.
+        a, b, c, d, e = shifted
+        low = np.maximum(np.minimum(a, b), np.minimum(c, d))
+        high = np.minimum(np.maximum(a, b), np.maximum(c, d))
+        return np.maximum(np.minimum(low, high), np.minimum(np.maximum(low, high), e))
+    windows = np.lib.stride_tricks.sliding_window_view(x, 2 * half + 1)
+    return np.median(windows, axis=1)
 
 
 def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarray:
@@ -76,9 +94,31 @@ def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarra
     if n == 0:
         return x.copy()
     at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
-    vals = np.array([np.quantile(x[: i + 1], q) for i in at])
+    if x.dtype == np.float64 and np.isfinite(x).all():
+        vals = np.array([_linear_quantile(x[: i + 1], q) for i in at])
+    else:
+        vals = np.array([np.quantile(x[: i + 1], q) for i in at])
     idx = np.searchsorted(at, np.arange(n), side="right") - 1
     return vals[idx]
+
+
+def _linear_quantile(x: np.ndarray, q: float) -> float:
+    """np.quantile(x, q) of finite float64 ``x``, bit for bit, with less overhead.
+
+    The same two order statistics and the same interpolation as numpy's
+    default ("linear") method; np.quantile's own setup costs ~20x the work
+    on a short series, and a cumulative quantile calls it hundreds of times.
+    """
+    m = x.shape[0]
+    virtual = (m - 1) * q
+    if virtual >= m - 1:
+        return float(x.max())
+    lo = math.floor(virtual)
+    part = np.partition(x, [lo, lo + 1])
+    a, b = float(part[lo]), float(part[lo + 1])
+    t = virtual - lo
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def nanmedian(x: np.ndarray) -> float:
@@ -279,7 +319,12 @@ def rolling_min(x: np.ndarray, width: int) -> np.ndarray:
     if x.shape[0] == 0:
         return x.copy()
     width = max(1, min(width, x.shape[0]))
-    windows = np.lib.stride_tricks.sliding_window_view(x, width)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmin(windows, axis=1)
+    # Minima of runs of doubling length (np.fmin skips NaN as nanmin does),
+    # then two overlapping runs cover each window: log2(width) passes over
+    # the series instead of width.
+    runs, span = x, 1
+    while span * 2 <= width:
+        runs = np.fmin(runs[:-span], runs[span:])
+        span *= 2
+    n = x.shape[0] - width + 1
+    return np.fmin(runs[:n], runs[width - span : width - span + n])

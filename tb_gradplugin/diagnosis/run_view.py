@@ -8,7 +8,7 @@ import numpy as np
 
 from tb_gradplugin.reader import RunData, Series
 
-__all__ = ["WEIGHT_NAMES", "RunView", "is_weight"]
+__all__ = ["KEYS", "WEIGHT_NAMES", "RunView", "is_weight"]
 
 # The last path component of variables that hold a layer's weights (as opposed to
 # biases and normalisation parameters); the vanishing rule compares the first and
@@ -25,6 +25,26 @@ WEIGHT_NAMES = frozenset(
         "w",
     }
 )
+
+# The series :meth:`RunView.of` looks up, by attribute.
+_SCALARS = {
+    "loss": "step/loss",
+    "grad": "step/grad_norm",
+    "param": "step/param_norm",
+    "update_ratio": "step/update_ratio",
+    "nonfinite_grads": "step/nonfinite_grads",
+    "nonfinite_loss": "step/nonfinite_loss",
+    "skipped": "step/skipped_steps",
+}
+_TENSORS = {
+    "layer_grad": "layer/grad_norm",
+    "layer_zero": "layer/zero_fraction",
+    "layer_nonfinite": "layer/nonfinite_grads",
+    "layer_param": "layer/param_norm",
+    "window_zero": "window_layer/zero_fraction",
+}
+KEYS = frozenset({*_SCALARS.values(), *_TENSORS.values()})
+"""Every key a :class:`RunView` reads from the run."""
 
 
 def is_weight(path: str) -> bool:
@@ -93,25 +113,15 @@ class RunView:
         Returns:
             The view of every step.
         """
-        skipped = run.scalar("step/skipped_steps")
+        skipped = run.scalar(_SCALARS["skipped"])
         skipped_at: frozenset[int] = frozenset()
         if skipped is not None:
             mask = np.nan_to_num(skipped.values, nan=0.0) > 0
             skipped_at = frozenset(int(s) for s in skipped.steps[mask])
         return cls(
             data=run,
-            loss=run.scalar("step/loss"),
-            grad=run.scalar("step/grad_norm"),
-            param=run.scalar("step/param_norm"),
-            update_ratio=run.scalar("step/update_ratio"),
-            nonfinite_grads=run.scalar("step/nonfinite_grads"),
-            nonfinite_loss=run.scalar("step/nonfinite_loss"),
-            skipped=skipped,
-            layer_grad=run.tensor("layer/grad_norm"),
-            layer_zero=run.tensor("layer/zero_fraction"),
-            layer_nonfinite=run.tensor("layer/nonfinite_grads"),
-            layer_param=run.tensor("layer/param_norm"),
-            window_zero=run.tensor("window_layer/zero_fraction"),
+            **{name: run.scalar(key) for name, key in _SCALARS.items()},
+            **{name: run.tensor(key) for name, key in _TENSORS.items()},
             skipped_at=skipped_at,
         )
 

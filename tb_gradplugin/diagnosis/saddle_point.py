@@ -23,7 +23,7 @@ from tb_gradplugin.diagnosis.robust import nanmedian
 from tb_gradplugin.diagnosis.run_view import RunView
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 
-__all__ = ["rule"]
+__all__ = ["KEYS", "rule"]
 
 
 def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Flag]:
@@ -113,6 +113,17 @@ _EVIDENCE_KEYS = (
     "min_ratio_low",
     "min_ratio_high",
 )
+KEYS = frozenset(
+    {
+        _BAND_KEY,
+        "hessian/grad_norm",
+        "hessian/negative_ratio",
+        "hessian/min_ratio",
+        "hessian/zero_ratio",
+        *(f"hessian/{name}" for name in _EVIDENCE_KEYS),
+    }
+)
+"""Every key this rule reads from the run beside :class:`RunView`'s."""
 
 
 def _negative_shares(view: RunView) -> tuple[np.ndarray, np.ndarray, str] | None:
