@@ -97,6 +97,22 @@ def adaptive_update_freq(
         scale *= 10
 
 
+def _updated(grad_sq: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
+    """Which variables a row's step updated, shape ``[n_variables]``.
+
+    A variable no optimizer stepped is written as NaN with no NaN/Inf entry
+    counted; a NaN from the gradient itself always comes with a count.
+    """
+    return ~(np.isnan(grad_sq) & (nonfinite == 0))
+
+
+def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.floating:
+    """The L2 norm over the updated variables; NaN when the step updated none."""
+    if not present.any():
+        return np.float32(np.nan)
+    return np.sqrt(np.sum(squares[present]))
+
+
 @dataclasses.dataclass
 class _Held:
     """One step's row, held until it is written or dropped."""
@@ -257,6 +273,7 @@ class BlockReducer:
                         r[idx["slice_grad_sq"]],
                         r[idx["slice_grad_abs"]],
                         r[idx["batch_size"]][0],
+                        absent=~_updated(r[idx["grad_sq"]], nonfinite),
                     )
                     if r[idx["closed"]][0]:
                         held.window = self._close_window(
@@ -308,13 +325,15 @@ class BlockReducer:
         sizes = self.layout.sizes_array
         grad_sq, param_sq = r[idx["grad_sq"]], r[idx["param_sq"]]
         update_sq = r[idx["update_sq"]]
+        present = _updated(grad_sq, r[idx["grad_nonfinite"]])
         fields = {
             "loss": r[idx["loss"]],
             "loss_known": r[idx["loss_known"]],
-            # Over the variables updated at the step (the others are NaN).
-            "grad_norm": np.sqrt(np.nansum(grad_sq)),
-            "param_norm": np.sqrt(np.nansum(param_sq)),
-            "update_norm": np.sqrt(np.nansum(update_sq)),
+            # Over the variables updated at the step; a NaN or Inf gradient of an
+            # updated variable makes the global norms non-finite, as it should.
+            "grad_norm": _global_norm(grad_sq, present),
+            "param_norm": _global_norm(param_sq, present),
+            "update_norm": _global_norm(update_sq, present),
             "learning_rate": r[idx["learning_rate"]],
             "loss_scale": r[idx["loss_scale"]],
             "components": r[idx["components"]],
@@ -334,7 +353,8 @@ class BlockReducer:
 
     def _watch(self, held: _Held, r, loss, nonfinite) -> None:
         """The flight recorder's trigger: a first non-finite step or a jump."""
-        norm = math.sqrt(np.nansum(r[self.packing.index["grad_sq"]]))
+        grad_sq = r[self.packing.index["grad_sq"]]
+        norm = float(_global_norm(grad_sq, _updated(grad_sq, nonfinite)))
         finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
         anomalous = not finite and self.finite_before
         if finite:

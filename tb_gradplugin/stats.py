@@ -264,6 +264,8 @@ class WindowSums:
         slice_sq: Per slice, ``Σ_t Σ g²`` ``[S]``.
         slice_abs: Per slice, ``Σ_t Σ |g|`` ``[S]``.
         batch: Examples over the window's steps.
+        absent: Per variable, whether some step of the window did not update
+            it ``[V]`` (bool); such a variable has no window statistics.
     """
 
     count: float
@@ -272,6 +274,7 @@ class WindowSums:
     slice_sq: np.ndarray
     slice_abs: np.ndarray
     batch: float
+    absent: np.ndarray | None = None
 
     @classmethod
     def empty(cls, layout: Layout) -> WindowSums:
@@ -279,8 +282,11 @@ class WindowSums:
         v, s = layout.num_variables, len(layout.slices)
         return cls(0.0, np.zeros(v), np.zeros(v), np.zeros(s), np.zeros(s), 0.0)
 
-    def add(self, grad_sq, grad_abs, slice_sq, slice_abs, batch) -> None:
-        """Adds one step's sums."""
+    def add(self, grad_sq, grad_abs, slice_sq, slice_abs, batch, absent=None) -> None:
+        """Adds one step's sums; ``absent`` marks the variables it did not update."""
+        if absent is not None:
+            seen = self.absent if self.absent is not None else False
+            self.absent = np.logical_or(seen, absent)
         self.count += 1.0
         self.grad_sq += grad_sq
         self.grad_abs += grad_abs
@@ -332,12 +338,14 @@ def window_statistics(
         sums.slice_sq / n - np.asarray(slice_running_sq) / n**2, 0.0
     )
     total = float(max(layout.size, 1))
-    # NaN entries: variables no optimizer updated in the window (absent).
-    tr_sigma = float(np.nansum(trace))
-    g_sq = float(np.sum(running_sq)) / n**2
     # A variable absent at a step of the window (not updated then) has no
     # window statistics: its running sum of zeros is no "always zero" gradient.
-    absent = np.isnan(sums.grad_sq)
+    # A NaN gradient of an updated variable makes the whole-model figures NaN.
+    absent = (
+        np.zeros(layout.num_variables, bool) if sums.absent is None else sums.absent
+    )
+    tr_sigma = float(np.sum(trace[~absent]))
+    g_sq = float(np.sum(running_sq)) / n**2
     return {
         "layer_grad_variance": trace / layout.sizes_array,
         "layer_grad_mean_abs": sums.grad_abs / (n * layout.sizes_array),
@@ -345,7 +353,7 @@ def window_statistics(
             absent, np.nan, np.asarray(running_zero) / layout.sizes_array
         ),
         "grad_variance": np.float64(tr_sigma / total),
-        "grad_mean_abs": np.float64(np.nansum(sums.grad_abs) / (n * total)),
+        "grad_mean_abs": np.float64(np.sum(sums.grad_abs[~absent]) / (n * total)),
         "noise_scale": safe_ratio(sums.batch / n * tr_sigma, g_sq),
         "grad_snr": safe_ratio(g_sq, tr_sigma),
         "window_steps": np.float64(sums.count),

@@ -527,3 +527,28 @@ def test_update_in_a_conditional_branch_trains_and_is_absent_not_zero(tmp_path):
     assert len(base) == len(head) == 2
     assert np.isnan(grad.values[:, base]).all()
     assert np.all(grad.values[:, head] > 0)
+
+
+def test_nan_gradient_of_a_stepped_variable_is_nan_in_the_global_norms(tmp_path):
+    """A diverged training's NaN gradients make the global norms NaN, never 0."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.SGD(5.0), loss="mse")
+    logdir = str(tmp_path / "diverged")
+    cb = GradientHealthCallback(logdir, update_freq=1, on_flag=None)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[cb])
+    run = read(logdir)
+    bad = run.scalar("step/nonfinite_grads").values > 0
+    assert bad.sum() >= 10  # a long NaN tail, as SGD at lr 5 gives here
+    assert not np.isfinite(run.scalar("step/grad_norm").values[bad]).any()
+    assert np.isnan(run.tensor("window_layer/grad_variance").values[-1]).all()
+    assert not np.isfinite(run.scalar("window/grad_variance").values[-1])
