@@ -432,10 +432,7 @@ class ViewData:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run or key.
         """
-        versions = self._reader.known_run(ctx, eid, run, keys=[key])
-        if key not in versions:
-            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
-        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
+        series, _ = self._one_series(ctx, eid, run, key)
         step, values = health.last_finite_row(series)
         return {
             "run": run,
@@ -445,6 +442,16 @@ class ViewData:
             "variables": shaping.variable_names(series),
             "values": None if values is None else float_list(values.reshape(-1)),
         }
+
+    def _one_series(
+        self, ctx, eid: str, run: str, key: str
+    ) -> tuple[reader.Series, cached_reader.TagVersion]:
+        """Every point of one series of a run, and its listing; unknown: 404."""
+        versions = self._reader.known_run(ctx, eid, run, keys=[key])
+        if key not in versions:
+            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
+        return series, versions[key]
 
     def export_impl(
         self, ctx, eid: str, run: str, key: str, fmt: str
@@ -467,15 +474,12 @@ class ViewData:
         """
         if fmt not in ("csv", "json"):
             raise errors.InvalidArgumentError("format must be csv or json")
-        versions = self._reader.known_run(ctx, eid, run, keys=[key])
-        if key not in versions:
-            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
-        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
-        tensor = versions[key].kind == "tensor"
+        series, version = self._one_series(ctx, eid, run, key)
+        tensor = version.kind == "tensor"
         if fmt == "csv":
             return shaping.export_csv(series, tensor), "text/csv"
         body = shaping.export_json(series, tensor)
-        payload = {"run": run, "key": key, "kind": versions[key].kind, **body}
+        payload = {"run": run, "key": key, "kind": version.kind, **body}
         return encode_json(payload), _JSON
 
     def _coarse(
