@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from tb_gradplugin.heatmap import null_cells
 from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
-from tb_gradplugin.shaping import null_cells, pairs_json, variable_names
+from tb_gradplugin.shaping import pairs_json, variable_names
 
 BLOCK_FAMILY = "block/"
 """Key prefix of a block summary: ``block/<per-step key>``."""
@@ -176,7 +177,7 @@ def heatmap_json(
 
     Each cell is the largest value of the variable within its run of whole
     blocks, or NaN when any value there is not finite, as
-    :func:`tb_gradplugin.shaping.heatmap_json` computes it from every step.
+    :func:`tb_gradplugin.heatmap.heatmap_json` computes it from every step.
     With the block summaries of ``layer/nonfinite_grads``, NaN values of a group
     whose non-finite gradient count is 0 at every step are absent (no optimizer
     updated the variable): they are left out of the cell, and a cell of only
@@ -191,7 +192,7 @@ def heatmap_json(
             Defaults to ``None``: every NaN is a finding.
 
     Returns:
-        The shape of :func:`tb_gradplugin.shaping.heatmap_json`.
+        The shape of :func:`tb_gradplugin.heatmap.heatmap_json`.
     """
     rows = _rows(blocks)
     if not len(blocks):

@@ -25,6 +25,7 @@ from tb_gradplugin import (
     shaping,
     trajectory,
 )
+from tb_gradplugin.heatmap import heatmap_json
 from tb_gradplugin.json_encoding import encode_json, float_list
 
 _JSON = "application/json"
@@ -261,7 +262,7 @@ class ViewData:
                     coarse[heat_key], buckets, coarse.get(counts)
                 )
             elif heat_key in got:
-                heatmap = shaping.heatmap_json(got[heat_key], buckets, got.get(counts))
+                heatmap = heatmap_json(got[heat_key], buckets, got.get(counts))
             else:
                 heatmap = None
             if ratio_key in coarse:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tb_gradplugin import blocks, reader, shaping
+from tb_gradplugin import blocks, heatmap, reader
 
 ROW = {name: i for i, name in enumerate(blocks.BLOCK_ROWS)}
 
@@ -72,7 +72,7 @@ def test_heatmap_from_blocks_equals_heatmap_from_every_step():
     values = rng.random((4000, 3))
     values[1234, 1] = np.nan
     content = {"variables": ["a", "b", "c"]}
-    per_step = shaping.heatmap_json(_series(steps, values, content), 50)
+    per_step = heatmap.heatmap_json(_series(steps, values, content), 50)
     coarse = blocks.heatmap_json(_blocks_of(steps, values, 80, content), 50)
     assert coarse["variables"] == ["a", "b", "c"]
     assert coarse["steps"] == per_step["steps"]
@@ -97,7 +97,7 @@ def test_heatmap_from_blocks_marks_not_updated_cells_as_the_per_step_one():
     values[1000:1010, 1] = np.nan  # frozen for 10 steps within a bucket
     values[1500, 2], counts[1500, 2] = np.nan, 3.0
     content = {"variables": ["a", "b", "c"]}
-    per_step = shaping.heatmap_json(
+    per_step = heatmap.heatmap_json(
         _series(steps, values, content), 25, _series(steps, counts, content)
     )
     coarse = blocks.heatmap_json(
