@@ -124,20 +124,7 @@ def lanczos(
         q = np.where(active[:, None], w / np.where(beta > 0, beta, 1.0)[:, None], 0.0)
         beta_prev = np.where(active, beta, 0.0)
 
-    nodes, weights = [], []
-    for j in range(b):
-        size = int(length[j])
-        t = np.diag(alphas[j, :size])
-        if size > 1:
-            off = betas[j, : size - 1]
-            t += np.diag(off, 1) + np.diag(off, -1)
-        if not np.all(np.isfinite(t)):
-            nodes.append(np.full(size, math.nan))
-            weights.append(np.full(size, math.nan))
-            continue
-        theta, u = np.linalg.eigh(t)
-        nodes.append(theta)
-        weights.append(u[0] ** 2)
+    nodes, weights = _gauss_quadrature(alphas, betas, length)
     return Quadrature(nodes, weights, alphas[:, 0].copy(), applied)
 
 
@@ -158,3 +145,28 @@ def hutchinson_trace(samples: np.ndarray) -> tuple[float, float]:
     if samples.size < 2:
         return trace, math.nan
     return trace, float(samples.std(ddof=1) / math.sqrt(samples.size))
+
+
+def _gauss_quadrature(
+    alphas: np.ndarray, betas: np.ndarray, length: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Gauss nodes and weights of each probe's Lanczos tridiagonal (Golub-Welsch).
+
+    The nodes are the tridiagonal's eigenvalues, the weights the squared first
+    components of its eigenvectors (Golub & Welsch 1969); a non-finite
+    tridiagonal gives NaN nodes and weights.
+    """
+    nodes, weights = [], []
+    for alpha, beta, size in zip(alphas, betas, length.tolist(), strict=True):
+        t = np.diag(alpha[:size])
+        if size > 1:
+            off = beta[: size - 1]
+            t += np.diag(off, 1) + np.diag(off, -1)
+        if not np.all(np.isfinite(t)):
+            nodes.append(np.full(size, math.nan))
+            weights.append(np.full(size, math.nan))
+            continue
+        theta, u = np.linalg.eigh(t)
+        nodes.append(theta)
+        weights.append(u[0] ** 2)
+    return nodes, weights
