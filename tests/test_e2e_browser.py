@@ -53,10 +53,9 @@ def revive(values):
     return [special.get(v, v) if isinstance(v, str) else v for v in values]
 
 
-@pytest.fixture(scope="module")
-def tensorboard(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("logs"))
-    written = gh_logdirs.make_logdir(root)
+@contextlib.contextmanager
+def serving(root: str, ready):
+    """Serves `root` with a real TensorBoard until `ready(base)` holds; yields base."""
     port = gh_logdirs.free_port()
     proc = gh_logdirs.start_tensorboard(root, port)
     base = f"http://127.0.0.1:{port}"
@@ -64,21 +63,36 @@ def tensorboard(tmp_path_factory):
         deadline = time.time() + 90
         while True:
             try:
-                runs = http_json(base, "runs")
-                exported = http_json(
-                    base, "export", run="synthetic", key="step/loss", format="json"
-                )
-                if len(runs) == 4 and len(exported["steps"]) == gh_logdirs.SYN_STEPS:
+                if ready(base):
                     break
             except OSError:
                 pass
             if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("tensorboard did not serve the logdir in 90 s")
+                raise RuntimeError(f"tensorboard did not serve {root} in 90 s")
             time.sleep(0.5)
-        yield {"base": base, "root": root, "written": written}
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def loss_points(base: str, run: str) -> int:
+    """How many points of the run's loss TensorBoard serves."""
+    body = http_json(base, "export", run=run, key="step/loss", format="json")
+    return len(body["steps"])
+
+
+@pytest.fixture(scope="module")
+def tensorboard(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("logs"))
+    written = gh_logdirs.make_logdir(root)
+
+    def ready(base):
+        runs = http_json(base, "runs")
+        return len(runs) == 4 and loss_points(base, "synthetic") == gh_logdirs.SYN_STEPS
+
+    with serving(root, ready) as base:
+        yield {"base": base, "root": root, "written": written}
 
 
 @pytest.fixture(scope="module")
@@ -820,18 +834,9 @@ def train_frozen_then_diverged(logdir: str) -> None:
 
     from tb_gradplugin import GradientHealthCallback
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype("float32")
-    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+    x, y = gh_logdirs.regression_data()
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(16, activation="relu", name="hidden"),
-            keras.layers.Dense(1, name="out"),
-        ],
-        name="frozen",
-    )
+    model = gh_logdirs.mlp("frozen")
     callback = GradientHealthCallback(
         os.path.join(logdir, "frozen"), update_freq=1, on_flag=None
     )
@@ -855,30 +860,12 @@ def train_frozen_then_diverged(logdir: str) -> None:
 def frozen_tensorboard(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("frozen_logs"))
     train_frozen_then_diverged(root)
-    port = gh_logdirs.free_port()
-    proc = gh_logdirs.start_tensorboard(root, port)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                body = http_json(
-                    base, "export", run="frozen", key="step/loss", format="json"
-                )
-                head = http_json(
-                    base, "export", run="head", key="step/loss", format="json"
-                )
-                if len(body["steps"]) == 40 and len(head["steps"]) == 16:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("tensorboard did not serve the frozen run in 90 s")
-            time.sleep(0.5)
+
+    def ready(base):
+        return loss_points(base, "frozen") == 40 and loss_points(base, "head") == 16
+
+    with serving(root, ready) as base:
         yield {"base": base, "root": root}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
