@@ -125,10 +125,11 @@ class CurvatureResult:
         eigenvalues: All eigenvalues of the whole Hessian, ascending, on the
             exact path; ``None`` on the Lanczos path.
 
-    Example:
-        >>> result = compute_curvature(model, x_probe, y_probe)  # doctest: +SKIP
-        >>> if result.grad_norm < 1e-3 and result.negative_ratio > 0.1:
-        ...     print(f"saddle: {result.negative_ratio:.0%} negative curvature")
+    Example, for a compiled ``model`` and a probe batch::
+
+        result = compute_curvature(model, x_probe, y_probe)
+        if result.grad_norm < 1e-3 and result.band_negative_ratio > 0.1:
+            print(f"saddle: {result.band_negative_ratio:.0%} negative curvature")
     """
 
     spectrum: Spectrum

@@ -125,3 +125,17 @@ def test_slices_json_splits_slice_names_from_stats():
     ]
     assert out["slices"]["emb_lo"]["grad_variance"]["values"] == [0.5]
     assert out["window"]["noise_scale"]["values"] == [3.0]
+
+
+def test_the_docstring_examples_of_the_serving_modules_run():
+    """Every >>> example in shaping, heatmap and json_encoding gives its output."""
+    import doctest
+
+    from tb_gradplugin import heatmap, json_encoding
+
+    tried = 0
+    for module in (shaping, heatmap, json_encoding):
+        result = doctest.testmod(module, raise_on_error=False, verbose=False)
+        assert result.failed == 0, module.__name__
+        tried += result.attempted
+    assert tried >= 1
