@@ -19,7 +19,7 @@ from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
 from tb_gradplugin.shaping import variable_names
 
-__all__ = ["absent_entries", "heatmap_json", "null_cells"]
+__all__ = ["absent_entries", "heatmap_json", "may_be_absent", "null_cells"]
 
 
 def absent_entries(series: Series, nonfinite: Series | None) -> np.ndarray:
@@ -52,6 +52,21 @@ def absent_entries(series: Series, nonfinite: Series | None) -> np.ndarray:
     known = nonfinite.steps[at] == series.steps
     absent[known] = np.isnan(values[known]) & (counts[at[known]] == 0)
     return absent
+
+
+def may_be_absent(series: Series | None) -> bool:
+    """Whether a per-variable series holds a NaN, the only value that can be absent.
+
+    A reader needs the ``layer/nonfinite_grads`` series for :func:`heatmap_json`
+    only then: a run without NaN is drawn the same without it.
+
+    Args:
+        series: A per-variable series, or ``None``.
+
+    Returns:
+        True when ``series`` has a NaN entry.
+    """
+    return series is not None and bool(np.isnan(series.values).any())
 
 
 def heatmap_json(

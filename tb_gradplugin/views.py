@@ -25,7 +25,7 @@ from tb_gradplugin import (
     shaping,
     trajectory,
 )
-from tb_gradplugin.heatmap import heatmap_json
+from tb_gradplugin.heatmap import heatmap_json, may_be_absent
 from tb_gradplugin.json_encoding import encode_json, float_list
 
 _JSON = "application/json"
@@ -253,10 +253,14 @@ class ViewData:
 
         def compute():
             coarse = self._coarse(ctx, eid, run, keys, versions)
-            fine = [k for k in keys if k not in coarse]
-            got = self._reader.read_series(ctx, eid, run, fine, versions)
             heat_key, ratio_key = f"layer/{stat}", "layer/update_ratio"
             counts = "layer/nonfinite_grads"
+            # The counts are read only when a NaN needs them (a long run's tensor).
+            lazy = {counts} - {heat_key}
+            fine = [k for k in keys if k not in coarse and k not in lazy]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            if counts not in coarse and may_be_absent(got.get(heat_key)):
+                got.update(self._reader.read_series(ctx, eid, run, [counts], versions))
             if heat_key in coarse:
                 heatmap = blocks.heatmap_json(
                     coarse[heat_key], buckets, coarse.get(counts)

@@ -892,6 +892,10 @@ def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
     assert body["heatmap"]["steps"] == list(range(1, 41))  # one bucket per step
     assert ((values == None) == absent).all()  # noqa: E711
     assert ((values == "NaN") == finding).all()
+    counted = http_json(
+        frozen_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
+    )["heatmap"]["values"]
+    np.testing.assert_array_equal(np.array(counted, dtype=float).T, counts.values)
 
     with open_tab(browser, frozen_tensorboard["base"]) as t:
         t.select_run("frozen")

@@ -74,3 +74,10 @@ def test_absent_entries_need_the_steps_count():
     counts = _series([1, 3], [[0.0], [0.0]])
     absent = heatmap.absent_entries(_series([1, 2, 3], values), counts)
     assert absent[:, 0].tolist() == [True, False, False]
+
+
+def test_only_a_series_with_nan_may_hold_absent_entries():
+    """Only a series holding a NaN needs the counts (an Inf is never absent)."""
+    assert not heatmap.may_be_absent(None)
+    assert not heatmap.may_be_absent(_series([1, 2], [[1.0, np.inf], [2.0, 3.0]]))
+    assert heatmap.may_be_absent(_series([1, 2], [[1.0, np.nan], [2.0, 3.0]]))
