@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tb_gradplugin.heatmap import null_cells
 from tb_gradplugin.json_encoding import float_list
 from tb_gradplugin.reader import Series
 from tb_gradplugin.shaping import pairs_json, variable_names
@@ -169,19 +170,29 @@ def series_json(blocks: Series, max_points: int) -> dict[str, Any]:
     }
 
 
-def heatmap_json(blocks: Series, buckets: int) -> dict[str, Any]:
+def heatmap_json(
+    blocks: Series, buckets: int, nonfinite: Series | None = None
+) -> dict[str, Any]:
     """Buckets a per-variable series for a heatmap, from its block summaries.
 
     Each cell is the largest value of the variable within its run of whole
     blocks, or NaN when any value there is not finite, as
-    :func:`tb_gradplugin.shaping.heatmap_json` computes it from every step.
+    :func:`tb_gradplugin.heatmap.heatmap_json` computes it from every step.
+    With the block summaries of ``layer/nonfinite_grads``, NaN values of a group
+    whose non-finite gradient count is 0 at every step are absent (no optimizer
+    updated the variable): they are left out of the cell, and a cell of only
+    such values is ``None`` ("not updated"). Blocks do not pair a NaN with its
+    own step's count, so a group with any count above 0 keeps its NaN values as
+    findings.
 
     Args:
         blocks: The ``block/<key>`` series of a per-variable key.
         buckets: The most step buckets (columns).
+        nonfinite: The ``block/layer/nonfinite_grads`` series of the run.
+            Defaults to ``None``: every NaN is a finding.
 
     Returns:
-        The shape of :func:`tb_gradplugin.shaping.heatmap_json`.
+        The shape of :func:`tb_gradplugin.heatmap.heatmap_json`.
     """
     rows = _rows(blocks)
     if not len(blocks):
@@ -196,10 +207,18 @@ def heatmap_json(blocks: Series, buckets: int) -> dict[str, Any]:
     ends = np.append(starts[1:], len(blocks)) - 1
     with np.errstate(all="ignore"):
         hi = np.fmax.reduceat(rows[:, _ROW["max"], :], starts, axis=0)
-    bad = np.add.reduceat(rows[:, _ROW["nonfinite"], :], starts, axis=0) > 0
+    stat_bad = np.add.reduceat(rows[:, _ROW["nonfinite"], :], starts, axis=0)
+    count = rows[:, _ROW["count"], 0]
+    counted = _counted_nonfinite(blocks, rows.shape[2], nonfinite)
+    if counted is None:
+        bad = stat_bad > 0
+        empty = np.zeros_like(bad)
+    else:
+        bad = (stat_bad > 0) & (np.fmax.reduceat(counted, starts, axis=0) > 0)
+        steps = np.add.reduceat(count, starts)[:, None]
+        empty = ~bad & (stat_bad >= steps)
     hi[bad] = np.nan
     first_step = blocks.steps - rows[:, _ROW["first_back"], 0].astype(np.int64)
-    count = rows[:, _ROW["count"], 0]
     names = _variables(blocks, rows)
     return {
         "variables": names,
@@ -207,9 +226,23 @@ def heatmap_json(blocks: Series, buckets: int) -> dict[str, Any]:
         "step_ranges": np.stack([first_step[starts], blocks.steps[ends]], axis=1)
         .astype(int)
         .tolist(),
-        "values": float_list(hi.T),
+        "values": null_cells(float_list(hi.T), empty.T),
         "total_points": int(count.sum()),
     }
+
+
+def _counted_nonfinite(
+    blocks: Series, width: int, nonfinite: Series | None
+) -> np.ndarray | None:
+    """Each block's largest ``layer/nonfinite_grads`` count, ``[n_blocks, k]``.
+
+    ``None`` when the count's blocks do not end at the same steps as ``blocks``
+    or cover other variables: absent and non-finite cannot be told apart then.
+    """
+    if nonfinite is None or not np.array_equal(nonfinite.steps, blocks.steps):
+        return None
+    counts = _rows(nonfinite)[:, _ROW["max"], :]
+    return counts if counts.shape[1] == width else None
 
 
 def latest_json(blocks: Series) -> dict[str, Any]:

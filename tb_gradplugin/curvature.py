@@ -19,11 +19,14 @@ stochastic Lanczos quadrature over Hessian-vector products (Ubaru, Chen & Saad
 storing and sweeping the basis dominated); its ratio comes with a range and a
 tolerance (:func:`tb_gradplugin.spectrum.slq_spectrum`).
 
+The paths are :mod:`tb_gradplugin.hessian_spectra`; the TensorFlow work is
+:mod:`tb_gradplugin.hessian_engine`'s: no TensorFlow call is made here.
 The computation reads the weights and never writes them; the metric variables
 that a multi-output compiled loss updates are restored bit for bit; random
 numbers come from a private ``numpy`` generator, so Keras, TensorFlow and numpy
 global random state are untouched.
-:func:`write_summary` logs a result as ``hessian/*``, ``hessian_layer/*`` and
+:func:`write_summary` (from :mod:`tb_gradplugin.curvature_summary`, where it
+lives) logs a result as ``hessian/*``, ``hessian_layer/*`` and
 ``hessian_spectrum/density``.
 """
 
@@ -31,13 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from tb_gradplugin import hessian_engine, metadata, spectral_density, spectrum
+from tb_gradplugin import hessian_engine, hessian_spectra, spectral_density, spectrum
+from tb_gradplugin.curvature_summary import write_summary
 from tb_gradplugin.spectrum import Spectrum
 
 __all__ = ["CurvatureResult", "compute_curvature", "write_summary"]
@@ -123,10 +125,11 @@ class CurvatureResult:
         eigenvalues: All eigenvalues of the whole Hessian, ascending, on the
             exact path; ``None`` on the Lanczos path.
 
-    Example:
-        >>> result = compute_curvature(model, x_probe, y_probe)  # doctest: +SKIP
-        >>> if result.grad_norm < 1e-3 and result.negative_ratio > 0.1:
-        ...     print(f"saddle: {result.negative_ratio:.0%} negative curvature")
+    Example, for a compiled ``model`` and a probe batch::
+
+        result = compute_curvature(model, x_probe, y_probe)
+        if result.grad_norm < 1e-3 and result.band_negative_ratio > 0.1:
+            print(f"saddle: {result.band_negative_ratio:.0%} negative curvature")
     """
 
     spectrum: Spectrum
@@ -159,39 +162,6 @@ class CurvatureResult:
     def top_eigenvalue(self) -> float:
         """Largest eigenvalue of the whole Hessian (sharpness)."""
         return self.spectrum.top
-
-
-def _to_tensors(data: Any) -> Any:
-    if data is None:
-        return None
-    return tf.nest.map_structure(tf.convert_to_tensor, data)
-
-
-def _exact_groups(sizes: Sequence[int], indices: Sequence[int], limit: int) -> list:
-    """Packs variables into groups of at most ``limit`` parameters, in order."""
-    groups, current, total = [], [], 0
-    for i in indices:
-        if current and total + sizes[i] > limit:
-            groups.append(tuple(current))
-            current, total = [], 0
-        current.append(i)
-        total += sizes[i]
-    if current:
-        groups.append(tuple(current))
-    return groups
-
-
-@dataclasses.dataclass(frozen=True)
-class _Settings:
-    """The keyword arguments of :func:`compute_curvature`, checked."""
-
-    max_exact_params: int
-    lanczos_steps: int
-    lanczos_probes: int
-    hutchinson_samples: int
-    resolution: float
-    density_points: int
-    reorthogonalize: bool
 
 
 def compute_curvature(
@@ -274,7 +244,7 @@ def compute_curvature(
         raise ValueError(f"resolution must be in [0, 1), got {resolution}")
     if density_points < 2:
         raise ValueError(f"density_points must be >= 2, got {density_points}")
-    settings = _Settings(
+    settings = hessian_spectra.Settings(
         max_exact_params,
         lanczos_steps,
         lanczos_probes,
@@ -283,7 +253,11 @@ def compute_curvature(
         density_points,
         reorthogonalize,
     )
-    x, y, sample_weight = _to_tensors(x), _to_tensors(y), _to_tensors(sample_weight)
+    x, y, sample_weight = (
+        hessian_engine.to_tensors(x),
+        hessian_engine.to_tensors(y),
+        hessian_engine.to_tensors(sample_weight),
+    )
     metric_vars = list(getattr(model, "metrics_variables", []))
     saved = [v.numpy() for v in metric_vars]
     try:
@@ -295,35 +269,42 @@ def compute_curvature(
 
 
 def _compute(
-    model: Any, x: Any, y: Any, sw: Any, settings: _Settings, seed: int
+    model: Any,
+    x: Any,
+    y: Any,
+    sw: Any,
+    settings: hessian_spectra.Settings,
+    seed: int,
 ) -> CurvatureResult:
     """Does the work of :func:`compute_curvature` on tensors."""
     engine = hessian_engine.engine_for(model)
     n_vars = len(engine.variables)
     offsets = engine.offsets
-    leading = tf.nest.flatten(x)[0].shape
-    batch = int(leading[0]) if leading.rank and leading[0] is not None else 1
+    batch = hessian_engine.batch_size(x)
     rng = np.random.default_rng(seed)
-    layer: list[Spectrum | None] = [None] * n_vars
 
     if engine.n_params <= settings.max_exact_params:
         loss, norm, h = engine.hessian(tuple(range(n_vars)), x, y, sw, batch)
         h = h.numpy()
-        whole = _exact_whole(h, settings)
+        whole = hessian_spectra.exact_whole(h, settings)
         whole.update(probe_loss=float(loss), grad_norm=float(norm))
         hvps = engine.n_params
-        for i in range(n_vars):
-            a, b = offsets[i], offsets[i + 1]
-            layer[i] = _exact_block(h[a:b, a:b], settings)
+        layer = [
+            hessian_spectra.exact_block(h[a:b, a:b], settings)
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
     else:
-        whole, hvps = _lanczos_whole(engine, x, y, sw, rng, settings)
+        whole, hvps = hessian_spectra.lanczos_whole(engine, x, y, sw, rng, settings)
         if not math.isfinite(whole["probe_loss"] + whole["grad_norm"]):
             # Every HVP would be NaN too: report the finding, spend nothing.
             layer = [whole["spectrum"]] * n_vars
         else:
-            hvps += _layer_spectra(engine, x, y, sw, batch, rng, settings, layer)
-            if n_vars == 1 and layer[0] is None:
-                layer[0] = whole["spectrum"]  # the one block is the whole model
+            found, spent = hessian_spectra.layer_spectra(
+                engine, x, y, sw, batch, rng, settings
+            )
+            hvps += spent
+            # A single-variable model's one block is the whole model.
+            layer = [s if s is not None else whole["spectrum"] for s in found]
     return CurvatureResult(
         **whole,
         n_params=engine.n_params,
@@ -334,205 +315,4 @@ def _compute(
         layer_method=tuple(s.method for s in layer),
         layer_tolerance=np.array([s.tolerance for s in layer], dtype=np.float64),
         hvp_count=hvps,
-    )
-
-
-def _exact_block(h: np.ndarray, settings: _Settings) -> Spectrum:
-    """Returns the exact spectrum of one Hessian block."""
-    eig = spectrum.symmetric_eigenvalues(h)
-    return spectrum.exact_spectrum(eig, resolution=settings.resolution)
-
-
-def _exact_whole(h: np.ndarray, settings: _Settings) -> dict[str, Any]:
-    """Returns the whole model's result fields from its full Hessian."""
-    eig = spectrum.symmetric_eigenvalues(h)
-    weights = np.full(eig.size, 1.0 / eig.size)
-    sigma, grid, dens = spectral_density.density_of(
-        [eig], [weights], settings.lanczos_steps, settings.density_points
-    )
-    return {
-        "spectrum": spectrum.exact_spectrum(eig, resolution=settings.resolution),
-        "trace": float(np.sum(eig)),
-        "trace_stderr": 0.0,
-        "broadening": sigma,
-        "density_grid": grid,
-        "density": dens,
-        "histogram": spectral_density.histogram(eig, grid)
-        if np.isfinite(sigma)
-        else None,
-        "eigenvalues": eig,
-    }
-
-
-def _lanczos_whole(
-    engine: hessian_engine.Engine,
-    x: Any,
-    y: Any,
-    sw: Any,
-    rng: np.random.Generator,
-    settings: _Settings,
-) -> tuple[dict[str, Any], int]:
-    """Returns the whole model's result fields by SLQ, and the HVPs spent."""
-    n = engine.n_params
-    probe_loss, grad_norm = engine.loss_grad(x, y, sw)
-    whole: dict[str, Any] = {"probe_loss": probe_loss, "grad_norm": grad_norm}
-    if not (math.isfinite(probe_loss) and math.isfinite(grad_norm)):
-        band = spectrum.lanczos_band(settings.resolution, settings.lanczos_steps)
-        nan = np.full(settings.density_points, math.nan)
-        whole.update(
-            spectrum=Spectrum.nan("lanczos", band),
-            trace=math.nan,
-            trace_stderr=math.nan,
-            broadening=math.nan,
-            density_grid=nan,
-            density=nan.copy(),
-        )
-        return whole, 0
-    everything = tuple(range(len(engine.variables)))
-
-    def matvec(v: np.ndarray) -> np.ndarray:
-        out = engine.hvp(everything, x, y, sw, tf.constant(v, tf.float32))
-        return out.numpy().astype(np.float64)
-
-    probes = settings.lanczos_probes
-    start = spectrum.rademacher(rng, (probes, n))
-    quad = spectrum.lanczos(
-        matvec, start, settings.lanczos_steps, settings.reorthogonalize
-    )
-    hvps = quad.applied
-    sigma, grid, dens = spectral_density.density_of(
-        quad.nodes, quad.weights, settings.lanczos_steps, settings.density_points
-    )
-    # Hutchinson: vᵀHv for Rademacher v; q1 = v/√n gives vᵀHv = n·q1ᵀHq1.
-    samples = list(n * quad.rayleigh[: settings.hutchinson_samples])
-    extra = settings.hutchinson_samples - len(samples)
-    while extra > 0:
-        # Batches of the Lanczos batch's size, so the HVP is not retraced.
-        take = min(extra, probes)
-        v = np.zeros((probes, n))
-        v[:take] = spectrum.rademacher(rng, (take, n))
-        hv = matvec(v)
-        hvps += take
-        samples.extend(np.einsum("bn,bn->b", hv[:take], v[:take]))
-        extra -= take
-    samples = np.asarray(samples, dtype=np.float64)
-    whole.update(
-        spectrum=spectrum.slq_spectrum(
-            quad, n, settings.lanczos_steps, settings.resolution
-        ),
-        trace=float(samples.mean()) if samples.size else math.nan,
-        trace_stderr=(
-            float(samples.std(ddof=1) / math.sqrt(samples.size))
-            if samples.size > 1
-            else math.nan
-        ),
-        broadening=sigma,
-        density_grid=grid,
-        density=dens,
-    )
-    return whole, hvps
-
-
-def _layer_spectra(
-    engine: hessian_engine.Engine,
-    x: Any,
-    y: Any,
-    sw: Any,
-    batch: int,
-    rng: np.random.Generator,
-    settings: _Settings,
-    layer: list[Spectrum | None],
-) -> int:
-    """Fills the per-variable spectra of a Lanczos-path model; returns HVPs."""
-    sizes, limit = engine.sizes, settings.max_exact_params
-    hvps = 0
-    small = [i for i in range(len(sizes)) if sizes[i] <= limit]
-    for group in _exact_groups(sizes, small, limit):
-        _, _, h = engine.hessian(group, x, y, sw, batch)
-        h = h.numpy()
-        hvps += h.shape[0]
-        start = 0
-        for i in group:
-            stop = start + sizes[i]
-            layer[i] = _exact_block(h[start:stop, start:stop], settings)
-            start = stop
-    if len(sizes) == 1:
-        return hvps  # the one block is the whole model, already done
-    for i in range(len(sizes)):
-        if layer[i] is not None:
-            continue
-
-        def matvec(v: np.ndarray, group: tuple[int, ...] = (i,)) -> np.ndarray:
-            out = engine.hvp(group, x, y, sw, tf.constant(v, tf.float32))
-            return out.numpy().astype(np.float64)
-
-        start_vectors = spectrum.rademacher(rng, (settings.lanczos_probes, sizes[i]))
-        quad = spectrum.lanczos(
-            matvec, start_vectors, settings.lanczos_steps, settings.reorthogonalize
-        )
-        layer[i] = spectrum.slq_spectrum(
-            quad, sizes[i], settings.lanczos_steps, settings.resolution
-        )
-        hvps += quad.applied
-    return hvps
-
-
-def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
-    """Writes a curvature result to the default summary writer.
-
-    Tags: ``hessian/<stat>`` scalars (:data:`metadata.HESSIAN_SCALARS`),
-    ``hessian_layer/<stat>`` tensors ``[n_variables]``
-    (:data:`metadata.HESSIAN_LAYER_STATS`) and
-    :data:`metadata.HESSIAN_SPECTRUM_TAG`, a float32 tensor
-    ``[1 + 3 · points]``: the broadening σ, then the grid, the density and the
-    exact histogram (NaN on the Lanczos path), one after the other.
-
-    Args:
-        result: The result of :func:`compute_curvature`.
-        step: The optimizer step the curvature belongs to.
-        probe_size: Examples in the probe batch.
-    """
-    content = {
-        "method": result.method,
-        "tolerance": float(result.tolerance),
-        "resolution": float(result.resolution),
-        "eps": spectrum.FLOAT32_EPS,
-        "probe_size": int(probe_size),
-        "n_params": int(result.n_params),
-    }
-
-    def write(tag: str, value: Any, text: str, extra: dict, tensor: bool) -> None:
-        meta = metadata.create_summary_metadata(
-            text, {**content, **extra}, tensor=tensor
-        )
-        tf.summary.write(tag, value, step=step, metadata=meta.SerializeToString())
-
-    for stat, text in metadata.HESSIAN_SCALARS.items():
-        value = tf.constant(float(getattr(result, stat)), tf.float32)
-        write(metadata.hessian_tag(stat), value, text, {}, tensor=False)
-    names = {
-        "variables": list(result.variables),
-        "layer_method": list(result.layer_method),
-    }
-    for stat, text in metadata.HESSIAN_LAYER_STATS.items():
-        value = tf.constant(np.asarray(getattr(result, "layer_" + stat), np.float32))
-        write(metadata.hessian_layer_tag(stat), value, text, names, tensor=True)
-    points = int(result.density_grid.size)
-    hist = result.histogram
-    # σ changes from step to step while a tag's content is fixed by its first
-    # write, so it leads the row.
-    row = np.concatenate(
-        [
-            [result.broadening],
-            result.density_grid,
-            result.density,
-            hist if hist is not None else np.full(points, math.nan),
-        ]
-    ).astype(np.float32)
-    write(
-        metadata.HESSIAN_SPECTRUM_TAG,
-        tf.constant(row),
-        metadata.HESSIAN_SPECTRUM_TEXT,
-        {"points": points},
-        tensor=True,
     )

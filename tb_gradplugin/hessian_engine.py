@@ -8,20 +8,20 @@ memory budget) and batches of Hessian-vector products. Both second-order
 functions share one tape helper: the gradient is taken while an outer
 persistent tape records. Compiled functions are cached per model
 (:func:`engine_for`) and retrace only when the probe batch's shapes or the
-trainable variables change. :mod:`tb_gradplugin.curvature` turns the results
-into spectra.
+trainable variables change. :mod:`tb_gradplugin.hessian_spectra` turns the
+results into spectra; this is the only curvature module that imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["Engine", "engine_for"]
+__all__ = ["Engine", "batch_size", "engine_for", "to_tensors"]
 
 _PFOR_BUDGET_BYTES = 2 * 2**30
 """Memory for one vectorised chunk of Hessian rows. Each row of a ``pfor``
@@ -192,6 +192,55 @@ class Engine:
             fn = tf.function(impl)
             self._hvp_fns[group] = fn
         return fn(x, y, sw, v)
+
+    def matvec(
+        self, group: tuple[int, ...], x: Any, y: Any, sw: Any
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """Returns the group's Hessian as a numpy operator, for Lanczos.
+
+        Args:
+            group: Indices of the trainable variables of the block.
+            x: The probe inputs (tensors).
+            y: The probe targets.
+            sw: The sample weights, or ``None``.
+
+        Returns:
+            A function mapping a float64 ``[b, n_group]`` batch ``V`` to
+            ``V H`` in float64 (computed in float32).
+        """
+
+        def apply(v: np.ndarray) -> np.ndarray:
+            out = self.hvp(group, x, y, sw, tf.constant(v, tf.float32))
+            return out.numpy().astype(np.float64)
+
+        return apply
+
+
+def to_tensors(data: Any) -> Any:
+    """Converts a probe batch's nested arrays to tensors (``None`` stays ``None``).
+
+    Args:
+        data: Arrays or nested structures of them, as ``model.fit`` takes them.
+
+    Returns:
+        The same structure of tensors.
+    """
+    if data is None:
+        return None
+    return tf.nest.map_structure(tf.convert_to_tensor, data)
+
+
+def batch_size(x: Any) -> int:
+    """The probe batch's number of examples (1 when its first input has no batch axis).
+
+    Args:
+        x: The probe inputs (tensors).
+
+    Returns:
+        The leading dimension of the first input.
+    """
+    leading = tf.nest.flatten(x)[0].shape
+    return int(leading[0]) if leading.rank and leading[0] is not None else 1
 
 
 _ENGINES: weakref.WeakKeyDictionary[Any, Engine] = weakref.WeakKeyDictionary()

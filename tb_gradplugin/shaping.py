@@ -171,53 +171,6 @@ def variable_names(series: Series) -> list[str]:
     return names
 
 
-def heatmap_json(series: Series, buckets: int) -> dict[str, Any]:
-    """Buckets a per-variable tensor series over steps for a heatmap.
-
-    Each cell is the largest value of the variable within the step bucket, or
-    NaN when any value there is not finite (a NaN is a finding, not a gap).
-
-    Args:
-        series: The per-variable series, values ``[n, k]``.
-        buckets: The most step buckets (columns).
-
-    Returns:
-        ``{"variables": [str], "steps": [int], "step_ranges": [[int, int]],
-        "values": [[float] * n_buckets] * k, "total_points": int}``: one row
-        per variable, ``steps`` the last step of each bucket.
-    """
-    n = len(series)
-    names = variable_names(series)
-    if n == 0:
-        return {
-            "variables": names,
-            "steps": [],
-            "step_ranges": [],
-            "values": [[] for _ in names],
-            "total_points": 0,
-        }
-    values = series.values
-    edges = np.linspace(0, n, min(buckets, n) + 1).round().astype(np.int64)
-    starts = edges[:-1]
-    finite = np.isfinite(values)
-    with np.errstate(all="ignore"):
-        hi = np.maximum.reduceat(np.where(finite, values, -np.inf), starts, axis=0)
-    bad = np.add.reduceat((~finite).astype(np.int64), starts, axis=0) > 0
-    hi = hi.astype(np.float64)
-    hi[bad] = np.nan
-    hi[np.isneginf(hi) & ~bad] = np.nan
-    ends = edges[1:] - 1
-    return {
-        "variables": names,
-        "steps": series.steps[ends].tolist(),
-        "step_ranges": np.stack([series.steps[starts], series.steps[ends]], axis=1)
-        .astype(int)
-        .tolist(),
-        "values": float_list(hi.T),
-        "total_points": n,
-    }
-
-
 def export_csv(series: Series, tensor: bool) -> str:
     """Writes every point of a series as CSV.
 

@@ -3,7 +3,7 @@
 The density drawn by the curvature view is the Gaussian broadening of a
 spectral measure (Ghorbani, Krishnan & Xiao 2019; PyHessian's ESD, Yao et al.
 2020): exact eigenvalues with weights ``1/n``, or per Lanczos probe the Gauss
-nodes and weights (:func:`tb_gradplugin.spectrum.lanczos`), with width
+nodes and weights (:func:`tb_gradplugin.lanczos.lanczos`), with width
 ``σ = (θ_max - θ_min) / steps``, the mean spacing of the nodes.
 :func:`unpack_density` reads one logged row of ``hessian_spectrum/density``
 back. Imports no TensorFlow, so the plugin side uses it too.

@@ -6,6 +6,9 @@ turns a spectrum (exact eigenvalues, or Lanczos quadrature nodes and weights)
 into the figures the callback logs. It never imports TensorFlow, so it is
 tested on its own and can be used by the plugin side.
 
+The quadrature itself (Lanczos on Rademacher probes) is
+:mod:`tb_gradplugin.lanczos`.
+
 Definitions (for a block of ``n`` eigenvalues ``λ`` with ``M = max|λ|``):
 
 * Exact path. The eigenvalues are known to the precision of the stored
@@ -43,21 +46,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 
 import numpy as np
 
 from tb_gradplugin import spectral_density
+from tb_gradplugin.lanczos import Quadrature
 
 __all__ = [
     "DEFAULT_RESOLUTION",
     "FLOAT32_EPS",
-    "Quadrature",
     "Spectrum",
     "exact_spectrum",
-    "lanczos",
     "lanczos_band",
-    "rademacher",
     "slq_spectrum",
     "symmetric_eigenvalues",
 ]
@@ -71,10 +71,6 @@ continuous bulk over decades below its outliers (Sagun et al. 2017): the
 1,090-parameter ReLU regressor of seed 003 has 94-99 % of its eigenvalues
 within 1e-3 · max|λ| (measured here), so the band's share is reported beside
 the sign ratio among the eigenvalues outside it."""
-
-_REORTH_BUDGET_BYTES = 512 * 2**20
-"""Memory for the stored Lanczos basis (float64) when reorthogonalising; beyond
-it the basis is not kept and no reorthogonalisation is done."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,122 +183,6 @@ def exact_spectrum(
         tolerance=0.0,
         method="exact",
     )
-
-
-def rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    """Returns ±1 entries as float64.
-
-    Args:
-        rng: The generator.
-        shape: The shape, e.g. ``(probes, n)``.
-
-    Returns:
-        float64 array of ``shape`` with independent ±1 entries.
-    """
-    return rng.integers(0, 2, size=shape, dtype=np.int8).astype(np.float64) * 2 - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class Quadrature:
-    """Gauss quadrature of the spectral measures of some probe vectors.
-
-    Attributes:
-        nodes: Per probe, the Ritz values (Gauss nodes), ascending.
-        weights: Per probe, the Gauss weights (squared first components of the
-            tridiagonal's eigenvectors), summing to 1.
-        rayleigh: ``q₁ᵀ A q₁`` per probe (``q₁`` the normalised start vector),
-            for Hutchinson's trace.
-        applied: Operator rows applied.
-    """
-
-    nodes: list[np.ndarray]
-    weights: list[np.ndarray]
-    rayleigh: np.ndarray
-    applied: int
-
-    def finite(self) -> bool:
-        """Whether every node is finite."""
-        return all(np.all(np.isfinite(t)) for t in self.nodes)
-
-
-def lanczos(
-    matvec: Callable[[np.ndarray], np.ndarray],
-    start: np.ndarray,
-    steps: int,
-    reorthogonalize: bool = False,
-) -> Quadrature:
-    """Runs Lanczos from several start vectors at once and returns its quadrature.
-
-    Without reorthogonalisation finite-precision Lanczos is exact Lanczos on a
-    nearby matrix, so the Gauss quadrature stays accurate (Greenbaum 1989).
-
-    Args:
-        matvec: Maps a ``[b, n]`` batch of vectors to the symmetric operator
-            applied to each row.
-        start: ``[b, n]`` start vectors (Rademacher for SLQ).
-        steps: Lanczos steps per probe (capped at ``n``).
-        reorthogonalize: Whether to keep the basis and orthogonalise each new
-            vector against it (memory ``b · steps · n`` float64, skipped beyond
-            512 MiB). Defaults to ``False``.
-
-    Returns:
-        The :class:`Quadrature` of each probe.
-    """
-    b, n = start.shape
-    m = min(steps, n)
-    reorth = reorthogonalize and b * m * n * 8 <= _REORTH_BUDGET_BYTES
-    basis = np.zeros((b, m, n)) if reorth else None
-    q = start / np.linalg.norm(start, axis=1, keepdims=True)
-    q_prev = np.zeros_like(q)
-    beta_prev = np.zeros(b)
-    alphas = np.zeros((b, m))
-    betas = np.zeros((b, m))
-    length = np.full(b, m)
-    active = np.ones(b, dtype=bool)
-    applied = 0
-    for k in range(m):
-        if basis is not None:
-            basis[:, k] = q
-        w = matvec(q)
-        applied += int(np.count_nonzero(active))
-        alpha = np.einsum("bn,bn->b", w, q)
-        w = w - alpha[:, None] * q - beta_prev[:, None] * q_prev
-        if basis is not None:
-            # Two passes of classical Gram-Schmidt ("twice is enough").
-            for _ in range(2):
-                kept = basis[:, : k + 1]
-                c = np.matmul(kept, w[:, :, None])
-                w = w - np.matmul(kept.transpose(0, 2, 1), c)[:, :, 0]
-        beta = np.linalg.norm(w, axis=1)
-        alphas[:, k] = np.where(active, alpha, 0.0)
-        # An invariant subspace (beta ~ 0) makes the quadrature exact: stop
-        # that probe there.
-        scale = np.maximum(np.abs(alphas[:, : k + 1]).max(axis=1), 1e-300)
-        finished = active & (beta <= 1e-10 * scale)
-        length[finished] = k + 1
-        active &= ~finished
-        betas[:, k] = np.where(active, beta, 0.0)
-        if not active.any():
-            break
-        q_prev = np.where(active[:, None], q, 0.0)
-        q = np.where(active[:, None], w / np.where(beta > 0, beta, 1.0)[:, None], 0.0)
-        beta_prev = np.where(active, beta, 0.0)
-
-    nodes, weights = [], []
-    for j in range(b):
-        size = int(length[j])
-        t = np.diag(alphas[j, :size])
-        if size > 1:
-            off = betas[j, : size - 1]
-            t += np.diag(off, 1) + np.diag(off, -1)
-        if not np.all(np.isfinite(t)):
-            nodes.append(np.full(size, math.nan))
-            weights.append(np.full(size, math.nan))
-            continue
-        theta, u = np.linalg.eigh(t)
-        nodes.append(theta)
-        weights.append(u[0] ** 2)
-    return Quadrature(nodes, weights, alphas[:, 0].copy(), applied)
 
 
 def _normal_cdf(z: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from tb_gradplugin import (
     shaping,
     trajectory,
 )
+from tb_gradplugin.heatmap import heatmap_json, may_be_absent
 from tb_gradplugin.json_encoding import encode_json, float_list
 
 _JSON = "application/json"
@@ -242,7 +243,8 @@ class ViewData:
         """
         if stat not in metadata.LAYER_STATS:
             raise errors.InvalidArgumentError(f"unknown stat: {stat[:80]!r}")
-        keys = sorted({f"layer/{stat}", "layer/update_ratio"})
+        # The non-finite counts tell a variable no optimizer updated from a NaN.
+        keys = sorted({f"layer/{stat}", "layer/update_ratio", "layer/nonfinite_grads"})
         listed = _LAYER_KEYS + tuple(blocks.block_key(k) for k in keys)
         versions = self._reader.known_run(ctx, eid, run, keys=listed)
         available = [s for s in metadata.LAYER_STATS if f"layer/{s}" in versions]
@@ -251,13 +253,20 @@ class ViewData:
 
         def compute():
             coarse = self._coarse(ctx, eid, run, keys, versions)
-            fine = [k for k in keys if k not in coarse]
-            got = self._reader.read_series(ctx, eid, run, fine, versions)
             heat_key, ratio_key = f"layer/{stat}", "layer/update_ratio"
+            counts = "layer/nonfinite_grads"
+            # The counts are read only when a NaN needs them (a long run's tensor).
+            lazy = {counts} - {heat_key}
+            fine = [k for k in keys if k not in coarse and k not in lazy]
+            got = self._reader.read_series(ctx, eid, run, fine, versions)
+            if counts not in coarse and may_be_absent(got.get(heat_key)):
+                got.update(self._reader.read_series(ctx, eid, run, [counts], versions))
             if heat_key in coarse:
-                heatmap = blocks.heatmap_json(coarse[heat_key], buckets)
+                heatmap = blocks.heatmap_json(
+                    coarse[heat_key], buckets, coarse.get(counts)
+                )
             elif heat_key in got:
-                heatmap = shaping.heatmap_json(got[heat_key], buckets)
+                heatmap = heatmap_json(got[heat_key], buckets, got.get(counts))
             else:
                 heatmap = None
             if ratio_key in coarse:

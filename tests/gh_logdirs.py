@@ -281,25 +281,37 @@ def write_corrupt_neighbour(run_dir: str | os.PathLike) -> pathlib.Path:
     return path
 
 
+def regression_data() -> tuple[np.ndarray, np.ndarray]:
+    """256 examples of a noiseless linear regression from 8 inputs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype("float32")
+    return x, (x @ rng.normal(size=(8, 1))).astype("float32")
+
+
+def mlp(name: str):
+    """The 8-16-1 ReLU network the test runs train (layers "hidden" and "out")."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu", name="hidden"),
+            keras.layers.Dense(1, name="out"),
+        ],
+        name=name,
+    )
+
+
 def train_runs(logdir: str) -> None:
     """Trains two tiny Keras models with the callback (a few seconds)."""
     import keras
 
     from tb_gradplugin import GradientHealthCallback
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(256, 8)).astype("float32")
-    y = (x @ rng.normal(size=(8, 1))).astype("float32")
+    x, y = regression_data()
 
     def model(lr: float, name: str):
-        m = keras.Sequential(
-            [
-                keras.Input((8,)),
-                keras.layers.Dense(16, activation="relu", name="hidden"),
-                keras.layers.Dense(1, name="out"),
-            ],
-            name=name,
-        )
+        m = mlp(name)
         m.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", metrics=["mae"])
         return m
 

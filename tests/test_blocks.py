@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from tb_gradplugin import blocks, reader, shaping
+from tb_gradplugin import blocks, heatmap, reader
 
 ROW = {name: i for i, name in enumerate(blocks.BLOCK_ROWS)}
 
@@ -72,7 +72,7 @@ def test_heatmap_from_blocks_equals_heatmap_from_every_step():
     values = rng.random((4000, 3))
     values[1234, 1] = np.nan
     content = {"variables": ["a", "b", "c"]}
-    per_step = shaping.heatmap_json(_series(steps, values, content), 50)
+    per_step = heatmap.heatmap_json(_series(steps, values, content), 50)
     coarse = blocks.heatmap_json(_blocks_of(steps, values, 80, content), 50)
     assert coarse["variables"] == ["a", "b", "c"]
     assert coarse["steps"] == per_step["steps"]
@@ -85,6 +85,37 @@ def test_heatmap_from_blocks_equals_heatmap_from_every_step():
     np.testing.assert_allclose(
         got[finite].astype(float), want[finite].astype(float), rtol=1e-6
     )
+
+
+def test_heatmap_from_blocks_marks_not_updated_cells_as_the_per_step_one():
+    """From blocks of the counts, absent cells are null and real NaNs stay NaN."""
+    rng = np.random.default_rng(1)
+    steps = np.arange(1, 2001)
+    values = rng.random((2000, 3))
+    counts = np.zeros((2000, 3))
+    values[:400, 0] = np.nan  # frozen for 400 steps: five whole buckets
+    values[1000:1010, 1] = np.nan  # frozen for 10 steps within a bucket
+    values[1500, 2], counts[1500, 2] = np.nan, 3.0
+    content = {"variables": ["a", "b", "c"]}
+    per_step = heatmap.heatmap_json(
+        _series(steps, values, content), 25, _series(steps, counts, content)
+    )
+    coarse = blocks.heatmap_json(
+        _blocks_of(steps, values, 80, content),
+        25,
+        _blocks_of(steps, counts, 80, content),
+    )
+    want = np.array(per_step["values"], dtype=object)
+    got = np.array(coarse["values"], dtype=object)
+    assert (got == None).tolist() == (want == None).tolist()  # noqa: E711
+    assert (got == "NaN").tolist() == (want == "NaN").tolist()
+    assert (want == None).sum() == 5 and (want == "NaN").sum() == 1  # noqa: E711
+    number = (want != "NaN") & (want != None)  # noqa: E711
+    np.testing.assert_allclose(
+        got[number].astype(float), want[number].astype(float), rtol=1e-6
+    )
+    unknown = blocks.heatmap_json(_blocks_of(steps, values, 80, content), 25)
+    assert unknown["values"][0][0] == "NaN"  # without counts a NaN is a finding
 
 
 def test_latest_and_pairs_from_blocks():

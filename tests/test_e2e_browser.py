@@ -11,6 +11,7 @@ run's name), the health table, TensorBoard's own dark-mode toggle and a reload.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -52,10 +53,9 @@ def revive(values):
     return [special.get(v, v) if isinstance(v, str) else v for v in values]
 
 
-@pytest.fixture(scope="module")
-def tensorboard(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("logs"))
-    written = gh_logdirs.make_logdir(root)
+@contextlib.contextmanager
+def serving(root: str, ready):
+    """Serves `root` with a real TensorBoard until `ready(base)` holds; yields base."""
     port = gh_logdirs.free_port()
     proc = gh_logdirs.start_tensorboard(root, port)
     base = f"http://127.0.0.1:{port}"
@@ -63,21 +63,36 @@ def tensorboard(tmp_path_factory):
         deadline = time.time() + 90
         while True:
             try:
-                runs = http_json(base, "runs")
-                exported = http_json(
-                    base, "export", run="synthetic", key="step/loss", format="json"
-                )
-                if len(runs) == 4 and len(exported["steps"]) == gh_logdirs.SYN_STEPS:
+                if ready(base):
                     break
             except OSError:
                 pass
             if time.time() > deadline or proc.poll() is not None:
-                raise RuntimeError("tensorboard did not serve the logdir in 90 s")
+                raise RuntimeError(f"tensorboard did not serve {root} in 90 s")
             time.sleep(0.5)
-        yield {"base": base, "root": root, "written": written}
+        yield base
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def loss_points(base: str, run: str) -> int:
+    """How many points of the run's loss TensorBoard serves."""
+    body = http_json(base, "export", run=run, key="step/loss", format="json")
+    return len(body["steps"])
+
+
+@pytest.fixture(scope="module")
+def tensorboard(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("logs"))
+    written = gh_logdirs.make_logdir(root)
+
+    def ready(base):
+        runs = http_json(base, "runs")
+        return len(runs) == 4 and loss_points(base, "synthetic") == gh_logdirs.SYN_STEPS
+
+    with serving(root, ready) as base:
+        yield {"base": base, "root": root, "written": written}
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +184,19 @@ class Tab:
 
 @pytest.fixture
 def tab(browser, tensorboard):
+    with open_tab(browser, tensorboard["base"]) as t:
+        yield t
+
+
+@contextlib.contextmanager
+def open_tab(browser, base: str):
+    """Opens TensorBoard at `base` on the tab; yields a Tab, closes the page after."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(f"{tensorboard['base']}/#gradient_health")
+    page.goto(f"{base}/#gradient_health")
     frame = page.wait_for_selector("iframe", timeout=60000).content_frame()
     frame.wait_for_function(
         "() => window.__gradHealth && window.__gradHealth.renders > 0", timeout=60000
@@ -801,3 +823,133 @@ def test_reload_follows_live_training_and_keeps_zoom(tab, tensorboard):
     assert values[-1] == pytest.approx(1.0 / 200, rel=1e-6)
     dz = tab.eval("() => window.__gradHealth.charts.overview.getOption().dataZoom[0]")
     assert (dz["startValue"], dz["endValue"]) == (20, 60)
+
+
+def train_frozen_then_diverged(logdir: str) -> None:
+    """Fits with the hidden layer frozen for 16 steps, then diverges unfrozen.
+
+    SGD at learning rate 5 overflows on this data within steps.
+    """
+    import keras
+
+    from tb_gradplugin import GradientHealthCallback
+
+    x, y = gh_logdirs.regression_data()
+    keras.utils.set_random_seed(0)
+    model = gh_logdirs.mlp("frozen")
+    callback = GradientHealthCallback(
+        os.path.join(logdir, "frozen"), update_freq=1, on_flag=None
+    )
+    model.get_layer("hidden").trainable = False
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+    model.get_layer("hidden").trainable = True
+    model.compile(optimizer=keras.optimizers.SGD(5.0), loss="mse")
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[callback])
+    # A fine-tuned head: the base stays frozen to the last step.
+    head = keras.models.clone_model(model)
+    head.get_layer("hidden").trainable = False
+    head.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    callback = GradientHealthCallback(
+        os.path.join(logdir, "head"), update_freq=1, on_flag=None
+    )
+    head.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
+
+
+@pytest.fixture(scope="module")
+def frozen_tensorboard(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("frozen_logs"))
+    train_frozen_then_diverged(root)
+
+    def ready(base):
+        return loss_points(base, "frozen") == 40 and loss_points(base, "head") == 16
+
+    with serving(root, ready) as base:
+        yield {"base": base, "root": root}
+
+
+def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
+    browser, frozen_tensorboard
+):
+    """A frozen layer's cells are drawn "not updated", a divergence's NaN cells red."""
+    from tb_gradplugin import reader
+
+    run = reader.read_run(
+        reader.provider_for_logdir(frozen_tensorboard["root"]), "frozen"
+    )
+    grad = run.tensor("layer/grad_norm")
+    counts = run.tensor("layer/nonfinite_grads")
+    assert grad.steps.tolist() == counts.steps.tolist() == list(range(1, 41))
+    absent = np.isnan(grad.values) & (counts.values == 0)
+    finding = ~np.isfinite(grad.values) & ~absent
+    # The hidden layer is absent for the 16 frozen steps; the divergence is real.
+    hidden = [i for i, name in enumerate(grad.names) if "hidden" in name]
+    assert hidden and absent[:16, hidden].all() and not absent[16:].any()
+    assert finding[:16].sum() == 0 and finding[16:].any()
+
+    body = http_json(frozen_tensorboard["base"], "layers", run="frozen")
+    values = np.array(body["heatmap"]["values"], dtype=object).T  # [step, variable]
+    assert body["heatmap"]["steps"] == list(range(1, 41))  # one bucket per step
+    assert ((values == None) == absent).all()  # noqa: E711
+    assert ((values == "NaN") == finding).all()
+    counted = http_json(
+        frozen_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
+    )["heatmap"]["values"]
+    np.testing.assert_array_equal(np.array(counted, dtype=float).T, counts.values)
+
+    with open_tab(browser, frozen_tensorboard["base"]) as t:
+        t.select_run("frozen")
+        t.show("layers")
+        drawn = t.series("heatmap")
+        grey = {tuple(c["value"][:2]) for c in drawn["not updated"]}
+        red = {tuple(c["value"][:2]) for c in drawn["non-finite (NaN/Inf)"]}
+        colored = {(c[0], c[1]) for c in drawn["grad_norm"]}
+        assert grey == {(int(s), int(v)) for s, v in np.argwhere(absent)}
+        assert red == {(int(s), int(v)) for s, v in np.argwhere(finding)}
+        assert colored == {(int(s), int(v)) for s, v in np.argwhere(~absent & ~finding)}
+        option = t.eval(
+            """(variable) => {
+              const o = window.__gradHealth.charts.heatmap.getOption();
+              const by = Object.fromEntries(o.series.map((s) => [s.name, s]));
+              const tip = o.tooltip[0].formatter(
+                {seriesName: 'not updated', data: {value: [0, variable]}});
+              return {legend: o.legend[0].data.map((d) => d.name || d),
+                grey: by['not updated'].itemStyle.color,
+                red: by['non-finite (NaN/Inf)'].itemStyle.color, tip};
+            }""",
+            hidden[0],
+        )
+        assert "not updated" in option["legend"]
+        assert "non-finite (NaN/Inf)" in option["legend"]
+        assert option["grey"] == "#9e9e9e" and option["red"] == "#d62728"
+        assert "not updated: no optimizer stepped this variable" in option["tip"]
+        assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
+
+
+def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard):
+    """Ratios at the last step leave out the frozen base, with no NaN/Inf fallback."""
+    body = http_json(frozen_tensorboard["base"], "layers", run="head")
+    ratio = body["update_ratio"]
+    assert ratio["step"] == 16
+    frozen = [i for i, v in enumerate(ratio["values"]) if v == "NaN"]
+    assert frozen and all("hidden" in ratio["variables"][i] for i in frozen)
+    assert all(
+        row[-1] is None
+        for i, row in enumerate(body["heatmap"]["values"])
+        if i in frozen
+    )
+    with open_tab(browser, frozen_tensorboard["base"]) as t:
+        t.select_run("head")
+        t.show("layers")
+        chart = t.eval(
+            """() => {
+              const dom = window.__gradHealth.charts.update_ratio.getDom();
+              return {step: dom.dataset.step, idle: dom.dataset.notUpdated,
+                title: dom.parentElement.querySelector('h3').textContent};
+            }"""
+        )
+        assert chart["step"] == "16"
+        assert chart["idle"] == ",".join(str(i) for i in frozen)
+        assert "NaN/Inf" not in chart["title"] and "not updated" in chart["title"]
+        drawn = t.series("update_ratio")["update ratio"]
+        assert [p[0] is None for p in drawn] == [i in frozen for i in range(len(drawn))]

@@ -46,24 +46,6 @@ def test_downsample_indices_short_series_untouched():
     np.testing.assert_array_equal(shaping.downsample_indices(np.ones(5), 10), range(5))
 
 
-def test_heatmap_cells_are_bucket_maxima_with_nan_kept():
-    """Heatmap cells hold each step bucket's maximum, NaN when the bucket has one."""
-    values = np.arange(40, dtype=np.float64).reshape(10, 4)
-    values[3, 2] = np.nan
-    series = reader.Series(
-        steps=np.arange(1, 11),
-        values=values,
-        wall_times=np.zeros(10),
-        content={"variables": ["a", "b", "c", "d"]},
-    )
-    out = shaping.heatmap_json(series, 2)
-    assert out["variables"] == ["a", "b", "c", "d"]
-    assert out["steps"] == [5, 10]
-    assert out["step_ranges"] == [[1, 5], [6, 10]]
-    assert out["values"][0] == [16.0, 36.0]
-    assert out["values"][2] == ["NaN", 38.0]  # sent as TensorBoard sends NaN
-
-
 def test_series_json_keeps_spike_and_nan_when_downsampled():
     """A downsampled series still holds its one spike and its one NaN."""
     values = np.ones(5000)
@@ -143,3 +125,17 @@ def test_slices_json_splits_slice_names_from_stats():
     ]
     assert out["slices"]["emb_lo"]["grad_variance"]["values"] == [0.5]
     assert out["window"]["noise_scale"]["values"] == [3.0]
+
+
+def test_the_docstring_examples_of_the_serving_modules_run():
+    """Every >>> example in shaping, heatmap and json_encoding gives its output."""
+    import doctest
+
+    from tb_gradplugin import heatmap, json_encoding
+
+    tried = 0
+    for module in (shaping, heatmap, json_encoding):
+        result = doctest.testmod(module, raise_on_error=False, verbose=False)
+        assert result.failed == 0, module.__name__
+        tried += result.attempted
+    assert tried >= 1

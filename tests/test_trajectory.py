@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from tb_gradplugin import trajectory
+from tests.no_tensorflow import run_without_tensorflow
 
 
 def _runs(seed=0, k=20):
@@ -106,17 +104,12 @@ def test_bad_input_raises_value_error():
 
 def test_module_imports_without_tensorflow():
     """trajectory.py imports with TensorFlow and Keras blocked."""
-    code = (
-        "import sys; sys.modules['tensorflow'] = None; sys.modules['keras'] = None;"
+    out = run_without_tensorflow(
         "import tb_gradplugin.trajectory as t;"
         "print(t.pca_trajectories({'a': ([0, 1], [[0.0, 1.0], [1.0, 0.0]])})"
         "['explained_variance_ratio'])"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert "[1.0, 0.0]" in done.stdout
+    assert "[1.0, 0.0]" in out
 
 
 def test_comparable_runs_keeps_the_largest_group_of_one_projection():

@@ -8,6 +8,8 @@ export const SEVERITY_COLOR = {error: 'rgba(214,39,40,0.18)', warning: 'rgba(255
   info: 'rgba(31,119,180,0.12)'};
 /** NaN/Inf findings: red, a colour no run gets. */
 export const NONFINITE_COLOR = '#d62728';
+/** Cells of a variable no optimizer updated: a neutral grey, apart from viridis and red. */
+export const NOT_UPDATED_COLOR = '#9e9e9e';
 
 export function createCharts(app) {
   const instances = {};

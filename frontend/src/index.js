@@ -4,7 +4,7 @@ import {getJson} from './api.js';
 import {el, clear} from './util.js';
 import {STYLE} from './style.js';
 import {createCharts} from './charts.js';
-import {VIEWS} from './views.js';
+import {VIEWS} from './views/index.js';
 import {RunList, readHashState, writeHashState, runColor, selectedRuns} from './runs.js';
 import {isDark, watchTheme} from './theme.js';
 
