@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from tb_gradplugin import diagnosis, epoch_probes, run_state
+from tb_gradplugin import diagnosis, epoch_probes, run_state, summary
 from tb_gradplugin.host_pipeline import Monitor
 
 logger = logging.getLogger(__name__)
@@ -269,11 +269,14 @@ class GradientHealthCallback(keras.callbacks.Callback):
         """Replaces the monitor once loss components' trackers exist.
 
         The rows recorded so far are written first; the new monitor's train
-        function records the components per step from the next step on.
+        function records the components per step from the next step on, and
+        the first step's values, which the trackers hold right after it, are
+        written at that step.
         """
         old = self._monitor
         old.finish()
         old.active = False
+        first = old.first_step_components()
         monitor = Monitor(self, self.model)
         monitor.run_last_step = self._run_state()[0]
         if monitor.reducer is not None:
@@ -283,6 +286,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
         monitor.install()
         self._monitor = monitor
         monitor.set_writer(self._writer)
+        if first is not None:
+            step, values = first
+            with self._writer.as_default():
+                summary.write_loss_components(values, step, monitor.tags())
         monitor.active = True
         monitor.start()
 

@@ -67,6 +67,7 @@ class Monitor(StepShim):
         self.active = False
         self._read_fn = None
         self._epoch_fn = None
+        self._optimizers_set = False
 
     def laid_out(self) -> None:
         """Makes the reducer of the rows once the layout exists."""
@@ -104,6 +105,25 @@ class Monitor(StepShim):
         self.cb._guarded(self.poll)
         if self.cb._flags:
             self.cb._report_flags()
+
+    def first_step_components(self) -> tuple[int, dict[str, float]] | None:
+        """The loss components whose trackers the first step created, at that step.
+
+        Keras creates some ``Mean`` trackers (a multi-output model's per-output
+        losses) during the first step, after the shim read the metrics: that
+        step's row has no value for them. Right after the first execution, when
+        it ran one applied step, each tracker holds exactly that step's value.
+        Call after :meth:`finish` (the step's row is then reduced).
+
+        Returns:
+            ``(step, {name: value})``, or ``None`` when the first execution
+            ran several steps or no applied one.
+        """
+        last = self.reducer.last_valid if self.reducer is not None else None
+        if self.executions or self.steps_per_execution != 1 or last is None:
+            return None
+        values = self.losses.results(self.epoch_components)
+        return (last.step, values) if values else None
 
     def _step_seconds(self):
         if self.timed_from is None:
@@ -203,11 +223,29 @@ class Monitor(StepShim):
                 self.ring.read, autograph=False
             ).get_concrete_function(spec, spec)
         self._follow_writer()
+        if not self._optimizers_set:
+            self._set_optimizers()
         block = np.asarray(
             self._read_fn(tf.constant(start, tf.int64), tf.constant(stop, tf.int64))
         )
         self.reducer.add_rows(block, step_seconds)
         self.cb._after_write(urgent=self._take_anomalies())
+
+    def _set_optimizers(self):
+        """Has each optimizer's global norms written when several step the model.
+
+        Runs before the first block is reduced: the step has been traced, so
+        :attr:`optimizer_paths` names every optimizer that updates variables.
+        """
+        self._optimizers_set = True
+        if len(self.optimizer_paths) > 1:
+            index = {p: i for i, p in enumerate(self.layout.paths)}
+            self.reducer.set_optimizers(
+                {
+                    name: [index[p] for p in paths]
+                    for name, paths in self.optimizer_paths.items()
+                }
+            )
 
     def _follow_writer(self):
         if self.reducer.writer is not self.writer:
@@ -222,7 +260,7 @@ class Monitor(StepShim):
         if values:
             tags = self.reducer.tags or self.tags()
             with self.writer.as_default():
-                summary.write_epoch_components(values, step, tags)
+                summary.write_loss_components(values, step, tags)
         self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True)
 
     def _final_task(self):

@@ -91,16 +91,36 @@ class BlockReducer:
         self.output = summary.StepSummaryWriter(
             layout, self.components, mixed_precision
         )
-        self.rows = self.output.rows
         self.windows = self.output.windows
+        # Variable indices of each optimizer, when several step the model.
+        self.optimizer_indices: list[np.ndarray] = []
         self.recorder = flight_recorder.FlightRecorder(flight_steps)
         self.window_sums = stats.WindowSums.empty(layout)
         self.pending = np.zeros([layout.num_variables + 2])
         self.last_logged = -1
         self.last_valid: Held | None = None
+        # (loss known, [loss, components]) of the batches of the open update.
+        self.batches: list[tuple[bool, np.ndarray]] = []
         self.run_last_step = 0
         self.step_offset: int | None = None
         self.last_step = 0
+
+    @property
+    def rows(self) -> ring.Packing:
+        """The columns of a packed logged row."""
+        return self.output.rows
+
+    def set_optimizers(self, indices: Mapping[str, Sequence[int]]) -> None:
+        """Adds each optimizer's global norms to the logged rows.
+
+        Call before the first :meth:`add_rows`, with two or more optimizers.
+
+        Args:
+            indices: ``{optimizer attribute: indices of the variables it
+                updates}``, in the order their tags are written.
+        """
+        self.optimizer_indices = [np.asarray(i, np.int64) for i in indices.values()]
+        self.output.set_optimizers(list(indices))
 
     @property
     def anomalies(self) -> list[int]:
@@ -180,6 +200,10 @@ class BlockReducer:
             [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
         )
         held = Held(step, valid, counts, None, None, now)
+        if not self.mixed_precision:
+            # Without a loss scale a skipped row is a batch only accumulated.
+            r, known = self._mean_over_batches(r, valid, known)
+            loss = r[idx["loss"]][0] if known else 0.0
         if not valid:
             return held
         held.log_row = self._log_row(r)
@@ -203,6 +227,46 @@ class BlockReducer:
             )
         self.last_valid = held
         return held
+
+    def _mean_over_batches(self, r: np.ndarray, valid: bool, known: bool):
+        """Under gradient accumulation: an update's loss over all its batches.
+
+        The update applies the mean of its k batches' gradients (Keras's
+        ``gradient_accumulation_steps``), so its row's loss and per-step loss
+        components are the unweighted means over the same k batches: the
+        batches whose loss is known for the loss.
+
+        Args:
+            r: The row (float64).
+            valid: Whether it is an applied update (else a batch only
+                accumulated, held here until its update).
+            known: Whether the row's own loss is known.
+
+        Returns:
+            ``(row, known)``: the row with the means in place, and whether
+            the update's loss is known.
+        """
+        idx = self.packing.index
+        columns = np.r_[idx["loss"], idx["components"]]
+        values = r[columns].copy()
+        if not known:
+            values[0] = np.nan
+        self.batches.append((known, values))
+        if not valid:
+            return r, known
+        batches, self.batches = self.batches, []
+        if len(batches) == 1:
+            return r, known
+        seen = np.array([k for k, _ in batches])
+        stacked = np.array([v for _, v in batches])
+        r = r.copy()
+        known = bool(seen.any())
+        means = stacked.mean(axis=0)
+        if known:
+            means[0] = stacked[seen, 0].mean()
+        r[columns] = means
+        r[idx["loss_known"]] = float(known)
+        return r, known
 
     def epoch_end(self, running: np.ndarray | None) -> None:
         """Marks an epoch's end: its last step (``"epoch"``) and its window.
@@ -264,10 +328,26 @@ class BlockReducer:
         fields["update_ratio"] = stats.safe_ratio(
             fields["update_norm"], fields["param_norm"]
         )
+        if self.optimizer_indices:
+            fields.update(self._optimizer_norms(present, grad_sq, param_sq, update_sq))
         fields["v_update_ratio"] = stats.safe_ratio(
             fields["v_update_norm"], fields["v_param_norm"]
         )
         return self.rows.pack(fields, 1)[0]
+
+    def _optimizer_norms(self, present, grad_sq, param_sq, update_sq) -> dict:
+        """Each optimizer's global norms over the variables it updated at the step."""
+        out = {f"o_{stat}": [] for stat in summary.OPTIMIZER_STATS}
+        for indices in self.optimizer_indices:
+            mine = np.zeros_like(present)
+            mine[indices] = True
+            mine &= present
+            norms = [_global_norm(sq, mine) for sq in (grad_sq, param_sq, update_sq)]
+            out["o_grad_norm"].append(norms[0])
+            out["o_param_norm"].append(norms[1])
+            out["o_update_norm"].append(norms[2])
+            out["o_update_ratio"].append(stats.safe_ratio(norms[2], norms[1]))
+        return {k: np.array(v, np.float64) for k, v in out.items()}
 
     def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
         out = stats.window_statistics(

@@ -78,6 +78,18 @@ class StepLoss:
         now = {m.name: m for m in all_metrics(self.model)}
         return any(is_mean_metric(now.get(n)) for n in self.epoch_components)
 
+    def results(self, names: Sequence[str]) -> dict[str, float]:
+        """On the host: the running means of those ``names`` that are Mean metrics.
+
+        Args:
+            names: Metric names.
+
+        Returns:
+            ``{name: result}`` (one read of each metric from the device).
+        """
+        now = {m.name: m for m in all_metrics(self.model)}
+        return {n: float(now[n].result()) for n in names if is_mean_metric(now.get(n))}
+
     def step_values(self, logs, before, after):
         """The step's loss, whether it is known, and its loss components.
 

@@ -4,9 +4,9 @@
   windows packed by ``reducer.py``, in step order, from one graph function per
   writer;
 * :func:`tag_metadata` makes every per-step and window tag's metadata;
-* :func:`write_epoch_components` and :func:`write_trajectory` write the rare,
-  per-epoch values eagerly; the curvature's are written by
-  ``curvature.write_summary``.
+* :func:`write_loss_components` and :func:`write_trajectory` write the rare
+  values (per-epoch components, a first step's) eagerly; the curvature's are
+  written by ``curvature.write_summary``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,23 @@ LAYER_STATS = tuple(metadata.LAYER_STATS)
 WINDOW_LAYER_STATS = tuple(metadata.WINDOW_LAYER_STATS)
 
 
-def row_packing(num_variables: int, num_components: int) -> ring.Packing:
-    """The columns of a packed logged row: scalars first, then per-variable blocks."""
+OPTIMIZER_STATS = tuple(metadata.OPTIMIZER_STATS)
+
+
+def row_packing(
+    num_variables: int, num_components: int, num_optimizers: int = 0
+) -> ring.Packing:
+    """The columns of a packed logged row.
+
+    Scalars first, then the per-variable blocks, then one block per
+    :data:`OPTIMIZER_STATS` entry of ``num_optimizers`` columns (written when
+    several optimizers step the model).
+    """
     return ring.Packing(
         [(name, 1) for name in STEP_STATS]
         + [("components", num_components), ("loss_known", 1)]
         + [("v_" + name, num_variables) for name in LAYER_STATS]
+        + [("o_" + name, num_optimizers) for name in OPTIMIZER_STATS]
     )
 
 
@@ -60,6 +71,7 @@ class StepSummaryWriter:
         self.layout = layout
         self.components = list(components)
         self.mixed_precision = bool(mixed_precision)
+        self.optimizers: list[str] = []
         self.rows = row_packing(layout.num_variables, len(self.components))
         self.windows = window_packing(layout.num_variables, len(layout.slices))
         self.writer = None
@@ -83,6 +95,18 @@ class StepSummaryWriter:
             self.tags = {}
             self._write_fn = None
             self._described = {"rows": False, "windows": False}
+
+    def set_optimizers(self, names: Sequence[str]) -> None:
+        """Adds per-optimizer columns to the rows (before the first row is packed).
+
+        Args:
+            names: The optimizers' attribute names, in column order.
+        """
+        self.optimizers = list(names)
+        self.rows = row_packing(
+            self.layout.num_variables, len(self.components), len(self.optimizers)
+        )
+        self._write_fn = None
 
     def write(self, rows, row_steps, windows, window_steps) -> None:
         """Writes packed logged rows and closed windows, oldest first.
@@ -162,9 +186,9 @@ class StepSummaryWriter:
         # One unstack per part rather than one slice op per tag.
         width = self.rows.index["loss_known"].stop
         scalars = tf.unstack(row[:width], num=width)
+        count, v = len(LAYER_STATS), self.layout.num_variables
         layers = tf.unstack(
-            tf.reshape(row[width:], [len(LAYER_STATS), self.layout.num_variables]),
-            num=len(LAYER_STATS),
+            tf.reshape(row[width : width + count * v], [count, v]), num=count
         )
         known = scalars[self.rows.index["loss_known"].start] > 0
         for i, stat in enumerate(STEP_STATS):
@@ -185,6 +209,13 @@ class StepSummaryWriter:
             self._summary(metadata.loss_component_tag(name), scalars[first + i], step)
         for stat, value in zip(LAYER_STATS, layers, strict=True):
             self._summary(metadata.layer_tag(stat), value, step)
+        if self.optimizers:
+            start = width + count * v
+            values = tf.unstack(row[start:], num=self.rows.width - start)
+            for j, stat in enumerate(OPTIMIZER_STATS):
+                for i, name in enumerate(self.optimizers):
+                    value = values[j * len(self.optimizers) + i]
+                    self._summary(metadata.optimizer_tag(name, stat), value, step)
 
     def _write_window(self, row, step):
         index = self.windows.index
@@ -238,7 +269,9 @@ def tag_metadata(
             ``step/*`` and ``layer/*`` tags' content as ``"optimizers"``; the
             global norms cover all of them, and each optimizer's global norm
             is the root of the summed squares of its paths' ``layer`` norms.
-            Defaults to ``None``: not written.
+            With two or more, each has its ``optimizer/<name>/<stat>`` tags
+            (content ``{"optimizer": name, "variables": paths}``). Defaults to
+            ``None``: not written.
 
     Returns:
         ``{tag: serialized SummaryMetadata}``.
@@ -257,6 +290,17 @@ def tag_metadata(
         tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
             text, {**variables, **common}, tensor=True
         )
+    several = optimizers if optimizers and len(optimizers) > 1 else {}
+    for name, paths in several.items():
+        content = {
+            "optimizer": name,
+            "variables": list(paths),
+            "update_freq": update_freq,
+        }
+        for stat, text in metadata.OPTIMIZER_STATS.items():
+            tags[metadata.optimizer_tag(name, stat)] = metadata.create_summary_metadata(
+                text, content
+            )
     win = {"window": window}
     for stat, text in metadata.WINDOW_SCALARS.items():
         tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(text, win)
@@ -277,14 +321,14 @@ def tag_metadata(
     return {k: v.SerializeToString() for k, v in tags.items()}
 
 
-def write_epoch_components(
+def write_loss_components(
     values: Mapping[str, float], step: int, tags: Mapping[str, bytes]
 ) -> None:
-    """Writes per-epoch loss components (under the default writer).
+    """Writes loss components at one step, eagerly (under the default writer).
 
     Args:
-        values: ``{component name: value}`` from the epoch's logs.
-        step: The step of the epoch's last row.
+        values: ``{component name: value}``, e.g. from the epoch's logs.
+        step: The step they belong to.
         tags: :func:`tag_metadata`'s result.
     """
     for name, value in values.items():
