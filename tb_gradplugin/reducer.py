@@ -374,6 +374,8 @@ class BlockReducer:
             return
         # The last row may yet be the epoch's last (update_freq="epoch").
         self._write_entries(self.recorder.take(final, keep_last=self.epoch_mode))
+        if final:
+            self.output.flush_blocks()
 
     def _due(self, held: Held) -> bool:
         if not held.valid or held.step <= self.last_logged:

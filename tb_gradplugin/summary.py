@@ -2,7 +2,8 @@
 
 * :class:`StepSummaryWriter` writes the logged steps' rows and the closed
   windows packed by ``reducer.py``, in step order, from one graph function per
-  writer;
+  writer, and every block of logged steps the block summaries
+  (``block_summaries.py``);
 * :func:`tag_metadata` makes every per-step and window tag's metadata;
 * :func:`write_loss_components` and :func:`write_trajectory` write the rare
   values (per-epoch components, a first step's) eagerly; the curvature's are
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tb_gradplugin import metadata, ring, stats
+from tb_gradplugin import blocks, metadata, ring, stats
+from tb_gradplugin.block_summaries import BlockSummaries
 
 # Column orders: the tag families of metadata.py, in their order. The loss scale
 # and skipped steps are written only under mixed precision.
@@ -73,6 +75,7 @@ class StepSummaryWriter:
         self.mixed_precision = bool(mixed_precision)
         self.optimizers: list[str] = []
         self.rows = row_packing(layout.num_variables, len(self.components))
+        self.blocks = self._block_summaries()
         self.windows = window_packing(layout.num_variables, len(layout.slices))
         self.writer = None
         self._tags_fn: Callable[[], Mapping[str, bytes]] | None = None
@@ -80,6 +83,18 @@ class StepSummaryWriter:
         self._write_fn = None
         self._meta: dict[str, tf.Tensor] = {}
         self._described = {"rows": False, "windows": False}
+        self._blocks_described: set[str] = set()
+
+    def _block_summaries(self) -> BlockSummaries:
+        """The block summaries of every per-step key this writer writes."""
+        index = self.rows.index
+        columns: dict[str, int | slice] = {}
+        for stat in STEP_STATS:
+            if self.mixed_precision or stat not in MIXED_PRECISION_ONLY:
+                columns[f"step/{stat}"] = index[stat].start
+        for stat in LAYER_STATS:
+            columns[f"layer/{stat}"] = index["v_" + stat]
+        return BlockSummaries(columns, {"step/loss": index["loss_known"].start})
 
     def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
         """Sets the summary writer and what makes the tags' metadata (lazily).
@@ -95,6 +110,7 @@ class StepSummaryWriter:
             self.tags = {}
             self._write_fn = None
             self._described = {"rows": False, "windows": False}
+            self._blocks_described = set()
 
     def set_optimizers(self, names: Sequence[str]) -> None:
         """Adds per-optimizer columns to the rows (before the first row is packed).
@@ -107,6 +123,7 @@ class StepSummaryWriter:
             self.layout.num_variables, len(self.components), len(self.optimizers)
         )
         self._write_fn = None
+        self.blocks = self._block_summaries()
 
     def write(self, rows, row_steps, windows, window_steps) -> None:
         """Writes packed logged rows and closed windows, oldest first.
@@ -142,6 +159,36 @@ class StepSummaryWriter:
         )
         self._described["rows"] |= bool(len(row_steps))
         self._described["windows"] |= bool(len(window_steps))
+        if len(row_steps):
+            self._write_blocks(self.blocks.add(np.asarray(rows), row_steps))
+
+    def flush_blocks(self) -> None:
+        """Writes the summary of the unfinished block (at the end of a ``fit``)."""
+        if self.writer is not None:
+            self._write_blocks(self.blocks.flush())
+
+    def _write_blocks(self, done) -> None:
+        """Writes finished block summaries, eagerly: a few events per block."""
+        if not done:
+            return
+        with self.writer.as_default():
+            for key, step, value in done:
+                tag = metadata.key_tag(blocks.block_key(key))
+                meta = b""
+                if tag not in self._blocks_described:
+                    self._blocks_described.add(tag)
+                    meta = self._block_metadata(key)
+                tf.summary.write(tag, tf.constant(value), step=step, metadata=meta)
+
+    def _block_metadata(self, key: str) -> bytes:
+        content: dict[str, Any] = {"key": key, "block_steps": self.blocks.block_steps}
+        if metadata.is_tensor_key(key):
+            content["variables"] = self.layout.paths
+        return metadata.create_summary_metadata(
+            f"block summary of {key} ({', '.join(blocks.BLOCK_ROWS)})",
+            content,
+            tensor=True,
+        ).SerializeToString()
 
     def _write_all(
         self, rows, row_steps, windows, window_steps, describe_rows, describe_windows

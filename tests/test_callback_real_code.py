@@ -310,20 +310,28 @@ def gan_nets():
     return disc, gen
 
 
+GAN_LRS = (0.05, 0.02)  # the discriminator's and the generator's SGD rates
+
+
+def fit_gan(tmp_path, x, disc, gen, shuffle):
+    """Fits the GAN two epochs with the callback, writing the run ``run``."""
+    gan = GAN(disc, gen, latent_dim=3)
+    gan.compile(
+        keras.optimizers.SGD(GAN_LRS[0]),
+        keras.optimizers.SGD(GAN_LRS[1]),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    gan.fit(x, batch_size=BATCH, epochs=2, shuffle=shuffle, verbose=0, callbacks=[cb])
+    cb.close()
+
+
 def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
     """Both nets of a GAN are recorded, each gradient the one its optimizer applied."""
     x, _ = data()
     disc, gen = gan_nets()
-    gan = GAN(disc, gen, latent_dim=3)
-    d_lr, g_lr = 0.05, 0.02
-    gan.compile(
-        keras.optimizers.SGD(d_lr),
-        keras.optimizers.SGD(g_lr),
-        keras.losses.BinaryCrossentropy(from_logits=True),
-    )
-    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
-    gan.fit(x, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
-    cb.close()
+    fit_gan(tmp_path, x, disc, gen, shuffle=True)
+    d_lr, g_lr = GAN_LRS
     run = read(str(tmp_path / "run"))
     grad = run.tensors["layer/grad_norm"]
     update = run.tensors["layer/update_norm"]
@@ -392,18 +400,8 @@ def replay_gan(x, d_lr, g_lr, epochs):
 def test_gan_per_optimizer_norms_equal_a_gradient_tape_replay(tmp_path):
     """Each GAN optimizer's global norms per step equal a GradientTape replay."""
     x, _ = data()
-    disc, gen = gan_nets()
-    gan = GAN(disc, gen, latent_dim=3)
-    d_lr, g_lr = 0.05, 0.02
-    gan.compile(
-        keras.optimizers.SGD(d_lr),
-        keras.optimizers.SGD(g_lr),
-        keras.losses.BinaryCrossentropy(from_logits=True),
-    )
-    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
-    gan.fit(x, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb])
-    cb.close()
-    expected = replay_gan(x, d_lr, g_lr, epochs=2)
+    fit_gan(tmp_path, x, *gan_nets(), shuffle=False)
+    expected = replay_gan(x, *GAN_LRS, epochs=2)
     run = read(str(tmp_path / "run"))
     stats = ("grad_norm", "param_norm", "update_norm", "update_ratio")
     written = {k for k in run.scalars if k.startswith("optimizer/")}
