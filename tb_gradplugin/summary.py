@@ -122,8 +122,8 @@ class StepSummaryWriter:
         self.rows = row_packing(
             self.layout.num_variables, len(self.components), len(self.optimizers)
         )
+        # The optimizers' columns come last: the blocks' columns stay as they are.
         self._write_fn = None
-        self.blocks = self._block_summaries()
 
     def write(self, rows, row_steps, windows, window_steps) -> None:
         """Writes packed logged rows and closed windows, oldest first.
