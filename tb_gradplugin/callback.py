@@ -24,14 +24,13 @@ from collections.abc import Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from tb_gradplugin import diagnosis, epoch_probes, run_state, summary
+from tb_gradplugin import epoch_probes, live, run_state, summary
 from tb_gradplugin.host_pipeline import Monitor
 
 logger = logging.getLogger(__name__)
 
 _FLUSH_SECS = 10.0  # s between host flushes; TensorBoard reloads every 5 s.
 _MAX_QUEUE = 10_000  # events held before the writer flushes by itself.
-_LIVE_INTERVAL_S = 5.0  # s between live diagnoses, however short the epochs.
 
 
 class GradientHealthCallback(keras.callbacks.Callback):
@@ -182,9 +181,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._write_failed = False
         self._last_flush = 0.0
         self._event_file = None
-        self._live = None
-        self._last_live = -float("inf")
-        self._flags: list = []
+        self._reports = live.LiveReports(on_flag)
 
     # -- Keras hooks -------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -238,7 +235,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._curvature()
         if self.trajectory_freq and (epoch + 1) % self.trajectory_freq == 0:
             self._guarded(self._trajectory)
-        if self.on_flag == "stop":
+        if self._reports.on_flag == "stop":
             self._guarded(mon.drain)
         self._guarded(mon.poll)
         self._report_flags(epoch)
@@ -331,7 +328,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._writer = None
         self.log_dir = folder
         self._run_paths = list(paths)
-        self._live = None
+        self._reports.forget_run()
         return max(last, sub_last)
 
     def _open_writer(self):
@@ -349,44 +346,21 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def _after_write(self, urgent: bool, epoch_end: bool = False) -> None:
         """On the writer thread, after a task: flushes, runs the live diagnosis.
 
-        The diagnosis runs at most every :data:`_LIVE_INTERVAL_S` seconds, or
-        at once after an anomalous step; it reads only the events appended
-        since its last run. Its flags are reported on the training thread.
+        The diagnosis runs at once after an anomalous step, else at epoch ends
+        at most every ``live.LIVE_INTERVAL_S`` seconds; it reads only the
+        events appended since its last run. Its flags are reported on the
+        training thread.
         """
-        now = time.monotonic()
-        due = self.on_flag is not None and (
-            urgent or (epoch_end and now - self._last_live >= _LIVE_INTERVAL_S)
-        )
-        if due or now - self._last_flush > _FLUSH_SECS:
+        due = self._reports.due(urgent, epoch_end)
+        if due or time.monotonic() - self._last_flush > _FLUSH_SECS:
             self._flush()
-        if not due:
-            return
-        self._last_live = now
-        from tb_gradplugin import live
-
-        try:
-            if self._live is None:
-                self._live = live.LiveDiagnosis(self.log_dir)
-            self._flags.extend(self._live.new_errors())
-        except Exception as err:  # noqa: BLE001 - a diagnostic never ends training
-            logger.warning("GradientHealthCallback: live diagnosis failed: %s", err)
-            self.on_flag = None
+        if due:
+            self._reports.run(self.log_dir)
 
     def _report_flags(self, epoch: int | None = None) -> None:
         """Warns of the flags the live diagnosis found; stops if asked to."""
-        flags = []
-        while self._flags:  # appended on the writer thread; pop is atomic
-            flags.append(self._flags.pop(0))
         when = f"epoch {epoch + 1}" if epoch is not None else "end of training"
-        for flag in flags:
-            text = diagnosis.format_flag(flag)
-            logger.warning("Gradient health, %s:\n%s", when, text)
-            warnings.warn(
-                f"GradientHealthCallback: {when}\n{text}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        if flags and self.on_flag == "stop" and self.model is not None:
+        if self._reports.report(when) and self.model is not None:
             logger.warning(
                 "GradientHealthCallback: stopping training (on_flag='stop')."
             )

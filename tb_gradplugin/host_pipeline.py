@@ -103,7 +103,7 @@ class Monitor(StepShim):
             logger.warning("GradientHealthCallback: NaN/Inf seen; stopping training.")
             self.model.stop_training = True
         self.cb._guarded(self.poll)
-        if self.cb._flags:
+        if self.cb._reports.flags:
             self.cb._report_flags()
 
     def first_step_components(self) -> tuple[int, dict[str, float]] | None:
