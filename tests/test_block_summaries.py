@@ -89,3 +89,6 @@ def test_a_long_fit_writes_every_block_as_summarize_of_its_steps(tmp_path):
     assert nan_block[rows["nonfinite_back"]] == 320 - nan_step
     assert np.isnan(nan_block[rows["nonfinite_value"]])
     assert run.tensors["block/step/loss"].values[-2][rows["nonfinite"]] == 0
+    # The reading side draws them: per-variable blocks keep the variables' labels.
+    heatmap = blocks.heatmap_json(run.tensors["block/layer/grad_norm"], 4)
+    assert heatmap["variables"] == [v.path for v in model.trainable_variables]
