@@ -2,12 +2,16 @@
 
 The events are read back with TensorBoard's loader, incrementally (each reload
 reads only what was appended), and the same rules as the CLI and the tab run on
-the whole series. Imports no TensorFlow.
+the whole series (:class:`LiveDiagnosis`). :class:`LiveReports` runs them on
+the callback's writer thread, rate-limited, and reports the flags on the
+training thread. Imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import warnings
 
 from tensorboard.backend.event_processing import data_provider as tb_data_provider
 
@@ -16,6 +20,9 @@ from tb_gradplugin import diagnosis, reader
 logger = logging.getLogger(__name__)
 
 _RUN = "live"
+
+LIVE_INTERVAL_S = 5.0
+"""Seconds between live diagnoses at epoch ends, however short the epochs."""
 
 
 class LiveDiagnosis:
@@ -55,3 +62,69 @@ class LiveDiagnosis:
                 self._seen.add(key)
                 fresh.append(flag)
         return fresh
+
+
+class LiveReports:
+    """Runs the live diagnosis beside training and reports its error flags.
+
+    Args:
+        on_flag: ``"warn"`` warns of each new error flag, ``"stop"`` also asks
+            training to stop, ``None`` runs nothing.
+    """
+
+    def __init__(self, on_flag: str | None):
+        self.on_flag = on_flag
+        self.flags: list[diagnosis.Flag] = []
+        self._live: LiveDiagnosis | None = None
+        self._last = -float("inf")
+
+    def due(self, urgent: bool, epoch_end: bool) -> bool:
+        """Whether to run now.
+
+        At once after an anomalous step (``urgent``), else at an epoch end at
+        most every :data:`LIVE_INTERVAL_S` seconds.
+        """
+        return self.on_flag is not None and (
+            urgent or (epoch_end and time.monotonic() - self._last >= LIVE_INTERVAL_S)
+        )
+
+    def run(self, log_dir: str) -> None:
+        """On the writer thread: keeps the new error flags of ``log_dir``'s events.
+
+        A failure is logged once and turns the live diagnosis off: a
+        diagnostic never ends training.
+        """
+        self._last = time.monotonic()
+        try:
+            if self._live is None:
+                self._live = LiveDiagnosis(log_dir)
+            self.flags.extend(self._live.new_errors())
+        except Exception as err:  # noqa: BLE001 - a diagnostic never ends training
+            logger.warning("GradientHealthCallback: live diagnosis failed: %s", err)
+            self.on_flag = None
+
+    def forget_run(self) -> None:
+        """The run's folder changed: the next run reads the new one."""
+        self._live = None
+
+    def report(self, when: str) -> bool:
+        """On the training thread: warns of the flags found since the last report.
+
+        Args:
+            when: Where training is, for the message (e.g. ``"epoch 3"``).
+
+        Returns:
+            Whether training should stop (``on_flag="stop"`` and a new flag).
+        """
+        flags = []
+        while self.flags:  # appended on the writer thread; pop is atomic
+            flags.append(self.flags.pop(0))
+        for flag in flags:
+            text = diagnosis.format_flag(flag)
+            logger.warning("Gradient health, %s:\n%s", when, text)
+            warnings.warn(
+                f"GradientHealthCallback: {when}\n{text}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return bool(flags) and self.on_flag == "stop"

@@ -18,6 +18,10 @@ Layout of a run's tags, all under :data:`TAG_PREFIX`:
 * ``slice/<name>/<stat>`` scalars for named parameter slices
   (:data:`SLICE_STATS`).
 * ``loss_component/<name>`` scalars for the logged loss components.
+* ``optimizer/<attribute>/<stat>`` scalars, one point per logged step, when
+  more than one optimizer steps the model (a GAN's ``d_optimizer`` and
+  ``g_optimizer``): the global norms over the variables each one updates
+  (:data:`OPTIMIZER_STATS`).
 * ``hessian/<stat>`` curvature scalars, ``hessian_layer/<stat>`` tensors,
   ``hessian_spectrum/density`` the spectral density of each curvature step.
 * ``trajectory/projection`` float32 tensors: a random projection of the
@@ -51,6 +55,15 @@ STEP_SCALARS = {
     "nonfinite_loss": "steps with a NaN/Inf loss since the previous logged step",
     "skipped_steps": "loss-scale overflow steps skipped since the previous log",
     "loss_scale": "the dynamic loss scale (mixed precision only)",
+}
+
+# Per-step scalars of each optimizer that steps the model, when there are several,
+# over the variables it updated at the step.
+OPTIMIZER_STATS = {
+    "grad_norm": "L2 norm of the gradient this optimizer applied",
+    "param_norm": "L2 norm of the parameters this optimizer updated, after the step",
+    "update_norm": "L2 norm of the parameter change this optimizer made",
+    "update_ratio": "update_norm / param_norm of this optimizer's parameters",
 }
 
 # Per-step tensors of shape [n_variables].
@@ -227,6 +240,19 @@ def window_layer_tag(stat: str) -> str:
 def slice_tag(name: str, stat: str) -> str:
     """Returns the tag of a named slice's window scalar."""
     return f"{TAG_PREFIX}slice/{name}/{stat}"
+
+
+def optimizer_tag(name: str, stat: str) -> str:
+    """Returns the tag of one optimizer's per-step scalar.
+
+    Args:
+        name: The optimizer's attribute on the model, e.g. ``"d_optimizer"``.
+        stat: One of :data:`OPTIMIZER_STATS`.
+
+    Returns:
+        E.g. ``"gradient_health/optimizer/d_optimizer/grad_norm"``.
+    """
+    return f"{TAG_PREFIX}optimizer/{name}/{stat}"
 
 
 def loss_component_tag(name: str) -> str:

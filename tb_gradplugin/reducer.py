@@ -1,4 +1,4 @@
-"""Turns blocks of step rows into gradient-health summaries (host, numpy).
+"""Turns blocks of step rows into gradient-health statistics (host, numpy).
 
 The compiled step writes one small row per step (``ring.py``); the callback's
 writer thread hands each block of rows read from the ring to
@@ -10,14 +10,11 @@ writer thread hands each block of rows read from the ring to
 * accumulates the open variance window's per-step sums and, when a step (or an
   epoch end) closes the window, turns them and the reduced running gradient
   sum into the window's statistics (``stats.window_statistics``);
-* is a flight recorder: it holds the last :data:`FLIGHT_STEPS` steps' rows
-  before writing them, and when a step is anomalous (a first non-finite loss
-  or gradient, or a gradient-norm jump of :data:`JUMP_FACTOR` times the median
-  of the last :data:`JUMP_HISTORY` steps) every step within
-  :data:`FLIGHT_STEPS` before and after it is written, whatever
-  ``update_freq`` says;
-* writes the logged steps and closed windows with ``tf.summary``, in step
-  order, from one graph function per writer.
+* holds the rows in the flight recorder (``flight_recorder.py``), which
+  decides which steps around an anomaly are written whatever ``update_freq``
+  says;
+* hands the logged steps and closed windows, in step order, to the summary
+  writer (``summary.py``).
 
 Every step's row is seen, so windows, NaN counts and anomalies miss nothing
 whatever ``update_freq`` is.
@@ -25,76 +22,15 @@ whatever ``update_freq`` is.
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
-from tb_gradplugin import metadata, ring, stats
-
-# Column orders: the tag families of metadata.py, in their order. The loss scale
-# and skipped steps are written only under mixed precision.
-STEP_STATS = tuple(metadata.STEP_SCALARS)
-_MIXED_PRECISION_ONLY = ("skipped_steps", "loss_scale")
-LAYER_STATS = tuple(metadata.LAYER_STATS)
-WINDOW_LAYER_STATS = tuple(metadata.WINDOW_LAYER_STATS)
-
-FLIGHT_STEPS = 256
-"""Steps written at full resolution before and after an anomalous step."""
-JUMP_FACTOR = 10.0
-"""A gradient norm this many times the recent median is anomalous (Megatron-LM
-checks 10x the running maximum; OLMo-core a z-score over 6 in 128 steps)."""
-JUMP_HISTORY = 128
-"""Steps of the recent median (OLMo-core's spike window)."""
-MAX_HOLD_S = 10.0
-"""Seconds a row is held at most, so that slow steps still show promptly."""
-
-# The adaptive default of update_freq (see adaptive_update_freq).
-EVENT_SECONDS = 4e-6  # one tf.summary event on the host, measured on 2 CPU cores.
-EVENT_SHARE = 0.01  # events may take this share of the step time.
-DISK_BYTES_PER_STEP = 1000.0  # a 1,000,000-step run stays under ~1 GB.
-_FREQ_LADDER = (1, 2, 5)
-
-
-def adaptive_update_freq(
-    step_seconds: float | None, events_per_log: int, bytes_per_log: float
-) -> int:
-    """The default ``update_freq``: cheap on tiny steps, every step on big ones.
-
-    Writing one logged step costs ``events_per_log`` events of ~4 µs each on
-    the host and ``bytes_per_log`` bytes on disk; the frequency is the
-    smallest of 1, 2, 5, 10, 20, 50, ... that keeps the events under 1 % of
-    the step time and the disk under :data:`DISK_BYTES_PER_STEP` per step.
-
-    Args:
-        step_seconds: Measured seconds per optimizer step, or ``None`` when
-            not measured (then only the disk bound applies).
-        events_per_log: Summary events per logged step.
-        bytes_per_log: Event-file bytes per logged step.
-
-    Returns:
-        The number of steps between logged steps.
-
-    Example:
-        >>> adaptive_update_freq(0.001, 17, 1500.0)
-        10
-        >>> adaptive_update_freq(0.5, 17, 900.0)
-        1
-    """
-    need = bytes_per_log / DISK_BYTES_PER_STEP
-    if step_seconds is not None and step_seconds > 0:
-        need = max(need, events_per_log * EVENT_SECONDS / (EVENT_SHARE * step_seconds))
-    scale = 1
-    while True:
-        for base in _FREQ_LADDER:
-            if base * scale >= need:
-                return base * scale
-        scale *= 10
+from tb_gradplugin import flight_recorder, metadata, ring, stats, summary
+from tb_gradplugin.flight_recorder import Held
+from tb_gradplugin.update_freq import update_freq_for
 
 
 def _updated(grad_sq: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
@@ -113,20 +49,6 @@ def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.floating:
     return np.sqrt(np.sum(squares[present]))
 
 
-@dataclasses.dataclass
-class _Held:
-    """One step's row, held until it is written or dropped."""
-
-    step: int
-    valid: bool
-    counts: np.ndarray  # NaN/Inf per variable, NaN/Inf loss, skipped
-    log_row: np.ndarray | None  # packed logged statistics (valid rows)
-    window: np.ndarray | None  # packed window closed at this step
-    arrived: float
-    full: bool = False  # within the flight recorder's range of an anomaly
-    epoch_last: bool = False  # the epoch's last step (update_freq="epoch")
-
-
 class BlockReducer:
     """Statistics of blocks of step rows, written as gradient-health summaries.
 
@@ -140,7 +62,7 @@ class BlockReducer:
         mixed_precision: Whether the loss scale and skipped steps are written.
         flight_steps: Steps kept before writing and written around an
             anomaly; ``0`` turns the flight recorder off. Defaults to ``None``:
-            :data:`FLIGHT_STEPS`.
+            :data:`flight_recorder.FLIGHT_STEPS`.
 
     Example:
         >>> r = BlockReducer(layout, packing, [], 1, "epoch", False)  # doctest: +SKIP
@@ -166,39 +88,54 @@ class BlockReducer:
         self.window_epoch = window == "epoch"
         self.window = window
         self.mixed_precision = bool(mixed_precision)
-        self.flight_steps = int(FLIGHT_STEPS if flight_steps is None else flight_steps)
-        v, s = layout.num_variables, len(layout.slices)
-        # Scalars first, then per-variable blocks: the writer unstacks them.
-        self.rows = ring.Packing(
-            [(name, 1) for name in STEP_STATS]
-            + [("components", len(self.components)), ("loss_known", 1)]
-            + [("v_" + name, v) for name in LAYER_STATS]
+        self.output = summary.StepSummaryWriter(
+            layout, self.components, mixed_precision
         )
-        self.windows = ring.Packing(
-            [(name, 1) for name in metadata.WINDOW_SCALARS]
-            + [("layer_" + name, v) for name in WINDOW_LAYER_STATS]
-            + [("slice_" + name, s) for name in metadata.SLICE_STATS]
-        )
-        self.writer = None
-        self._tags_fn: Callable[[], Mapping[str, bytes]] | None = None
-        self.tags: dict[str, bytes] = {}
-        self._write_fn = None
-        self._meta: dict[str, tf.Tensor] = {}
-        self._described = {"rows": False, "windows": False}
+        self.windows = self.output.windows
+        # Variable indices of each optimizer, when several step the model.
+        self.optimizer_indices: list[np.ndarray] = []
+        self.recorder = flight_recorder.FlightRecorder(flight_steps)
         self.window_sums = stats.WindowSums.empty(layout)
-        self.held: collections.deque[_Held] = collections.deque()
-        self.pending = np.zeros([v + 2])
-        self.norms: collections.deque[float] = collections.deque(maxlen=JUMP_HISTORY)
-        self.finite_before = True
-        self.full_until = -1
-        self.release_to = -1
-        self.anomalies: list[int] = []
+        self.pending = np.zeros([layout.num_variables + 2])
         self.last_logged = -1
-        self.last_valid: _Held | None = None
-        self.bytes_written = 0
+        self.last_valid: Held | None = None
+        # (loss known, [loss, components]) of the batches of the open update.
+        self.batches: list[tuple[bool, np.ndarray]] = []
         self.run_last_step = 0
         self.step_offset: int | None = None
         self.last_step = 0
+
+    @property
+    def rows(self) -> ring.Packing:
+        """The columns of a packed logged row."""
+        return self.output.rows
+
+    def set_optimizers(self, indices: Mapping[str, Sequence[int]]) -> None:
+        """Adds each optimizer's global norms to the logged rows.
+
+        Call before the first :meth:`add_rows`, with two or more optimizers.
+
+        Args:
+            indices: ``{optimizer attribute: indices of the variables it
+                updates}``, in the order their tags are written.
+        """
+        self.optimizer_indices = [np.asarray(i, np.int64) for i in indices.values()]
+        self.output.set_optimizers(list(indices))
+
+    @property
+    def anomalies(self) -> list[int]:
+        """Steps found anomalous since the caller last cleared this list."""
+        return self.recorder.anomalies
+
+    @property
+    def writer(self):
+        """The summary writer in use."""
+        return self.output.writer
+
+    @property
+    def tags(self) -> dict[str, bytes]:
+        """The tags' serialized metadata, once the first write made them."""
+        return self.output.tags
 
     # -- input -------------------------------------------------------------------
     def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
@@ -209,24 +146,18 @@ class BlockReducer:
             tags_fn: Returns ``{tag: serialized metadata}``; called at the
                 first write, once the step has been traced.
         """
-        if writer is not self.writer:
-            self.writer = writer
-            self._tags_fn = tags_fn
-            self.tags = {}
-            self._write_fn = None
-            self._described = {"rows": False, "windows": False}
+        self.output.set_writer(writer, tags_fn)
 
     def decide_update_freq(self, step_seconds: float | None) -> None:
         """Fixes the adaptive ``update_freq`` (once), from the step time."""
         if self.freq is not None:
             return
-        v, c = self.layout.num_variables, len(self.components)
-        scalars = len(STEP_STATS) - (0 if self.mixed_precision else 2) + c
-        events = scalars + len(LAYER_STATS)
-        size = scalars * _SCALAR_EVENT_BYTES + len(LAYER_STATS) * (
-            _TENSOR_EVENT_BYTES + 4 * v
+        scalars = len(summary.STEP_STATS) + len(self.components)
+        if not self.mixed_precision:
+            scalars -= len(summary.MIXED_PRECISION_ONLY)
+        self.freq = update_freq_for(
+            step_seconds, scalars, len(summary.LAYER_STATS), self.layout.num_variables
         )
-        self.freq = adaptive_update_freq(step_seconds, events, size)
 
     def add_rows(self, block: np.ndarray, step_seconds: float | None = None) -> None:
         """Takes a block of step rows, in step order, and writes what is due.
@@ -254,34 +185,88 @@ class BlockReducer:
         now = time.monotonic()
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for r, step in zip(block.astype(np.float64), steps.tolist(), strict=True):
-                valid = r[idx["skipped"]][0] == 0.0
-                # An unknown loss (no metric named "loss" updated) is no NaN.
-                known = r[idx["loss_known"]][0] > 0
-                loss = r[idx["loss"]][0] if known else 0.0
-                nonfinite = r[idx["grad_nonfinite"]]
-                counts = np.concatenate(
-                    [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
-                )
-                held = _Held(step, valid, counts, None, None, now)
-                if valid:
-                    held.log_row = self._log_row(r)
-                    held.full = step <= self.full_until
-                    self._watch(held, r, loss, nonfinite)
-                    self.window_sums.add(
-                        r[idx["grad_sq"]],
-                        r[idx["grad_abs"]],
-                        r[idx["slice_grad_sq"]],
-                        r[idx["slice_grad_abs"]],
-                        r[idx["batch_size"]][0],
-                        absent=~_updated(r[idx["grad_sq"]], nonfinite),
-                    )
-                    if r[idx["closed"]][0]:
-                        held.window = self._close_window(
-                            r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
-                        )
-                    self.last_valid = held
-                self.held.append(held)
+                self.recorder.hold(self._take_row(r, step, now))
         self.release(final=False)
+
+    def _take_row(self, r: np.ndarray, step: int, now: float) -> Held:
+        """One step's row: its counts, logged statistics and closed window."""
+        idx = self.packing.index
+        valid = r[idx["skipped"]][0] == 0.0
+        # An unknown loss (no metric named "loss" updated) is no NaN.
+        known = r[idx["loss_known"]][0] > 0
+        loss = r[idx["loss"]][0] if known else 0.0
+        nonfinite = r[idx["grad_nonfinite"]]
+        counts = np.concatenate(
+            [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
+        )
+        held = Held(step, valid, counts, None, None, now)
+        if not self.mixed_precision:
+            # Without a loss scale a skipped row is a batch only accumulated.
+            r, known = self._mean_over_batches(r, valid, known)
+            loss = r[idx["loss"]][0] if known else 0.0
+        if not valid:
+            return held
+        held.log_row = self._log_row(r)
+        held.full = self.recorder.in_range(step)
+        grad_sq = r[idx["grad_sq"]]
+        present = _updated(grad_sq, nonfinite)
+        norm = float(_global_norm(grad_sq, present))
+        finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
+        self.recorder.watch(held, norm, finite)
+        self.window_sums.add(
+            grad_sq,
+            r[idx["grad_abs"]],
+            r[idx["slice_grad_sq"]],
+            r[idx["slice_grad_abs"]],
+            r[idx["batch_size"]][0],
+            absent=~present,
+        )
+        if r[idx["closed"]][0]:
+            held.window = self._close_window(
+                r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
+            )
+        self.last_valid = held
+        return held
+
+    def _mean_over_batches(self, r: np.ndarray, valid: bool, known: bool):
+        """Under gradient accumulation: an update's loss over all its batches.
+
+        The update applies the mean of its k batches' gradients (Keras's
+        ``gradient_accumulation_steps``), so its row's loss and per-step loss
+        components are the unweighted means over the same k batches: the
+        batches whose loss is known for the loss.
+
+        Args:
+            r: The row (float64).
+            valid: Whether it is an applied update (else a batch only
+                accumulated, held here until its update).
+            known: Whether the row's own loss is known.
+
+        Returns:
+            ``(row, known)``: the row with the means in place, and whether
+            the update's loss is known.
+        """
+        idx = self.packing.index
+        columns = np.r_[idx["loss"], idx["components"]]
+        values = r[columns].copy()
+        if not known:
+            values[0] = np.nan
+        self.batches.append((known, values))
+        if not valid:
+            return r, known
+        batches, self.batches = self.batches, []
+        if len(batches) == 1:
+            return r, known
+        seen = np.array([k for k, _ in batches])
+        stacked = np.array([v for _, v in batches])
+        r = r.copy()
+        known = bool(seen.any())
+        means = stacked.mean(axis=0)
+        if known:
+            means[0] = stacked[seen, 0].mean()
+        r[columns] = means
+        r[idx["loss_known"]] = float(known)
+        return r, known
 
     def epoch_end(self, running: np.ndarray | None) -> None:
         """Marks an epoch's end: its last step (``"epoch"``) and its window.
@@ -295,7 +280,7 @@ class BlockReducer:
         if last is not None:
             if self.epoch_mode and last.step > self.last_logged:
                 last.epoch_last = True
-                if not self._holds(last):
+                if not self.recorder.holds(last):
                     # Released unlogged (held too long): nothing later was
                     # logged, so it is still in step order.
                     self._write_entries([last])
@@ -305,19 +290,16 @@ class BlockReducer:
                     window = self._close_window(
                         running[:v], running[v : 2 * v], running[2 * v :]
                     )
-                if self._holds(last):
+                if self.recorder.holds(last):
                     last.window = window
                 else:
-                    self._write(
+                    self.output.write(
                         np.zeros([0, self.rows.width], np.float32),
                         np.zeros([0], np.int64),
                         window[None],
                         np.array([last.step], np.int64),
                     )
         self.release(final=False)
-
-    def _holds(self, held: _Held) -> bool:
-        return any(h is held for h in self.held)
 
     # -- per step -----------------------------------------------------------------
     def _log_row(self, r: np.ndarray) -> np.ndarray:
@@ -346,31 +328,26 @@ class BlockReducer:
         fields["update_ratio"] = stats.safe_ratio(
             fields["update_norm"], fields["param_norm"]
         )
+        if self.optimizer_indices:
+            fields.update(self._optimizer_norms(present, grad_sq, param_sq, update_sq))
         fields["v_update_ratio"] = stats.safe_ratio(
             fields["v_update_norm"], fields["v_param_norm"]
         )
         return self.rows.pack(fields, 1)[0]
 
-    def _watch(self, held: _Held, r, loss, nonfinite) -> None:
-        """The flight recorder's trigger: a first non-finite step or a jump."""
-        grad_sq = r[self.packing.index["grad_sq"]]
-        norm = float(_global_norm(grad_sq, _updated(grad_sq, nonfinite)))
-        finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
-        anomalous = not finite and self.finite_before
-        if finite:
-            if len(self.norms) >= 8:
-                anomalous = norm >= JUMP_FACTOR * float(np.median(self.norms)) > 0
-            self.norms.append(norm)
-        self.finite_before = finite
-        if anomalous:
-            self.anomalies.append(held.step)
-        if anomalous and self.flight_steps > 0:
-            self.full_until = max(self.full_until, held.step + self.flight_steps)
-            self.release_to = max(self.release_to, held.step)
-            for other in self.held:
-                if other.step >= held.step - self.flight_steps:
-                    other.full = True
-            held.full = True
+    def _optimizer_norms(self, present, grad_sq, param_sq, update_sq) -> dict:
+        """Each optimizer's global norms over the variables it updated at the step."""
+        out = {f"o_{stat}": [] for stat in summary.OPTIMIZER_STATS}
+        for indices in self.optimizer_indices:
+            mine = np.zeros_like(present)
+            mine[indices] = True
+            mine &= present
+            norms = [_global_norm(sq, mine) for sq in (grad_sq, param_sq, update_sq)]
+            out["o_grad_norm"].append(norms[0])
+            out["o_param_norm"].append(norms[1])
+            out["o_update_norm"].append(norms[2])
+            out["o_update_ratio"].append(stats.safe_ratio(norms[2], norms[1]))
+        return {k: np.array(v, np.float64) for k, v in out.items()}
 
     def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
         out = stats.window_statistics(
@@ -378,7 +355,7 @@ class BlockReducer:
         )
         self.window_sums = stats.WindowSums.empty(self.layout)
         fields = {name: out[name] for name in metadata.WINDOW_SCALARS}
-        for name in WINDOW_LAYER_STATS:
+        for name in summary.WINDOW_LAYER_STATS:
             fields["layer_" + name] = out["layer_" + name]
         for name in metadata.SLICE_STATS:
             fields["slice_" + name] = out["slice_" + name]
@@ -393,29 +370,21 @@ class BlockReducer:
         """
         if final and self.freq is None:
             self.decide_update_freq(None)
-        if not self.held or self.freq is None:
+        if self.freq is None:
             return
-        limit = max(self.held[-1].step - self.flight_steps, self.release_to)
-        stale = time.monotonic() - MAX_HOLD_S
-        out = []
-        while self.held:
-            first = self.held[0]
-            if not (final or first.step <= limit or first.arrived < stale):
-                break
-            # The last row may yet be the epoch's last (update_freq="epoch").
-            if not final and len(self.held) == 1 and self.epoch_mode:
-                break
-            out.append(self.held.popleft())
-        self._write_entries(out)
+        # The last row may yet be the epoch's last (update_freq="epoch").
+        self._write_entries(self.recorder.take(final, keep_last=self.epoch_mode))
+        if final:
+            self.output.flush_blocks()
 
-    def _due(self, held: _Held) -> bool:
+    def _due(self, held: Held) -> bool:
         if not held.valid or held.step <= self.last_logged:
             return False
         if held.full or held.epoch_last:
             return True
         return not self.epoch_mode and (held.step == 1 or held.step % self.freq == 0)
 
-    def _write_entries(self, entries: Sequence[_Held]) -> None:
+    def _write_entries(self, entries: Sequence[Held]) -> None:
         rows, row_steps, windows, window_steps = [], [], [], []
         for held in entries:
             self.pending = self.pending + held.counts
@@ -429,7 +398,7 @@ class BlockReducer:
                 window_steps.append(held.step)
                 held.window = None
         if rows or windows:
-            self._write(
+            self.output.write(
                 np.array(rows, np.float32).reshape([-1, self.rows.width]),
                 np.array(row_steps, np.int64),
                 np.array(windows, np.float32).reshape([-1, self.windows.width]),
@@ -446,194 +415,3 @@ class BlockReducer:
         row[index["nonfinite_loss"]] = counts[v]
         row[index["skipped_steps"]] = counts[v + 1]
         return row
-
-    def _write(self, rows, row_steps, windows, window_steps) -> None:
-        """Writes packed logged rows and closed windows, oldest first."""
-        if self.writer is None:
-            return
-        if not self.tags:
-            self.tags = dict(self._tags_fn())
-        if self._write_fn is None:
-            self._write_fn = tf.function(
-                self._write_all, autograph=False
-            ).get_concrete_function(
-                tf.TensorSpec([None, self.rows.width], tf.float32),
-                tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([None, self.windows.width], tf.float32),
-                tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([], tf.bool),
-                tf.TensorSpec([], tf.bool),
-            )
-        self._write_fn(
-            tf.constant(rows, tf.float32),
-            tf.constant(row_steps, tf.int64),
-            tf.constant(windows, tf.float32),
-            tf.constant(window_steps, tf.int64),
-            tf.constant(not self._described["rows"]),
-            tf.constant(not self._described["windows"]),
-        )
-        self._described["rows"] |= bool(len(row_steps))
-        self._described["windows"] |= bool(len(window_steps))
-
-    def _write_all(
-        self, rows, row_steps, windows, window_steps, describe_rows, describe_windows
-    ):
-        # A tag's metadata goes with its first event only, as TF1's FileWriter
-        # does; both TensorBoard loaders keep the first (parsing it again for
-        # every event measured ~1 µs per scalar write, more per layer tensor).
-        self._meta = {
-            tag: tf.where(
-                describe_windows
-                if metadata.is_window_key(metadata.tag_key(tag) or "")
-                else describe_rows,
-                tf.constant(meta),
-                tf.constant(b""),
-            )
-            for tag, meta in self.tags.items()
-        }
-        with self.writer.as_default():
-            done = self._write_each(rows, row_steps, self._write_row)
-            with tf.control_dependencies([done]):
-                return self._write_each(windows, window_steps, self._write_window)
-
-    def _write_each(self, rows, steps, write):
-        """Writes each packed row at its step, oldest first, in a graph loop."""
-
-        def body(i):
-            write(rows[i], steps[i])
-            return (i + 1,)
-
-        loop = tf.while_loop(lambda i: i < tf.shape(rows)[0], body, (tf.constant(0),))
-        return loop[0]
-
-    def _summary(self, tag, value, step):
-        tf.summary.write(tag, value, step=step, metadata=self._meta[tag])
-
-    def _summary_op(self, tag, value, step):
-        # Written at some steps only: its first event, whichever it is, must
-        # carry the metadata, so every event does.
-        return tf.summary.write(tag, value, step=step, metadata=self.tags[tag])
-
-    def _write_row(self, row, step):
-        # One unstack per part rather than one slice op per tag.
-        width = self.rows.index["loss_known"].stop
-        scalars = tf.unstack(row[:width], num=width)
-        layers = tf.unstack(
-            tf.reshape(row[width:], [len(LAYER_STATS), self.layout.num_variables]),
-            num=len(LAYER_STATS),
-        )
-        known = scalars[self.rows.index["loss_known"].start] > 0
-        for i, stat in enumerate(STEP_STATS):
-            if stat == "loss":
-                # No value where the step's loss is unknown (a custom step
-                # with no metric named "loss"): no point rather than a 0.
-                tf.cond(
-                    known,
-                    lambda v=scalars[i]: self._summary_op(
-                        metadata.step_tag("loss"), v, step
-                    ),
-                    lambda: tf.constant(False),
-                )
-            elif self.mixed_precision or stat not in _MIXED_PRECISION_ONLY:
-                self._summary(metadata.step_tag(stat), scalars[i], step)
-        first = self.rows.index["components"].start
-        for i, name in enumerate(self.components):
-            self._summary(metadata.loss_component_tag(name), scalars[first + i], step)
-        for stat, value in zip(LAYER_STATS, layers, strict=True):
-            self._summary(metadata.layer_tag(stat), value, step)
-
-    def _write_window(self, row, step):
-        index = self.windows.index
-        v, s = self.layout.num_variables, len(self.layout.slices)
-        width = len(metadata.WINDOW_SCALARS)
-        scalars = tf.unstack(row[:width], num=width)
-        for stat, value in zip(metadata.WINDOW_SCALARS, scalars, strict=True):
-            self._summary(metadata.window_tag(stat), value, step)
-        start = index["layer_" + next(iter(WINDOW_LAYER_STATS))].start
-        count = len(WINDOW_LAYER_STATS)
-        layers = tf.unstack(
-            tf.reshape(row[start : start + count * v], [count, v]), num=count
-        )
-        for stat, value in zip(WINDOW_LAYER_STATS, layers, strict=True):
-            self._summary(metadata.window_layer_tag(stat), value, step)
-        if not s:
-            return
-        start = index["slice_" + next(iter(metadata.SLICE_STATS))].start
-        count = len(metadata.SLICE_STATS)
-        values = tf.unstack(row[start : start + count * s], num=count * s)
-        for j, stat in enumerate(metadata.SLICE_STATS):
-            for i, sl in enumerate(self.layout.slices):
-                self._summary(
-                    metadata.slice_tag(sl.name, stat), values[j * s + i], step
-                )
-
-
-# Measured sizes of one event in the event file (tag, step, wall time, framing),
-# metadata excluded (it goes with a tag's first event only).
-_SCALAR_EVENT_BYTES = 80
-_TENSOR_EVENT_BYTES = 90
-
-
-def tag_metadata(
-    layout: stats.Layout,
-    update_freq: int | str,
-    window: int | str,
-    loss_components: Sequence[str],
-    step_components: Sequence[str],
-    sparse_variables: Sequence[str] = (),
-    optimizers: Mapping[str, Sequence[str]] | None = None,
-) -> dict[str, bytes]:
-    """The serialized summary metadata of every per-step and window tag.
-
-    Args:
-        layout: The variables' layout (names the entries of layer tensors).
-        update_freq: The ``update_freq`` in force (the adaptive default's
-            choice, an int, or ``"epoch"``).
-        window: The variance window.
-        loss_components: Every recorded loss component.
-        step_components: Those recorded per step (the rest per epoch).
-        sparse_variables: Paths of the variables whose gradient arrived as
-            ``tf.IndexedSlices`` (rows of a table); listed in the layer tags'
-            content as ``"sparse_variables"``. Defaults to none.
-        optimizers: ``{optimizer: [paths it updates]}`` when optimizers other
-            than ``model.optimizer`` step the model (a GAN's): in the
-            ``step/*`` and ``layer/*`` tags' content as ``"optimizers"``; the
-            global norms cover all of them, and each optimizer's global norm
-            is the root of the summed squares of its paths' ``layer`` norms.
-            Defaults to ``None``: not written.
-
-    Returns:
-        ``{tag: serialized SummaryMetadata}``.
-    """
-    variables: dict[str, Any] = {
-        "variables": layout.paths,
-        metadata.SPARSE_VARIABLES: list(sparse_variables),
-    }
-    common: dict[str, Any] = {"update_freq": update_freq}
-    if optimizers:
-        common["optimizers"] = {k: list(v) for k, v in optimizers.items()}
-    tags: dict[str, Any] = {}
-    for stat, text in metadata.STEP_SCALARS.items():
-        tags[metadata.step_tag(stat)] = metadata.create_summary_metadata(text, common)
-    for stat, text in metadata.LAYER_STATS.items():
-        tags[metadata.layer_tag(stat)] = metadata.create_summary_metadata(
-            text, {**variables, **common}, tensor=True
-        )
-    win = {"window": window}
-    for stat, text in metadata.WINDOW_SCALARS.items():
-        tags[metadata.window_tag(stat)] = metadata.create_summary_metadata(text, win)
-    for stat, text in metadata.WINDOW_LAYER_STATS.items():
-        tags[metadata.window_layer_tag(stat)] = metadata.create_summary_metadata(
-            text, {**variables, **win}, tensor=True
-        )
-    for s in layout.slices:
-        content = {"variable": s.variable, "start": s.start, "stop": s.stop, **win}
-        for stat, text in metadata.SLICE_STATS.items():
-            tags[metadata.slice_tag(s.name, stat)] = metadata.create_summary_metadata(
-                text, content
-            )
-    for name in loss_components:
-        tags[metadata.loss_component_tag(name)] = metadata.create_summary_metadata(
-            f"loss component {name}", {"per_step": name in step_components}
-        )
-    return {k: v.SerializeToString() for k, v in tags.items()}

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tb_gradplugin import GradientHealthCallback, reader
-from tb_gradplugin import callback as callback_module
+from tb_gradplugin import GradientHealthCallback, flight_recorder, host_pipeline, reader
 from tb_gradplugin import reducer as reducer_module
 from tb_gradplugin import ring as ring_module
 
@@ -268,7 +267,7 @@ def test_blocks_of_one_step_give_the_same_series(tmp_path, monkeypatch, update_f
     _, _, whole, _, _ = fit_and_read(
         tmp_path / "a", sequential, update_freq=update_freq
     )
-    monkeypatch.setattr(callback_module, "_MAX_WRITE_DELAY_S", 0.0)
+    monkeypatch.setattr(host_pipeline, "MAX_WRITE_DELAY_S", 0.0)
     _, _, split, _, _ = fit_and_read(
         tmp_path / "b", sequential, update_freq=update_freq
     )
@@ -347,7 +346,7 @@ def test_nan_in_data_is_recorded_and_training_goes_on(tmp_path):
 
 def test_nonfinite_between_logged_steps_is_counted(tmp_path, monkeypatch):
     """A NaN at an unlogged step still shows in the next logged step's count."""
-    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 0)  # no flight recorder
+    monkeypatch.setattr(flight_recorder, "FLIGHT_STEPS", 0)  # no flight recorder
     x, y = data()
     x[20] = np.nan  # step 2, not logged with update_freq=3
     model = compiled(functional)
@@ -363,7 +362,7 @@ def test_nonfinite_between_logged_steps_is_counted(tmp_path, monkeypatch):
 
 def test_flight_recorder_writes_every_step_around_a_nan(tmp_path, monkeypatch):
     """Around a first NaN every step is written, whatever update_freq says."""
-    monkeypatch.setattr(reducer_module, "FLIGHT_STEPS", 5)
+    monkeypatch.setattr(flight_recorder, "FLIGHT_STEPS", 5)
     x, y = data(n=BATCH * 40)
     x[BATCH * 19 + 3] = np.nan  # step 20
     model = compiled(functional)
@@ -677,7 +676,7 @@ def test_writer_thread_runs_at_idle_priority():
     import concurrent.futures
 
     with concurrent.futures.ThreadPoolExecutor(
-        max_workers=1, initializer=callback_module._idle_priority
+        max_workers=1, initializer=host_pipeline.idle_priority
     ) as pool:
         policy = pool.submit(os.sched_getscheduler, 0).result()
     assert policy == os.SCHED_IDLE
@@ -690,7 +689,7 @@ def test_long_run_small_ring_slow_writer_adam_schedule(tmp_path, monkeypatch):
     import time
 
     monkeypatch.setattr(ring_module, "MAX_BLOCK_STEPS", 8)  # the ring wraps 9 times
-    monkeypatch.setattr(callback_module, "_MAX_WRITE_DELAY_S", 0.0)  # every step
+    monkeypatch.setattr(host_pipeline, "MAX_WRITE_DELAY_S", 0.0)  # every step
     slow = reducer_module.BlockReducer.add_rows
 
     def add_rows(self, block, step_seconds=None):

@@ -90,6 +90,18 @@ def test_refits_after_freezing_keep_steps_increasing_and_labels_right(tmp_path):
             np.testing.assert_allclose(value, norm, rtol=1e-4, err_msg=path)
 
 
+class EpochLoss(keras.callbacks.Callback):
+    """Keeps the loss Keras logs at each epoch's end."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        """Keeps the epoch's loss."""
+        self.epochs.append(float(logs["loss"]))
+
+
 class ComponentLog(keras.callbacks.Callback):
     """Keeps Keras's per-batch running means of some log entries."""
 
@@ -281,9 +293,8 @@ class GAN(keras.Model):
         }
 
 
-def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
-    """Both nets of a GAN are recorded, each gradient the one its optimizer applied."""
-    x, _ = data()
+def gan_nets():
+    """The discriminator and generator of the GAN tests, seeded."""
     keras.utils.set_random_seed(4)
     disc = keras.Sequential(
         [
@@ -296,16 +307,31 @@ def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
     gen = keras.Sequential(
         [keras.Input((3,)), keras.layers.Dense(6, name="g1")], name="gen"
     )
+    return disc, gen
+
+
+GAN_LRS = (0.05, 0.02)  # the discriminator's and the generator's SGD rates
+
+
+def fit_gan(tmp_path, x, disc, gen, shuffle):
+    """Fits the GAN two epochs with the callback, writing the run ``run``."""
     gan = GAN(disc, gen, latent_dim=3)
-    d_lr, g_lr = 0.05, 0.02
     gan.compile(
-        keras.optimizers.SGD(d_lr),
-        keras.optimizers.SGD(g_lr),
+        keras.optimizers.SGD(GAN_LRS[0]),
+        keras.optimizers.SGD(GAN_LRS[1]),
         keras.losses.BinaryCrossentropy(from_logits=True),
     )
     cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
-    gan.fit(x, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
+    gan.fit(x, batch_size=BATCH, epochs=2, shuffle=shuffle, verbose=0, callbacks=[cb])
     cb.close()
+
+
+def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
+    """Both nets of a GAN are recorded, each gradient the one its optimizer applied."""
+    x, _ = data()
+    disc, gen = gan_nets()
+    fit_gan(tmp_path, x, disc, gen, shuffle=True)
+    d_lr, g_lr = GAN_LRS
     run = read(str(tmp_path / "run"))
     grad = run.tensors["layer/grad_norm"]
     update = run.tensors["layer/update_norm"]
@@ -325,6 +351,74 @@ def test_gan_with_its_own_optimizers_records_every_variable(tmp_path):
     assert sorted(owners["g_optimizer"]) == sorted(
         v.path for v in gen.trainable_weights
     )
+
+
+def replay_gan(x, d_lr, g_lr, epochs):
+    """The GAN's train_step replayed eagerly: each optimizer's norms per step."""
+    disc, gen = gan_nets()
+    seed = keras.random.SeedGenerator(1337)
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+    out = {"d_optimizer": [], "g_optimizer": []}
+
+    def step(name, variables, lr, loss_of):
+        with tf.GradientTape() as tape:
+            loss = loss_of()
+        grads = tape.gradient(loss, variables)
+        before = [v.numpy().astype(np.float64) for v in variables]
+        for v, g in zip(variables, grads, strict=True):
+            v.assign_sub(lr * g)
+        after = [v.numpy().astype(np.float64) for v in variables]
+        grad = np.sqrt(sum(np.sum(g.numpy().astype(np.float64) ** 2) for g in grads))
+        param = np.sqrt(sum(np.sum(a**2) for a in after))
+        update = np.sqrt(
+            sum(np.sum((a - b) ** 2) for a, b in zip(after, before, strict=True))
+        )
+        out[name].append([grad, param, update, update / param])
+
+    for _ in range(epochs):
+        for i in range(0, N, BATCH):
+            real = x[i : i + BATCH]
+            latent = keras.random.normal((BATCH, 3), seed=seed)
+            combined = tf.concat([gen(latent), real], axis=0)
+            labels = tf.concat([tf.ones((BATCH, 1)), tf.zeros((BATCH, 1))], 0)
+            step(
+                "d_optimizer",
+                disc.trainable_weights,
+                d_lr,
+                lambda c=combined, t=labels: loss_fn(t, disc(c)),
+            )
+            latent = keras.random.normal((BATCH, 3), seed=seed)
+            step(
+                "g_optimizer",
+                gen.trainable_weights,
+                g_lr,
+                lambda z=latent: loss_fn(tf.zeros((BATCH, 1)), disc(gen(z))),
+            )
+    return {name: np.array(rows) for name, rows in out.items()}
+
+
+def test_gan_per_optimizer_norms_equal_a_gradient_tape_replay(tmp_path):
+    """Each GAN optimizer's global norms per step equal a GradientTape replay."""
+    x, _ = data()
+    fit_gan(tmp_path, x, *gan_nets(), shuffle=False)
+    expected = replay_gan(x, *GAN_LRS, epochs=2)
+    run = read(str(tmp_path / "run"))
+    stats = ("grad_norm", "param_norm", "update_norm", "update_ratio")
+    written = {k for k in run.scalars if k.startswith("optimizer/")}
+    assert written == {
+        f"optimizer/{name}/{stat}" for name in expected for stat in stats
+    }
+    for name, rows in expected.items():
+        for j, stat in enumerate(stats):
+            series = run.scalars[f"optimizer/{name}/{stat}"]
+            assert series.steps.tolist() == list(range(1, 9))
+            np.testing.assert_allclose(
+                series.values, rows[:, j], rtol=2e-4, err_msg=f"{name} {stat}"
+            )
+    # The whole model's norms cover both: the root of the summed squares.
+    d_grad, g_grad = expected["d_optimizer"][:, 0], expected["g_optimizer"][:, 0]
+    both = np.sqrt(d_grad**2 + g_grad**2)
+    np.testing.assert_allclose(run.scalars["step/grad_norm"].values, both, rtol=2e-4)
 
 
 class TwoOptimizers(keras.Model):
@@ -392,13 +486,20 @@ def test_gradient_accumulation_records_one_point_per_applied_update(tmp_path):
         optimizer=keras.optimizers.SGD(LR, gradient_accumulation_steps=4), loss=LOSS
     )
     cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    log = EpochLoss()
     model.fit(
-        x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0, callbacks=[cb]
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[cb, log],
     )
     cb.close()
     ref, _ = base_and_head()
     ref.set_weights(weights)
-    expected = []
+    expected, expected_loss = [], []
     for _ in range(3):  # one update per epoch of 4 batches
         with tf.GradientTape() as tape:
             losses = [
@@ -408,6 +509,7 @@ def test_gradient_accumulation_records_one_point_per_applied_update(tmp_path):
             loss = tf.add_n(losses) / len(losses)
         grads = tape.gradient(loss, ref.trainable_variables)
         expected.append(np.sqrt(sum(float(np.sum(g.numpy() ** 2)) for g in grads)))
+        expected_loss.append(float(np.mean([float(b) for b in losses])))
         for v, g in zip(ref.trainable_variables, grads, strict=True):
             v.assign_sub(LR * g)
     run = read(str(tmp_path / "run"))
@@ -417,6 +519,12 @@ def test_gradient_accumulation_records_one_point_per_applied_update(tmp_path):
     ratio = run.scalars["step/update_ratio"]
     assert ratio.steps.tolist() == [1, 2, 3] and np.all(ratio.values > 0)
     assert run.tensors["layer/grad_norm"].steps.tolist() == [1, 2, 3]
+    # The update's loss is the mean over the 4 batches it applies, not the last.
+    loss = run.scalars["step/loss"]
+    assert loss.steps.tolist() == [1, 2, 3]
+    np.testing.assert_allclose(loss.values, expected_loss, rtol=1e-5)
+    # Keras's own epoch loss is the mean over the same 4 batches.
+    np.testing.assert_allclose(loss.values, log.epochs, rtol=1e-5)
 
 
 def test_per_output_losses_created_in_the_first_step_are_recorded_per_step(tmp_path):
@@ -442,12 +550,12 @@ def test_per_output_losses_created_in_the_first_step_are_recorded_per_step(tmp_p
     model.fit(x, targets, epochs=2, callbacks=[cb, log], **FIT)
     cb.close()
     run = read(str(tmp_path / "run"))
-    # Step 1 traced the trackers into being; every later step has them.
+    # Step 1 traced the trackers into being; it has its value too.
     for name in names:
         series = run.scalars[f"loss_component/{name}"]
-        assert series.steps.tolist() == list(range(2, 9)), name
+        assert series.steps.tolist() == list(range(1, 9)), name
         np.testing.assert_allclose(
-            series.values, log.per_step(name, 4)[1:], rtol=1e-4, err_msg=name
+            series.values, log.per_step(name, 4), rtol=1e-4, err_msg=name
         )
     loss = run.scalars["step/loss"]
     assert loss.steps.tolist() == list(range(1, 9))
