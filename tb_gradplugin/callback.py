@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from tb_gradplugin import epoch_probes, live, run_state, summary
+from tb_gradplugin.curvature import DEFAULT_MAX_EXACT_PARAMS
 from tb_gradplugin.host_pipeline import Monitor
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
             batch for the curvature. Defaults to ``None``: the first training
             batch of the first ``fit``, kept for the whole run.
         max_exact_params: Largest Hessian block computed exactly; bigger ones use
-            stochastic Lanczos quadrature. Defaults to ``4096`` parameters.
+            stochastic Lanczos quadrature. Defaults to
+            ``curvature.DEFAULT_MAX_EXACT_PARAMS`` (2048) parameters.
         trajectory_dim: Dimension of the trajectory projection. Defaults to
             ``256``.
         trajectory_seed: Seed of the projection, the same for every run so that
@@ -119,7 +121,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         stop_on_nan: bool = False,
         on_flag: str | None = "warn",
         probe_data: tuple | None = None,
-        max_exact_params: int = 4096,
+        max_exact_params: int = DEFAULT_MAX_EXACT_PARAMS,
         trajectory_dim: int = 256,
         trajectory_seed: int = 0,
     ):
