@@ -19,6 +19,7 @@ from tb_gradplugin import (
     blocks,
     cached_reader,
     diagnosis,
+    flag_reads,
     health,
     metadata,
     reader,
@@ -136,16 +137,33 @@ class ViewData:
         """
         if versions is None:
             versions = self._reader.known_run(ctx, eid, run)
-        # Only the series the rules read: the others are most of a long run's
-        # bytes. The last step still comes from every series' listing.
-        read = {k: v for k, v in versions.items() if k in diagnosis.SERIES_KEYS}
-        return self._reader.memo(
-            ("flags", eid, run, cached_reader.version_stamp(versions)),
-            lambda: diagnosis.run_report(
-                self._reader.read_run_data(ctx, eid, run, read),
+
+        # The rules read the per-step scalars whole and each per-variable
+        # series only where its block summaries cannot decide: a healthy long
+        # run is judged without reading its per-variable steps (most of its
+        # bytes). The last step still comes from every series' listing.
+        def compute():
+            scalars, tensors, block_keys = flag_reads.split_keys(versions)
+            data = self._reader.read_run_data(
+                ctx, eid, run, {k: versions[k] for k in scalars}
+            )
+            summaries = self._reader.read_series(ctx, eid, run, block_keys, versions)
+            deferred = flag_reads.deferred_tensors(
+                {k: (versions[k].content, versions[k].max_step) for k in tensors},
+                summaries,
+                data.scalar(flag_reads.GRAD_KEY),
+                lambda key: self._reader.read_series(
+                    ctx, eid, run, [key], versions
+                ).get(key),
+            )
+            return diagnosis.run_report(
+                data,
                 last_step=max(int(v.max_step) for v in versions.values()),
-            ),
-        )
+                deferred=deferred,
+            )
+
+        stamp = cached_reader.version_stamp(versions)
+        return self._reader.memo(("flags", eid, run, stamp), compute)
 
     def series_impl(self, ctx, eid: str, run: str, key: str, n: int) -> dict[str, Any]:
         """One series of a run, downsampled for display.
