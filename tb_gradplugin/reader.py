@@ -171,18 +171,8 @@ def last_step(
     Returns:
         The step, or ``None`` for a run with no series.
     """
-    ctx = ctx or tb_context.RequestContext()
-    steps = []
-    for listing in (provider.list_scalars, provider.list_tensors):
-        found = listing(
-            ctx,
-            experiment_id=experiment_id,
-            plugin_name=metadata.PLUGIN_NAME,
-            run_tag_filter=tb_provider.RunTagFilter(runs=[run]),
-        ).get(run, {})
-        steps += [
-            int(ts.max_step) for tag, ts in found.items() if metadata.tag_key(tag)
-        ]
+    found = listing(provider, run, ctx, experiment_id=experiment_id)
+    steps = [step for _, _, step in found.values()]
     return max(steps) if steps else None
 
 
