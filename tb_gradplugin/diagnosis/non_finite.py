@@ -59,7 +59,7 @@ def _nonfinite_events(view: RunView) -> dict[int, set[str]]:
             events.setdefault(int(s), set()).add(what)
 
     def not_skipped(steps: np.ndarray) -> np.ndarray:
-        return np.array([int(s) not in view.skipped_at for s in steps], dtype=bool)
+        return ~view.skipped_mask(steps)
 
     if view.loss is not None and len(view.loss):
         mark(view.loss.steps[~np.isfinite(view.loss.values)], "loss")

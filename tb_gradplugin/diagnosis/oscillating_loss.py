@@ -31,6 +31,7 @@ from tb_gradplugin.diagnosis.robust import (
     initial_loss,
     isotonic_decreasing,
     rank_lag1_autocorrelation,
+    ranks,
     thirds,
     variance_ratio,
 )
@@ -137,8 +138,7 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
     residual = loss - isotonic_decreasing(loss)
     # Ranks: one example's huge loss at batch size 1 must not swamp the
     # comparison (its variance would make any block mean look like noise).
-    residual = np.argsort(np.argsort(residual, kind="stable"), kind="stable")
-    residual = residual.astype(np.float64)
+    residual = ranks(residual).astype(np.float64)
     # Where the run started, for "never got below it": one block is too few.
     start_level = float(np.median(block_means[: max(3, blocks // 8)]))
     found = None

@@ -267,6 +267,19 @@ class RunView:
                 return np.zeros(0, np.int64), np.zeros(0)
         return steps[keep], values[keep]
 
+    def skipped_mask(self, steps: np.ndarray) -> np.ndarray:
+        """Which of ``steps`` a loss-scale optimizer skipped for overflow.
+
+        Args:
+            steps: int steps, shape ``[n]``.
+
+        Returns:
+            bool ``[n]``.
+        """
+        if not self.skipped_at:
+            return np.zeros(steps.shape[0], dtype=bool)
+        return np.isin(steps, np.fromiter(self.skipped_at, dtype=np.int64))
+
     @staticmethod
     def value_at(series: Series | None, steps: np.ndarray) -> np.ndarray:
         """Values of a scalar series at ``steps``.
