@@ -113,7 +113,20 @@ def zero_weight_run():
     )
 
 
+def frozen_run(frozen_from: int = 0, frozen_until: int = N):
+    """The first layer frozen (absent: NaN, non-finite count 0) over some steps."""
+    layers = layer_block(grad=(1e-7, 1e-8, 0.8, 0.3))
+    layers["nonfinite_grads"] = np.zeros((N, 4))
+    for stat in ("grad_norm", "zero_fraction"):
+        layers[stat][frozen_from:frozen_until, :2] = np.nan
+    loss = np.full(N, 2.3) + 0.001 * np.sin(np.arange(N))
+    return run_of(loss=loss, grad_norm=np.full(N, 1e-3), variables=VARS, layers=layers)
+
+
 RUNS = {
+    "frozen": frozen_run,
+    "frozen_late": lambda: frozen_run(frozen_from=290),
+    "frozen_early": lambda: frozen_run(frozen_until=310),
     "healthy": healthy_run,
     "healthy_long": lambda: healthy_run(5000, seed=3),
     "exploding": exploding_run,
@@ -193,3 +206,6 @@ def test_screen_bounds_hold_on_random_blocks():
             assert np.median(finite) >= bound
         if screen.some_nonzero(0, start):
             assert np.any(finite != 0)
+        absent = screen.absent(start)
+        if absent is not None:
+            assert (0 in absent) == (not finite.size)

@@ -93,6 +93,25 @@ class Screen:
         high = high[np.isfinite(high)]
         return bool(not high.size or high.max() < bound)
 
+    def absent(self, first_row: int) -> frozenset[int] | None:
+        """The variables with no finite value in rows ``first_row..``.
+
+        Args:
+            first_row: The first row of the window.
+
+        Returns:
+            Their columns, or ``None`` when the blocks cannot tell for some
+            variable (its only finite values are in a block that straddles
+            ``first_row``).
+        """
+        sizes = (self.ends - self.starts)[:, None]
+        finite = sizes - self.nonfinite
+        inside = (finite[self.starts >= first_row] > 0).any(axis=0)
+        overlap = (finite[self.ends > first_row] > 0).any(axis=0)
+        if np.any(overlap & ~inside):
+            return None
+        return frozenset(np.flatnonzero(~overlap).tolist())
+
     def median_at_least(self, column: int, first_row: int, bound: float) -> bool:
         """Whether the median of the finite values of rows ``first_row..`` is >= bound.
 

@@ -98,17 +98,23 @@ def _early_layers(
     """The first weight's gradient against the last one's (AutoTrainer)."""
     tensor = view.deferred("layer_grad")
     screen = Screen.of(tensor)
-    if screen is not None and len(tensor.names) >= 2:
-        compared = _compared(tensor.names[: screen.width], dead_columns)
+    start = None if screen is None else late_window(screen.rows).start
+    absent = None if screen is None else screen.absent(start)
+    if absent is not None and len(tensor.names) >= 2:
+        compared = _compared(tensor.names[: screen.width], dead_columns | absent)
         if compared is None or screen.median_at_least(
-            compared[0], late_window(screen.rows).start, thresholds.vanish_first_norm
+            compared[0], start, thresholds.vanish_first_norm
         ):
             return None  # the first layer's median gradient is not small
     series = view.layer_grad
     if series is None or not len(series) or len(series.names) < 2:
         return None
     names = series.names[: series.values.shape[1]]
-    compared = _compared(names, dead_columns)
+    # A variable no optimizer updated late in the run (frozen) is absent
+    # there, not a gradient to compare.
+    late_values = series.values[late_window(len(series))]
+    absent = frozenset(np.flatnonzero(~np.isfinite(late_values).any(axis=0)).tolist())
+    compared = _compared(names, dead_columns | absent)
     if compared is None:
         return None
     first, last = compared
