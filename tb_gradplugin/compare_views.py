@@ -13,7 +13,14 @@ from typing import Any
 
 from tensorboard import errors
 
-from tb_gradplugin import cached_reader, diagnosis, metadata, shaping, trajectory
+from tb_gradplugin import (
+    cached_reader,
+    diagnosis,
+    metadata,
+    reader,
+    shaping,
+    trajectory,
+)
 
 _TRAJECTORY_KEY = metadata.tag_key(metadata.TRAJECTORY_TAG)
 
@@ -26,6 +33,22 @@ class CompareViews:
     """
 
     _reader: cached_reader.CachedReader
+
+    def _scalar_families(
+        self, ctx, eid: str, runs: list[str], families: tuple[str, ...]
+    ) -> dict[str, dict[str, reader.Series]]:
+        """Every scalar series of some key families of several runs, by run.
+
+        Raises:
+            tensorboard.errors.NotFoundError: For an unknown run.
+        """
+        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
+        out = {}
+        for run in runs:
+            versions = listing[run]
+            keys = [k for k in versions if k.startswith(families)]
+            out[run] = self._reader.read_series(ctx, eid, run, keys, versions)
+        return out
 
     def slices_impl(self, ctx, eid: str, runs: list[str], n: int) -> dict[str, Any]:
         """Slice and window gradient statistics of several runs.
@@ -42,25 +65,17 @@ class CompareViews:
         Raises:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
-        out: dict[str, Any] = {}
-        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
-        for run in runs:
-            versions = listing[run]
-            keys = [k for k in versions if k.startswith(("slice/", "window/"))]
-            got = self._reader.read_series(ctx, eid, run, keys, versions)
-            out[run] = shaping.slices_json(got, n)
-        return {"runs": out}
+        found = self._scalar_families(ctx, eid, runs, ("slice/", "window/"))
+        return {
+            "runs": {run: shaping.slices_json(got, n) for run, got in found.items()}
+        }
 
     def loss_components_impl(
         self, ctx, eid: str, runs: list[str], n: int
     ) -> dict[str, Any]:
         """Loss components of several runs with each one's volatility.
 
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            runs: The runs.
-            n: Most points per series.
+        Args are those of :meth:`slices_impl`.
 
         Returns:
             ``{"runs": {run: {name: {**series_json, "volatility": float|null}}}}``;
@@ -71,11 +86,8 @@ class CompareViews:
             tensorboard.errors.NotFoundError: For an unknown run.
         """
         out: dict[str, Any] = {}
-        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
-        for run in runs:
-            versions = listing[run]
-            keys = [k for k in versions if k.startswith("loss_component/")]
-            got = self._reader.read_series(ctx, eid, run, keys, versions)
+        found = self._scalar_families(ctx, eid, runs, ("loss_component/",))
+        for run, got in found.items():
             out[run] = {
                 key.partition("/")[2]: {
                     **shaping.series_json(s, n),
