@@ -120,11 +120,7 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
     for i, name in enumerate(names):
         if i <= blocked_before or name.rsplit("/", 1)[-1] == "bias":
             continue  # a bias is judged with its layer's kernel
-        judged = name
-        if is_weight(name) and "/" in name:
-            sibling = name.rsplit("/", 1)[0] + "/bias"
-            if sibling in index:
-                judged = sibling
+        judged = _judged(name, index)
         if sparse is not None and (name in sparse or judged in sparse):
             continue  # its gradient arrives as rows: untouched rows are no death
         if judged in windows:
@@ -144,6 +140,15 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
         all_zero = all(_whole(zero_rows()[j], thresholds) for j in own)
         out[i] = ZeroShare(share, first_step, judged, not per_step, all_zero)
     return out
+
+
+def _judged(name: str, index: dict[str, int]) -> str:
+    """The variable whose zero share judges ``name``: its layer's bias if any."""
+    if is_weight(name) and "/" in name:
+        sibling = name.rsplit("/", 1)[0] + "/bias"
+        if sibling in index:
+            return sibling
+    return name
 
 
 def _below_dead(screen: Screen, column: int, thresholds: Thresholds) -> bool:

@@ -89,6 +89,24 @@ def _compared(names: list[str], dead_columns: frozenset[int]) -> tuple[int, int]
     return candidates[0], candidates[-1]
 
 
+def _blocks_rule_out(
+    view: RunView, thresholds: Thresholds, dead_columns: frozenset[int]
+) -> bool:
+    """Whether the block summaries prove the first layer's median is not small."""
+    tensor = view.deferred("layer_grad")
+    screen = Screen.of(tensor)
+    if screen is None or len(tensor.names) < 2:
+        return False
+    start = late_window(screen.rows).start
+    absent = screen.absent(start)
+    if absent is None:
+        return False
+    compared = _compared(tensor.names[: screen.width], dead_columns | absent)
+    return compared is None or screen.median_at_least(
+        compared[0], start, thresholds.vanish_first_norm
+    )
+
+
 def _early_layers(
     view: RunView,
     thresholds: Thresholds,
@@ -96,16 +114,8 @@ def _early_layers(
     not_learning: bool,
 ) -> Flag | None:
     """The first weight's gradient against the last one's (AutoTrainer)."""
-    tensor = view.deferred("layer_grad")
-    screen = Screen.of(tensor)
-    start = None if screen is None else late_window(screen.rows).start
-    absent = None if screen is None else screen.absent(start)
-    if absent is not None and len(tensor.names) >= 2:
-        compared = _compared(tensor.names[: screen.width], dead_columns | absent)
-        if compared is None or screen.median_at_least(
-            compared[0], start, thresholds.vanish_first_norm
-        ):
-            return None  # the first layer's median gradient is not small
+    if _blocks_rule_out(view, thresholds, dead_columns):
+        return None
     series = view.layer_grad
     if series is None or not len(series) or len(series.names) < 2:
         return None
