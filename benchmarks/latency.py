@@ -143,14 +143,17 @@ CALLBACK_BATCHES = 500
 """Batches per epoch of the ``--callback`` fit (``--steps`` is rounded to them)."""
 
 
-def write_callback_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> float:
+def write_callback_run(
+    run_dir: str, steps: int, n_vars: int, seed: int = 0, first_step: int = 1
+) -> float:
     """Trains a many-layer tiny MLP for ``steps`` steps with the callback logging each.
 
     The MLP has ``n_vars // 2`` Dense layers of width 4 (a kernel and a bias each:
     ``n_vars`` variables); ``GradientHealthCallback(update_freq=1)`` writes the run,
     so the benchmark reads exactly what the callback writes (with block summaries
     when the callback writes them). A second call on the same ``run_dir`` continues
-    the run's steps (the callback goes on from the run's last step).
+    the run's steps (the callback goes on from the run's last step); pass its
+    ``first_step`` for TensorBoard's own ``loss`` scalar written beside.
 
     Returns:
         The wall seconds of the fit.
@@ -159,6 +162,7 @@ def write_callback_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> 
 
     from tb_gradplugin import GradientHealthCallback
 
+    PlainLoss = _plain_loss_callback()  # noqa: N806 - a class
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     width = 4
@@ -173,9 +177,45 @@ def write_callback_run(run_dir: str, steps: int, n_vars: int, seed: int = 0) -> 
     epochs = max(1, round(steps / CALLBACK_BATCHES))
     cb = GradientHealthCallback(run_dir, update_freq=1, on_flag=None)
     t0 = time.time()
-    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=[cb])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[cb, PlainLoss(run_dir, first_step)],
+    )
     cb.close()
     return time.time() - t0
+
+
+def _plain_loss_callback():
+    """A Keras callback writing TensorBoard's own ``loss`` scalar at every step.
+
+    TensorBoard's scalars route, timed beside ours, then reads a series of as
+    many points from the same run.
+    """
+    import keras
+    import tensorflow as tf
+
+    class PlainLoss(keras.callbacks.Callback):
+        def __init__(self, log_dir, first_step):
+            super().__init__()
+            self._log_dir, self._first_step = log_dir, first_step
+            self._writer = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self._log_dir)
+            step = self.model.optimizer.iterations.numpy() - 1 + self._first_step
+            with self._writer.as_default():
+                tf.summary.scalar("loss", logs["loss"], step=int(step))
+
+        def on_train_end(self, logs=None):
+            if self._writer is not None:
+                self._writer.close()
+
+    return PlainLoss
 
 
 def block_summaries(pending: list, content: dict) -> dict[str, tuple]:
@@ -367,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, url in urls.items()
         }
         if args.callback:
-            write_callback_run(run_dir, args.append, args.vars, seed=1)
+            write_callback_run(run_dir, args.append, args.vars, 1, last + 1)
         else:
             write_run(
                 run_dir,
