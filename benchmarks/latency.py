@@ -166,10 +166,16 @@ def write_callback_run(
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     width = 4
+    # Named layers: the appending fit's fresh model has the same variable paths,
+    # so the callback continues this run instead of starting a sub-run.
     model = keras.Sequential(
         [keras.Input((width,))]
-        + [keras.layers.Dense(width, activation="tanh") for _ in range(n_vars // 2 - 1)]
-        + [keras.layers.Dense(1)]
+        + [
+            keras.layers.Dense(width, activation="tanh", name=f"dense_{i}")
+            for i in range(n_vars // 2 - 1)
+        ]
+        + [keras.layers.Dense(1, name="out")],
+        name="mlp",
     )
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
     x = rng.normal(size=(8 * CALLBACK_BATCHES, width)).astype("float32")
