@@ -50,9 +50,11 @@ def deferred_tensors(
 ) -> dict[str, diagnosis.DeferredTensor]:
     """The per-variable series of a run, each read on demand.
 
-    A tensor's blocks are handed on only when they summarise exactly its rows:
-    their last step is the tensor's last step and their counts add up to the
-    points of ``step/grad_norm`` (written at the same steps).
+    A tensor's blocks are handed on only when they line up with its rows: the
+    tensor ends at the last step of ``step/grad_norm`` (written at the same
+    steps), and each block ends at the step of the row its counts say it ends
+    at. The rows after the last block (a live run between two block ends) are
+    left to the rules as unknown.
 
     Args:
         tensors: Key -> ``(PluginData content bytes, last step)`` from a listing.
@@ -70,18 +72,28 @@ def deferred_tensors(
         except ValueError:
             content = {}
         summary = summaries.get(blocks.block_key(key))
-        rows = None
-        if (
-            summary is not None
-            and len(summary)
-            and grad is not None
-            and int(summary.steps[-1]) == int(max_step)
-            and blocks.total_points(summary) == len(grad)
-            and np.all(np.diff(grad.steps) > 0)
-        ):
-            rows = {name: blocks.row(summary, name) for name in BLOCK_ROWS_USED}
-        out[key] = diagnosis.DeferredTensor(lambda key=key: read(key), content, rows)
+        block_rows = None
+        if summary is not None and _lines_up(summary, grad, max_step):
+            block_rows = {n: blocks.row(summary, n) for n in BLOCK_ROWS_USED}
+        out[key] = diagnosis.DeferredTensor(
+            lambda key=key: read(key),
+            content,
+            block_rows,
+            rows=None if grad is None else len(grad),
+        )
     return out
+
+
+def _lines_up(summary: reader.Series, grad: reader.Series | None, max_step) -> bool:
+    """Whether a tensor's blocks summarise the first rows of its steps."""
+    if grad is None or not len(summary) or not len(grad):
+        return False
+    if int(grad.steps[-1]) != int(max_step) or np.any(np.diff(grad.steps) <= 0):
+        return False
+    ends = np.cumsum(blocks.row(summary, "count")[:, 0].astype(np.int64))
+    if ends[-1] > len(grad) or np.any(np.diff(ends) < 1) or ends[0] < 1:
+        return False
+    return bool(np.array_equal(grad.steps[ends - 1], summary.steps))
 
 
 def run_report(provider, run: str) -> dict:

@@ -24,15 +24,23 @@ from tests.diagnosis_runs import (
 )
 
 
-def block_rows(series: reader.Series, size: int) -> dict[str, np.ndarray]:
-    """The block summaries of a series as ``DeferredTensor`` wants them."""
+def block_rows(
+    series: reader.Series, size: int, tail: int = 0
+) -> dict[str, np.ndarray]:
+    """The block summaries of a series as ``DeferredTensor`` wants them.
+
+    With ``tail``, the last ``tail`` rows are left out of every block, as in a
+    live run whose next block is not written yet.
+    """
+    n = len(series) - tail
+    starts = list(range(0, n, size))
     summaries = [
-        blocks.summarize(series.steps[i : i + size], series.values[i : i + size])
-        for i in range(0, len(series), size)
+        blocks.summarize(
+            series.steps[i : min(i + size, n)], series.values[i : min(i + size, n)]
+        )
+        for i in starts
     ]
-    ends = series.steps[
-        np.minimum(np.arange(size, len(series) + size, size), len(series)) - 1
-    ]
+    ends = series.steps[[min(i + size, n) - 1 for i in starts]]
     as_series = reader.Series(
         steps=ends,
         values=np.stack(summaries).reshape(len(summaries), -1),
@@ -42,7 +50,7 @@ def block_rows(series: reader.Series, size: int) -> dict[str, np.ndarray]:
     return {name: blocks.row(as_series, name) for name in blocks.BLOCK_ROWS}
 
 
-def deferred_run(run: reader.RunData, size: int = 37):
+def deferred_run(run: reader.RunData, size: int = 37, tail: int = 0):
     """The run without its per-variable series, and those series deferred."""
     loads: list[str] = []
     scalars_only = reader.RunData(run=run.run, scalars=dict(run.scalars))
@@ -53,14 +61,16 @@ def deferred_run(run: reader.RunData, size: int = 37):
             loads.append(key)
             return series
 
-        deferred[key] = DeferredTensor(load, series.content, block_rows(series, size))
+        deferred[key] = DeferredTensor(
+            load, series.content, block_rows(series, size, tail), rows=len(series)
+        )
     return scalars_only, deferred, loads
 
 
-def same_flags(run: reader.RunData, size: int = 37) -> list[str]:
+def same_flags(run: reader.RunData, size: int = 37, tail: int = 0) -> list[str]:
     """Asserts equal reports both ways; returns the keys whose steps were read."""
     full = diagnosis.run_report(run)
-    scalars_only, deferred, loads = deferred_run(run, size)
+    scalars_only, deferred, loads = deferred_run(run, size, tail)
     coarse = diagnosis.run_report(
         scalars_only, deferred=deferred, last_step=full["last_step"]
     )
@@ -139,15 +149,16 @@ RUNS = {
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))
-@pytest.mark.parametrize("size", [1, 37, 100])
-def test_deferred_flags_equal_the_flags_of_every_step(name, size):
+@pytest.mark.parametrize(("size", "tail"), [(1, 0), (37, 0), (100, 0), (100, 63)])
+def test_deferred_flags_equal_the_flags_of_every_step(name, size, tail):
     """Block screens + deferred reads give exactly the per-step flags."""
-    same_flags(RUNS[name](), size)
+    same_flags(RUNS[name](), size, tail)
 
 
-def test_a_healthy_run_is_judged_without_reading_its_layer_steps():
-    """On a healthy run the blocks decide every per-layer question."""
-    assert same_flags(healthy_run(5000, seed=3), 100) == []
+@pytest.mark.parametrize("tail", [0, 99])
+def test_a_healthy_run_is_judged_without_reading_its_layer_steps(tail):
+    """On a healthy run the blocks decide every per-layer question, live or not."""
+    assert same_flags(healthy_run(5000, seed=3), 100, tail) == []
 
 
 def test_findings_that_need_steps_read_them():
@@ -189,11 +200,13 @@ def test_screen_bounds_hold_on_random_blocks():
         )
         values[:, 0] *= rng.random()
         series = reader.Series(np.arange(1, n + 1), values, np.zeros(n), {})
+        tail = int(rng.integers(0, 3)) * int(rng.integers(0, n // 2))
         screen = Screen.of(
             DeferredTensor(
                 lambda series=series: series,
                 {},
-                block_rows(series, int(rng.integers(1, 40))),
+                block_rows(series, int(rng.integers(1, 40)), tail),
+                rows=n,
             )
         )
         start = int(rng.integers(0, n))
@@ -204,8 +217,27 @@ def test_screen_bounds_hold_on_random_blocks():
             assert not finite.size or finite.max() < bound
         if screen.median_at_least(0, start, bound):
             assert np.median(finite) >= bound
+        q = float(rng.choice([0.1, 0.5]))
+        if screen.quantile_below(0, start, n, q, bound):
+            # Any values at most the rows' own (rolling minima) qualify too.
+            lower = values[start:, 0] - rng.random(n - start)
+            lower = lower[np.isfinite(lower)]
+            assert lower.size and np.quantile(lower, q) < bound
         if screen.some_nonzero(0, start):
             assert np.any(finite != 0)
         absent = screen.absent(start)
         if absent is not None:
             assert (0 in absent) == (not finite.size)
+
+
+def test_quantile_below_needs_enough_rows_below_the_bound():
+    """Ten low rows of 100 prove the 5 % quantile low, not the median."""
+    values = np.full((100, 1), 0.9)
+    values[40:50] = 0.1
+    series = reader.Series(np.arange(1, 101), values, np.zeros(100), {})
+    screen = Screen.of(DeferredTensor(lambda: series, {}, block_rows(series, 10)))
+    assert np.quantile(values[:, 0], 0.05) < 0.5 <= np.quantile(values[:, 0], 0.5)
+    assert screen.quantile_below(0, 0, 100, 0.05, 0.5)
+    assert not screen.quantile_below(0, 0, 100, 0.5, 0.5)
+    assert not screen.quantile_below(0, 50, 100, 0.05, 0.5)  # none below after 50
+    assert not screen.all_below(0, 0, 0.5)

@@ -8,12 +8,14 @@ comparison. Each answer is a bound that holds for every possible set of steps
 with those summaries, so a rule that skips the steps on a ``True`` answer gives
 exactly the flags it gives from every step; on ``False`` the rule reads the
 steps. Rows of the series are its logged steps in order; block ``b`` holds rows
-``starts[b] .. ends[b] - 1``.
+``starts[b] .. ends[b] - 1``. The blocks may end before the series does (a live
+run between two block ends): the rows after them are unknown to every bound.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -27,6 +29,8 @@ class Screen:
     """The block summaries of one per-variable series, as row ranges.
 
     Attributes:
+        rows: The series' number of rows (logged steps), the unsummarised
+            tail included.
         starts: First row of each block, int ``[n_blocks]``.
         ends: One past the last row of each block, int ``[n_blocks]``.
         low: Smallest finite value per block and variable, ``[n_blocks, k]``
@@ -35,6 +39,7 @@ class Screen:
         nonfinite: Non-finite values per block and variable, ``[n_blocks, k]``.
     """
 
+    rows: int
     starts: np.ndarray
     ends: np.ndarray
     low: np.ndarray
@@ -46,7 +51,8 @@ class Screen:
         """The screen of a deferred series, or ``None`` without usable blocks.
 
         Args:
-            tensor: The series; its ``blocks`` must summarise exactly its steps.
+            tensor: The series; its ``blocks`` must summarise its first rows,
+                and its ``rows`` say how many it has.
 
         Returns:
             A screen, or ``None`` when the series is already read (its steps
@@ -59,18 +65,17 @@ class Screen:
         if not counts.size or counts.min() < 1:
             return None
         ends = np.cumsum(counts)
+        rows = int(ends[-1]) if tensor.rows is None else tensor.rows
+        if rows < ends[-1]:
+            return None
         return cls(
+            rows=rows,
             starts=ends - counts,
             ends=ends,
             low=tensor.blocks["min"],
             high=tensor.blocks["max"],
             nonfinite=tensor.blocks["nonfinite"],
         )
-
-    @property
-    def rows(self) -> int:
-        """The number of logged steps summarised."""
-        return int(self.ends[-1])
 
     @property
     def width(self) -> int:
@@ -86,9 +91,12 @@ class Screen:
             bound: The bound.
 
         Returns:
-            True when proven (every block overlapping the window has its finite
-            maximum below ``bound``, or no finite value); False when unknown.
+            True when proven (the blocks cover every row, and every block
+            overlapping the window has its finite maximum below ``bound``, or no
+            finite value); False when unknown.
         """
+        if self.ends[-1] < self.rows:
+            return False
         high = self.high[self.ends > first_row, column]
         high = high[np.isfinite(high)]
         return bool(not high.size or high.max() < bound)
@@ -110,7 +118,38 @@ class Screen:
         overlap = (finite[self.ends > first_row] > 0).any(axis=0)
         if np.any(overlap & ~inside):
             return None
+        if self.ends[-1] < self.rows and not inside.all():
+            return None  # the unknown tail may hold its values
         return frozenset(np.flatnonzero(~overlap).tolist())
+
+    def quantile_below(
+        self, column: int, first_row: int, end_row: int, q: float, bound: float
+    ) -> bool:
+        """Whether the q-quantile of rows ``first_row..end_row - 1`` is below bound.
+
+        For a quantile of values that are each at most the row's own value
+        (a rolling minimum's), as ``np.quantile`` of the finite ones computes
+        it: with at most ``T`` finite values its virtual index is at most
+        ``(T - 1) q``, so more known-finite values below ``bound`` than
+        ``ceil((T - 1) q)`` put the quantile below it. Known: those of the
+        blocks wholly inside the rows whose largest finite value is below.
+
+        Args:
+            column: The variable's column.
+            first_row: The first row.
+            end_row: One past the last row.
+            q: The quantile in ``[0, 1]``.
+            bound: The bound.
+
+        Returns:
+            True when proven; False when unknown.
+        """
+        inside = (self.starts >= first_row) & (self.ends <= end_row)
+        sizes = self.ends - self.starts
+        finite = sizes - self.nonfinite[:, column]
+        below = int(finite[inside & (self.high[:, column] < bound)].sum())
+        most = end_row - first_row
+        return most >= 1 and below >= math.ceil((most - 1) * q) + 1
 
     def median_at_least(self, column: int, first_row: int, bound: float) -> bool:
         """Whether the median of the finite values of rows ``first_row..`` is >= bound.

@@ -155,16 +155,19 @@ def _below_dead(screen: Screen, column: int, thresholds: Thresholds) -> bool:
     """Whether the blocks prove a per-step share below ``dead_fraction``.
 
     :func:`_share` takes a quantile of the rolling minima in the late half of
-    the minima; each minimum is one of the values of the rows it covers, all of
-    them at or after the first row of that half.
+    the minima; each minimum is at most the value of the row it starts at, and
+    covers only rows at or after the first row of that half.
     """
     rows = screen.rows
-    touch = min(max(1, thresholds.dead_touch_steps), rows)
     if rows >= thresholds.dead_touch_steps:
-        first_row = late_window(rows - touch + 1).start
+        minima = rows - max(1, thresholds.dead_touch_steps) + 1
     else:
-        first_row = late_window(rows).start
-    return screen.all_below(column, first_row, thresholds.dead_fraction)
+        minima = rows  # too short to take minima over: the values themselves
+    first_row = late_window(minima).start
+    bound = thresholds.dead_fraction
+    return screen.all_below(column, first_row, bound) or screen.quantile_below(
+        column, first_row, minima, thresholds.dead_quantile, bound
+    )
 
 
 def _window_columns(series: Series | None) -> dict[str, int]:

@@ -70,8 +70,10 @@ class DeferredTensor:
         blocks: Rows of the series' block summaries as
             :func:`tb_gradplugin.blocks.row` gives them, by name (``"count"``,
             ``"min"``, ``"max"``, ``"nonfinite"``: float ``[n_blocks, k]``), for
-            blocks that summarise exactly the series' steps. Defaults to
+            blocks that summarise the series' first rows. Defaults to
             ``None``: no blocks, every question reads the steps.
+        rows: The series' number of rows when the blocks summarise only its
+            first ones. Defaults to ``None``: the blocks cover every row.
     """
 
     def __init__(
@@ -79,10 +81,12 @@ class DeferredTensor:
         load: Callable[[], Series | None],
         content: dict,
         blocks: Mapping[str, np.ndarray] | None = None,
+        rows: int | None = None,
     ):
         self._load = load
         self.content = content
         self.blocks = blocks
+        self.rows = rows
         self._lock = threading.Lock()
         self._loaded = False
         self._series: Series | None = None
