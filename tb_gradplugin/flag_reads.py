@@ -51,10 +51,9 @@ def deferred_tensors(
     """The per-variable series of a run, each read on demand.
 
     A tensor's blocks are handed on only when they line up with its rows: the
-    tensor ends at the last step of ``step/grad_norm`` (written at the same
-    steps), and each block ends at the step of the row its counts say it ends
-    at. The rows after the last block (a live run between two block ends) are
-    left to the rules as unknown.
+    tensor is written at the steps of ``step/grad_norm``, and each block ends
+    at the step of the row its counts say it ends at. The rows after the last
+    block (a live run between two block ends) are left to the rules as unknown.
 
     Args:
         tensors: Key -> ``(PluginData content bytes, last step)`` from a listing.
@@ -72,28 +71,37 @@ def deferred_tensors(
         except ValueError:
             content = {}
         summary = summaries.get(blocks.block_key(key))
+        rows = _rows_of(summary, grad, max_step)
         block_rows = None
-        if summary is not None and _lines_up(summary, grad, max_step):
+        if rows is not None:
             block_rows = {n: blocks.row(summary, n) for n in BLOCK_ROWS_USED}
         out[key] = diagnosis.DeferredTensor(
-            lambda key=key: read(key),
-            content,
-            block_rows,
-            rows=None if grad is None else len(grad),
+            lambda key=key: read(key), content, block_rows, rows=rows
         )
     return out
 
 
-def _lines_up(summary: reader.Series, grad: reader.Series | None, max_step) -> bool:
-    """Whether a tensor's blocks summarise the first rows of its steps."""
-    if grad is None or not len(summary) or not len(grad):
-        return False
-    if int(grad.steps[-1]) != int(max_step) or np.any(np.diff(grad.steps) <= 0):
-        return False
+def _rows_of(
+    summary: reader.Series | None, grad: reader.Series | None, max_step
+) -> int | None:
+    """A tensor's number of rows when its blocks summarise its first rows.
+
+    The tensor is written at the steps of ``step/grad_norm``; a listing made
+    while the data server loads may show it a few steps behind, so its rows
+    are the grad steps up to its last one. ``None`` when the blocks do not
+    line up with those steps.
+    """
+    if summary is None or grad is None or not len(summary) or not len(grad):
+        return None
+    if np.any(np.diff(grad.steps) <= 0):
+        return None
+    rows = int(np.searchsorted(grad.steps, int(max_step), side="right"))
+    if rows < 1 or int(grad.steps[rows - 1]) != int(max_step):
+        return None
     ends = np.cumsum(blocks.row(summary, "count")[:, 0].astype(np.int64))
-    if ends[-1] > len(grad) or np.any(np.diff(ends) < 1) or ends[0] < 1:
-        return False
-    return bool(np.array_equal(grad.steps[ends - 1], summary.steps))
+    if ends[-1] > rows or np.any(np.diff(ends) < 1) or ends[0] < 1:
+        return None
+    return rows if np.array_equal(grad.steps[ends - 1], summary.steps) else None
 
 
 def run_report(provider, run: str) -> dict:

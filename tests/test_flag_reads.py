@@ -67,4 +67,12 @@ def test_blocks_are_handed_on_only_when_they_cover_every_row(provider):
     specs_later = {k: (c, step + 1) for k, (c, step) in specs.items()}
     later = flag_reads.deferred_tensors(specs_later, summaries, grad, reads.append)
     assert later[key].blocks is None
+    # A live run: the tensor listed at step 1150, its last block ending at 1100.
+    live = {
+        k: reader.Series(s.steps[:-1], s.values[:-1], s.wall_times[:-1], s.content)
+        for k, s in summaries.items()
+    }
+    specs_live = {k: (c, 1150) for k, (c, _) in specs.items()}
+    found = flag_reads.deferred_tensors(specs_live, live, grad, reads.append)[key]
+    assert found.blocks is not None and found.rows == 1150 and not reads
     assert blocks.block_key(key) in summaries
