@@ -113,6 +113,22 @@ def _rows(blocks: Series) -> np.ndarray:
     return blocks.values.reshape(len(blocks), len(BLOCK_ROWS), -1)
 
 
+def row(blocks: Series, name: str) -> np.ndarray:
+    """One row of every block of a block series.
+
+    Args:
+        blocks: A ``block/<key>`` series.
+        name: A row of :data:`BLOCK_ROWS`, e.g. ``"max"``.
+
+    Returns:
+        float64 ``[n_blocks, k]`` (``k`` = 1 for a scalar key).
+
+    Raises:
+        KeyError: For a name not in :data:`BLOCK_ROWS`.
+    """
+    return _rows(blocks)[:, _ROW[name], :].astype(np.float64)
+
+
 def _variables(blocks: Series, rows: np.ndarray) -> list[str]:
     """The variable names of a per-variable block series, one per column."""
     return variable_names(
