@@ -277,6 +277,36 @@ class StepShim:
             if g is not None and id(v) in where
         }
 
+    def _by_index(self, grads, variables) -> dict:
+        """The gradients of the monitored variables, by variable index."""
+        by_index = {}
+        for g, v in zip(grads, variables, strict=False):
+            i = self.var_ids.get(id(v))
+            if i is not None and g is not None:
+                by_index[i] = g
+        return by_index
+
+    @staticmethod
+    def _loss_scale(opt, is_lso: bool, factor):
+        """The loss scale the optimizer divides its gradients by, as a tensor."""
+        if is_lso:
+            return tf.cast(opt.dynamic_scale, tf.float32)
+        return tf.constant(float(factor or 1.0), tf.float32)
+
+    def _note_updated(self, name: str, variables) -> list[int]:
+        """The indices of the monitored variables an optimizer updates.
+
+        Also adds their paths to that optimizer's list (the tags' content).
+        """
+        updated = sorted(
+            {self.var_ids[id(v)] for v in variables if id(v) in self.var_ids}
+        )
+        paths = self.optimizer_paths.setdefault(name, [])
+        paths.extend(
+            p for p in (self.layout.paths[i] for i in updated) if p not in paths
+        )
+        return updated
+
     def _apply(self, name, opt, orig_apply, grads, trainable_variables):
         """Runs one optimizer's update and reduces its variables' gradients.
 
@@ -293,11 +323,7 @@ class StepShim:
         )
         grads = list(grads)
         self._built(opt, variables)
-        by_index = {}
-        for g, v in zip(grads, variables, strict=False):
-            i = self.var_ids.get(id(v))
-            if i is not None and g is not None:
-                by_index[i] = g
+        by_index = self._by_index(grads, variables)
         primary = opt is self.optimizer
         is_lso = primary and self.is_lso
         reuse = primary and applied_gradients.reads_keras_all_reduce(
@@ -306,19 +332,10 @@ class StepShim:
         if not reuse:
             by_index = applied_gradients.summed_over_replicas(by_index)
         factor = getattr(opt, "loss_scale_factor", None)
-        if is_lso:
-            scale = tf.cast(opt.dynamic_scale, tf.float32)
-        else:
-            scale = tf.constant(float(factor or 1.0), tf.float32)
+        scale = self._loss_scale(opt, is_lso, factor)
         iteration = tf.cast(opt.iterations, tf.int64)
         lr = tf.cast(opt.learning_rate, tf.float32)
-        updated = sorted(
-            {self.var_ids[id(v)] for v in variables if id(v) in self.var_ids}
-        )
-        paths = self.optimizer_paths.setdefault(name, [])
-        paths.extend(
-            p for p in (self.layout.paths[i] for i in updated) if p not in paths
-        )
+        updated = self._note_updated(name, variables)
         # The parameters before the update (a transient copy: the update
         # writes new buffers while these reads are alive).
         before = {i: tf.identity(self.variables[i].value) for i in updated}

@@ -41,19 +41,7 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
     if found is None:
         return []
     steps, negative_share, source = found
-    probe_grad = view.data.scalar("hessian/grad_norm")
-    grad = (
-        view.value_at(probe_grad, steps)
-        if probe_grad is not None
-        else np.full(steps.shape[0], np.nan)
-    )
-    if view.grad is not None and len(view.grad):
-        # Nearest logged gradient norm where the probe batch's is missing.
-        idx = np.clip(np.searchsorted(view.grad.steps, steps), 0, len(view.grad) - 1)
-        grad = np.where(np.isfinite(grad), grad, view.grad.values[idx])
-        initial_grad = nanmedian(view.grad.values[:3])
-    else:
-        initial_grad = nanmedian(grad[:1])
+    grad, initial_grad = _probe_grad_norms(view, steps)
     if not (np.isfinite(initial_grad) and initial_grad >= 0):
         return []
     # A run that starts on the critical point (zero weights: no gradient) still
@@ -103,6 +91,27 @@ def rule(view: RunView, thresholds: Thresholds, plateau: Flag | None) -> list[Fl
             },
         )
     ]
+
+
+def _probe_grad_norms(view: RunView, steps: np.ndarray) -> tuple[np.ndarray, float]:
+    """The gradient norm at each curvature probe, and the run's initial one.
+
+    Returns:
+        ``(grad [len(steps)], initial)``: the probe batch's gradient norm, else
+        the nearest logged one; the median of the first three logged norms.
+    """
+    probe_grad = view.data.scalar("hessian/grad_norm")
+    grad = (
+        view.value_at(probe_grad, steps)
+        if probe_grad is not None
+        else np.full(steps.shape[0], np.nan)
+    )
+    if view.grad is None or not len(view.grad):
+        return grad, nanmedian(grad[:1])
+    # Nearest logged gradient norm where the probe batch's is missing.
+    idx = np.clip(np.searchsorted(view.grad.steps, steps), 0, len(view.grad) - 1)
+    grad = np.where(np.isfinite(grad), grad, view.grad.values[idx])
+    return grad, nanmedian(view.grad.values[:3])
 
 
 _BAND_KEY = "hessian/band_negative_ratio"
