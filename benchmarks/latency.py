@@ -21,10 +21,14 @@ TensorBoard's Rust data server (``data_server.data_server_provider``). The targe
 of the project: first request <= 300 ms, reload <= 100 ms, check <= 15 s. The
 machine's load is printed too: on a shared machine the wall times grow with it.
 
+With ``--callback`` the run is written by a real ``fit`` of a many-layer tiny MLP
+(``--vars`` variables) with ``GradientHealthCallback(update_freq=1)``, and the
+appended steps by a second ``fit``; the fit's wall time is printed.
+
 Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--logdir DIR]
-[--load_fast true|false] [--skip_check] [--browser]``; ``--browser`` also times
-view switches of the tab in headless Chromium; a ``--logdir`` that already holds the
-run is reused (writing 100,000 steps takes a few minutes).
+[--load_fast true|false] [--skip_check] [--browser] [--callback]``; ``--browser``
+also times view switches of the tab in headless Chromium; a ``--logdir`` that
+already holds the run is reused (writing 100,000 steps takes a few minutes).
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tensorboard.compat.proto import summary_pb2  # noqa: E402
 
-from tb_gradplugin import blocks, data_server, diagnosis, metadata, reader  # noqa: E402
+from tb_gradplugin import (  # noqa: E402
+    blocks,
+    data_server,
+    flag_reads,
+    metadata,
+    reader,
+)
 from tests import gh_logdirs  # noqa: E402
 
 RUN = "big"
@@ -127,6 +137,91 @@ def write_run(
         if step % 10_000 == 0:
             print(f"  wrote {step} steps in {time.time() - t0:.0f} s", flush=True)
     w.close()
+
+
+CALLBACK_BATCHES = 500
+"""Batches per epoch of the ``--callback`` fit (``--steps`` is rounded to them)."""
+
+
+def write_callback_run(
+    run_dir: str, steps: int, n_vars: int, seed: int = 0, first_step: int = 1
+) -> float:
+    """Trains a many-layer tiny MLP for ``steps`` steps with the callback logging each.
+
+    The MLP has ``n_vars // 2`` Dense layers of width 4 (a kernel and a bias each:
+    ``n_vars`` variables); ``GradientHealthCallback(update_freq=1)`` writes the run,
+    so the benchmark reads exactly what the callback writes (with block summaries
+    when the callback writes them). A second call on the same ``run_dir`` continues
+    the run's steps (the callback goes on from the run's last step); pass its
+    ``first_step`` for TensorBoard's own ``loss`` scalar written beside.
+
+    Returns:
+        The wall seconds of the fit.
+    """
+    import keras
+
+    from tb_gradplugin import GradientHealthCallback
+
+    PlainLoss = _plain_loss_callback()  # noqa: N806 - a class
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    width = 4
+    # Named layers: the appending fit's fresh model has the same variable paths,
+    # so the callback continues this run instead of starting a sub-run.
+    model = keras.Sequential(
+        [keras.Input((width,))]
+        + [
+            keras.layers.Dense(width, activation="tanh", name=f"dense_{i}")
+            for i in range(n_vars // 2 - 1)
+        ]
+        + [keras.layers.Dense(1, name="out")],
+        name="mlp",
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    x = rng.normal(size=(8 * CALLBACK_BATCHES, width)).astype("float32")
+    y = np.sin(x.sum(axis=1, keepdims=True)).astype("float32")
+    epochs = max(1, round(steps / CALLBACK_BATCHES))
+    cb = GradientHealthCallback(run_dir, update_freq=1, on_flag=None)
+    t0 = time.time()
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[cb, PlainLoss(run_dir, first_step)],
+    )
+    cb.close()
+    return time.time() - t0
+
+
+def _plain_loss_callback():
+    """A Keras callback writing TensorBoard's own ``loss`` scalar at every step.
+
+    TensorBoard's scalars route, timed beside ours, then reads a series of as
+    many points from the same run.
+    """
+    import keras
+    import tensorflow as tf
+
+    class PlainLoss(keras.callbacks.Callback):
+        def __init__(self, log_dir, first_step):
+            super().__init__()
+            self._log_dir, self._first_step = log_dir, first_step
+            self._writer = None
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(self._log_dir)
+            step = self.model.optimizer.iterations.numpy() - 1 + self._first_step
+            with self._writer.as_default():
+                tf.summary.scalar("loss", logs["loss"], step=int(step))
+
+        def on_train_end(self, logs=None):
+            if self._writer is not None:
+                self._writer.close()
+
+    return PlainLoss
 
 
 def block_summaries(pending: list, content: dict) -> dict[str, tuple]:
@@ -233,6 +328,7 @@ def routes(base: str) -> dict[str, str]:
         "curvature": f"{p}curvature?run={RUN}",
         "trajectory": f"{p}trajectory?run={RUN}",
         "flags": f"{p}flags?run={RUN}",
+        "health (table row)": f"{p}health?run={RUN}",
     }
 
 
@@ -244,15 +340,8 @@ def check_times(logdir: str) -> tuple[float, float]:
     cli = time.perf_counter() - t0
     t0 = time.perf_counter()
     with data_server.data_server_provider(logdir) as provider:
-        datas = [
-            (
-                reader.read_run(provider, r, keys=diagnosis.SERIES_KEYS),
-                reader.last_step(provider, r),
-            )
-            for r in reader.list_runs(provider)
-        ]
-    for data, last_step in datas:
-        diagnosis.run_report(data, last_step=last_step)
+        for run in reader.list_runs(provider):
+            flag_reads.run_report(provider, run)
     return cli, time.perf_counter() - t0
 
 
@@ -279,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logdir", help="reuse or create this log directory")
     parser.add_argument("--skip_check", action="store_true")
     parser.add_argument(
+        "--callback",
+        action="store_true",
+        help="write the run (and the appended steps) by a real fit with the callback",
+    )
+    parser.add_argument(
         "--browser",
         action="store_true",
         help="also time view switches of the tab in headless Chromium",
@@ -287,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.logdir or tempfile.mkdtemp(prefix="gh_latency_")
     run_dir = os.path.join(root, RUN)
-    if not os.path.isdir(run_dir):
+    if not os.path.isdir(run_dir) and args.callback:
+        print(f"training {args.steps} steps, {args.vars} variables, into {root}")
+        took = write_callback_run(run_dir, args.steps, args.vars)
+        print(f"fit with the callback at update_freq=1: {took:.0f} s")
+    elif not os.path.isdir(run_dir):
         print(f"writing {args.steps} steps x {args.vars} variables to {root}")
         write_run(run_dir, 1, args.steps, args.vars, args.window, args.block)
     elif args.add_blocks:
@@ -314,9 +412,17 @@ def main(argv: list[str] | None = None) -> int:
             name: statistics.median(timed_get(url) for _ in range(args.repeats))
             for name, url in urls.items()
         }
-        write_run(
-            run_dir, last + 1, last + args.append, args.vars, args.window, args.block
-        )
+        if args.callback:
+            write_callback_run(run_dir, args.append, args.vars, 1, last + 1)
+        else:
+            write_run(
+                run_dir,
+                last + 1,
+                last + args.append,
+                args.vars,
+                args.window,
+                args.block,
+            )
         print(f"appended {args.append} steps")
         wait_for_step(base, last + args.append, proc)
         reload = {name: timed_get(url) for name, url in urls.items()}

@@ -146,6 +146,11 @@ class CachedReader:
             raise UnavailableError("TensorBoard gave this plugin no data provider")
         return self._provider
 
+    @property
+    def provider_or_none(self) -> tb_provider.DataProvider | None:
+        """The data provider, or ``None`` when TensorBoard gave none."""
+        return self._provider
+
     def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """Caches a value derived from series; see :meth:`LRUCache.memo`."""
         return self._cache.memo(key, compute)

@@ -134,7 +134,7 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
         raise _UsageError(f"not a directory: {_clean(logdir)}")
     from tensorboard.data import server_ingester
 
-    from tb_gradplugin import data_server, diagnosis, reader
+    from tb_gradplugin import data_server, flag_reads, reader
 
     try:
         with contextlib.ExitStack() as stack:
@@ -155,14 +155,17 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
                 )
                 provider, warnings = _python_provider(logdir)
             runs = reader.list_runs(provider)
-            # Only the series the rules read: the others are most of the bytes.
-            datas = [
-                (
-                    reader.read_run(provider, run, keys=diagnosis.SERIES_KEYS),
-                    reader.last_step(provider, run),
-                )
-                for run in runs
-            ]
+            reports, failures = [], []
+            for run in runs:
+                try:
+                    reports.append(flag_reads.run_report(provider, run))
+                except OSError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one bad run must not hide others
+                    failures.append(
+                        f"could not diagnose run {_clean(run)}: "
+                        f"{type(e).__name__}: {_clean(e)}"
+                    )
     except OSError as e:
         raise _UsageError(f"cannot read {_clean(logdir)}: {_clean(e)}") from e
     for line in warnings:
@@ -172,16 +175,8 @@ def _read_reports(logdir: str, err: TextIO) -> list[dict[str, Any]]:
             f"no gradient-health runs under {_clean(logdir)} (no event files "
             "written by GradientHealthCallback were found)"
         )
-    reports = []
-    for data, last_step in datas:
-        try:
-            reports.append(diagnosis.run_report(data, last_step=last_step))
-        except Exception as e:  # noqa: BLE001 - one bad run must not hide the rest
-            print(
-                f"{PROG}: warning: could not diagnose run {_clean(data.run)}: "
-                f"{type(e).__name__}: {_clean(e)}",
-                file=err,
-            )
+    for line in failures:
+        print(f"{PROG}: warning: {line}", file=err)
     if not reports:
         raise _UsageError(f"no run under {_clean(logdir)} could be diagnosed")
     return reports

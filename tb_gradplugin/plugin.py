@@ -23,7 +23,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import cached_reader, metadata, shaping, views
+from tb_gradplugin import cached_reader, metadata, reader, shaping, views
 from tb_gradplugin.json_encoding import encode_json
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
@@ -124,12 +124,21 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     # -- TBPlugin interface -------------------------------------------------
 
     def is_active(self) -> bool:
-        """Returns ``False``: TensorBoard activates the tab from the data's plugin name.
+        """Whether a run holds gradient-health data.
+
+        TensorBoard marks the tab active without calling this when its data
+        provider's ``list_plugins`` names ``gradient_health``
+        (:meth:`data_plugin_names`), as for its own scalars plugin; it asks
+        here otherwise, and this looks for the data itself, so a provider
+        that does not report plugin names still shows the tab as active.
 
         Returns:
-            ``False``; ``data_plugin_names`` decides.
+            True when the provider lists a run with this plugin's series.
         """
-        return False
+        provider = self._reader.provider_or_none
+        if provider is None:
+            return False
+        return bool(reader.list_runs(provider))
 
     def data_plugin_names(self) -> tuple[str, ...]:
         """Returns the plugin names whose summaries this plugin reads.

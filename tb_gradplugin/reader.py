@@ -171,19 +171,43 @@ def last_step(
     Returns:
         The step, or ``None`` for a run with no series.
     """
+    found = listing(provider, run, ctx, experiment_id=experiment_id)
+    steps = [step for _, _, step in found.values()]
+    return max(steps) if steps else None
+
+
+def listing(
+    provider: tb_provider.DataProvider, run: str, ctx=None, *, experiment_id: str = ""
+) -> dict[str, tuple[str, bytes, int]]:
+    """Lists a run's gradient-health series without reading them.
+
+    Args:
+        provider: A TensorBoard data provider.
+        run: The run name.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""`` (the only one).
+
+    Returns:
+        Key -> ``(kind, PluginData content bytes, last step)``; empty for a run
+        with no series.
+    """
     ctx = ctx or tb_context.RequestContext()
-    steps = []
-    for listing in (provider.list_scalars, provider.list_tensors):
-        found = listing(
+    out = {}
+    for kind, list_fn in (
+        ("scalar", provider.list_scalars),
+        ("tensor", provider.list_tensors),
+    ):
+        found = list_fn(
             ctx,
             experiment_id=experiment_id,
             plugin_name=metadata.PLUGIN_NAME,
             run_tag_filter=tb_provider.RunTagFilter(runs=[run]),
         ).get(run, {})
-        steps += [
-            int(ts.max_step) for tag, ts in found.items() if metadata.tag_key(tag)
-        ]
-    return max(steps) if steps else None
+        for tag, ts in found.items():
+            key = metadata.tag_key(tag)
+            if key is not None:
+                out[key] = (kind, ts.plugin_content, int(ts.max_step))
+    return out
 
 
 def read_run(

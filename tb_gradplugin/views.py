@@ -18,17 +18,16 @@ from tensorboard import errors
 from tb_gradplugin import (
     blocks,
     cached_reader,
+    compare_views,
     diagnosis,
+    export_views,
+    flag_reads,
     health,
     metadata,
     reader,
     shaping,
-    trajectory,
 )
 from tb_gradplugin.heatmap import heatmap_json, may_be_absent
-from tb_gradplugin.json_encoding import encode_json, float_list
-
-_JSON = "application/json"
 
 BLOCK_MIN_POINTS = 20_000
 """Logged steps from which a view draws a series from its block summaries
@@ -51,12 +50,14 @@ _CURVATURE_KEYS = tuple(f"hessian/{stat}" for stat in metadata.HESSIAN_SCALARS) 
     "window/noise_scale",
     "window/grad_snr",
 )
-_TRAJECTORY_KEY = metadata.TRAJECTORY_TAG[len(metadata.TAG_PREFIX) :]
-_DENSITY_KEY = metadata.HESSIAN_SPECTRUM_TAG[len(metadata.TAG_PREFIX) :]
+_DENSITY_KEY = metadata.tag_key(metadata.HESSIAN_SPECTRUM_TAG)
 
 
-class ViewData:
+class ViewData(compare_views.CompareViews, export_views.PointViews):
     """Answers the data of every view from a run's series.
+
+    The several-run views come from :class:`compare_views.CompareViews`, the
+    every-point ones from :class:`export_views.PointViews`.
 
     Args:
         data_reader: The reader (and its cache) to read through.
@@ -137,16 +138,33 @@ class ViewData:
         """
         if versions is None:
             versions = self._reader.known_run(ctx, eid, run)
-        # Only the series the rules read: the others are most of a long run's
-        # bytes. The last step still comes from every series' listing.
-        read = {k: v for k, v in versions.items() if k in diagnosis.SERIES_KEYS}
-        return self._reader.memo(
-            ("flags", eid, run, cached_reader.version_stamp(versions)),
-            lambda: diagnosis.run_report(
-                self._reader.read_run_data(ctx, eid, run, read),
+
+        # The rules read the per-step scalars whole and each per-variable
+        # series only where its block summaries cannot decide: a healthy long
+        # run is judged without reading its per-variable steps (most of its
+        # bytes). The last step still comes from every series' listing.
+        def compute():
+            scalars, tensors, block_keys = flag_reads.split_keys(versions)
+            data = self._reader.read_run_data(
+                ctx, eid, run, {k: versions[k] for k in scalars}
+            )
+            summaries = self._reader.read_series(ctx, eid, run, block_keys, versions)
+            deferred = flag_reads.deferred_tensors(
+                {k: (versions[k].content, versions[k].max_step) for k in tensors},
+                summaries,
+                data.scalar(flag_reads.GRAD_KEY),
+                lambda key: self._reader.read_series(
+                    ctx, eid, run, [key], versions
+                ).get(key),
+            )
+            return diagnosis.run_report(
+                data,
                 last_step=max(int(v.max_step) for v in versions.values()),
-            ),
-        )
+                deferred=deferred,
+            )
+
+        stamp = cached_reader.version_stamp(versions)
+        return self._reader.memo(("flags", eid, run, stamp), compute)
 
     def series_impl(self, ctx, eid: str, run: str, key: str, n: int) -> dict[str, Any]:
         """One series of a run, downsampled for display.
@@ -284,64 +302,6 @@ class ViewData:
         stamp = cached_reader.version_stamp(used)
         return self._reader.memo(("layers", eid, run, stat, buckets, stamp), compute)
 
-    def slices_impl(self, ctx, eid: str, runs: list[str], n: int) -> dict[str, Any]:
-        """Slice and window gradient statistics of several runs.
-
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            runs: The runs.
-            n: Most points per series.
-
-        Returns:
-            ``{"runs": {run: shaping.slices_json}}``.
-
-        Raises:
-            tensorboard.errors.NotFoundError: For an unknown run.
-        """
-        out: dict[str, Any] = {}
-        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
-        for run in runs:
-            versions = listing[run]
-            keys = [k for k in versions if k.startswith(("slice/", "window/"))]
-            got = self._reader.read_series(ctx, eid, run, keys, versions)
-            out[run] = shaping.slices_json(got, n)
-        return {"runs": out}
-
-    def loss_components_impl(
-        self, ctx, eid: str, runs: list[str], n: int
-    ) -> dict[str, Any]:
-        """Loss components of several runs with each one's volatility.
-
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            runs: The runs.
-            n: Most points per series.
-
-        Returns:
-            ``{"runs": {run: {name: {**series_json, "volatility": float|null}}}}``;
-            the volatility (:func:`tb_gradplugin.diagnosis.volatility`) uses every
-            point.
-
-        Raises:
-            tensorboard.errors.NotFoundError: For an unknown run.
-        """
-        out: dict[str, Any] = {}
-        listing = self._reader.scalar_versions_of_runs(ctx, eid, runs)
-        for run in runs:
-            versions = listing[run]
-            keys = [k for k in versions if k.startswith("loss_component/")]
-            got = self._reader.read_series(ctx, eid, run, keys, versions)
-            out[run] = {
-                key.partition("/")[2]: {
-                    **shaping.series_json(s, n),
-                    "volatility": diagnosis.volatility(s.values),
-                }
-                for key, s in sorted(got.items())
-            }
-        return {"runs": out}
-
     def curvature_impl(
         self, ctx, eid: str, run: str, n: int, step: int | None = None
     ) -> dict[str, Any]:
@@ -368,44 +328,6 @@ class ViewData:
         density = got.pop(_DENSITY_KEY, None)
         return shaping.curvature_json(run, got, n, density, step)
 
-    def trajectory_impl(self, ctx, eid: str, runs: list[str]) -> dict[str, Any]:
-        """PCA of the parameter trajectories of several runs, in one basis.
-
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            runs: The runs.
-
-        Returns:
-            ``{"available": bool, "runs": {run: {"steps", "xy"}},
-            "explained_variance_ratio": [r1, r2], "excluded": [run]}``;
-            ``available`` is false (and ``excluded`` absent) when no run has a
-            ``trajectory/projection``. ``excluded`` names the runs projected
-            with another matrix (:func:`tb_gradplugin.trajectory.comparable_runs`).
-
-        Raises:
-            tensorboard.errors.NotFoundError: For an unknown run.
-            tensorboard.errors.InvalidArgumentError: When the kept runs cannot
-                share a PCA.
-        """
-        projections = {}
-        for run in runs:
-            versions = self._reader.known_run(ctx, eid, run, keys=[_TRAJECTORY_KEY])
-            got = self._reader.read_series(ctx, eid, run, [_TRAJECTORY_KEY], versions)
-            s = got.get(_TRAJECTORY_KEY)
-            if s is not None and len(s) >= 1:
-                projections[run] = (s.steps, s.values, s.content)
-        kept, excluded = trajectory.comparable_runs(projections)
-        if not kept:
-            return {"available": False, "runs": {}, "explained_variance_ratio": []}
-        try:
-            result = trajectory.pca_trajectories(kept)
-        except ValueError as err:
-            raise errors.InvalidArgumentError(
-                f"trajectories cannot be compared: {err}"
-            ) from err
-        return {"available": bool(result.get("runs")), "excluded": excluded, **result}
-
     def health_impl(self, ctx, eid: str, runs: list[str] | None) -> dict[str, Any]:
         """The health table: one row per run (:class:`health.HealthTable`).
 
@@ -424,72 +346,6 @@ class ViewData:
             return self._health.table(ctx, eid, runs)
         except LookupError as err:
             raise errors.NotFoundError(str(err)) from None
-
-    def last_finite_impl(self, ctx, eid: str, run: str, key: str) -> dict[str, Any]:
-        """The last row of a series where every value is finite.
-
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            run: The run.
-            key: The series' key.
-
-        Returns:
-            ``{"run", "key", "last_step", "step", "variables", "values"}``;
-            ``step`` and ``values`` are ``None`` when no row is finite.
-
-        Raises:
-            tensorboard.errors.NotFoundError: For an unknown run or key.
-        """
-        series, _ = self._one_series(ctx, eid, run, key)
-        step, values = health.last_finite_row(series)
-        return {
-            "run": run,
-            "key": key,
-            "last_step": int(series.steps[-1]) if len(series) else None,
-            "step": step,
-            "variables": shaping.variable_names(series),
-            "values": None if values is None else float_list(values.reshape(-1)),
-        }
-
-    def _one_series(
-        self, ctx, eid: str, run: str, key: str
-    ) -> tuple[reader.Series, cached_reader.TagVersion]:
-        """Every point of one series of a run, and its listing; unknown: 404."""
-        versions = self._reader.known_run(ctx, eid, run, keys=[key])
-        if key not in versions:
-            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
-        series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
-        return series, versions[key]
-
-    def export_impl(
-        self, ctx, eid: str, run: str, key: str, fmt: str
-    ) -> tuple[str, str]:
-        """Every point of one series, as CSV or JSON.
-
-        Args:
-            ctx: The request context.
-            eid: The experiment.
-            run: The run.
-            key: The series' key.
-            fmt: ``"csv"`` or ``"json"``.
-
-        Returns:
-            ``(body, mime_type)``.
-
-        Raises:
-            tensorboard.errors.InvalidArgumentError: For another ``fmt``.
-            tensorboard.errors.NotFoundError: For an unknown run or key.
-        """
-        if fmt not in ("csv", "json"):
-            raise errors.InvalidArgumentError("format must be csv or json")
-        series, version = self._one_series(ctx, eid, run, key)
-        tensor = version.kind == "tensor"
-        if fmt == "csv":
-            return shaping.export_csv(series, tensor), "text/csv"
-        body = shaping.export_json(series, tensor)
-        payload = {"run": run, "key": key, "kind": version.kind, **body}
-        return encode_json(payload), _JSON
 
     def _coarse(
         self,

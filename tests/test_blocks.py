@@ -50,6 +50,24 @@ def test_summarize_rows_of_one_block():
     assert per_variable[ROW["max"]].tolist() == [2.0, 5.0]
 
 
+def test_block_median_is_numpy_median_of_each_columns_finite_values():
+    """The block median equals np.median over each column's finite entries."""
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        n, k = rng.integers(1, 90), rng.integers(1, 12)
+        values = rng.normal(size=(n, k)) * 10.0 ** rng.integers(-3, 4)
+        bad = rng.random((n, k)) < rng.random() * 0.6
+        values[bad] = rng.choice([np.nan, np.inf, -np.inf], size=bad.sum())
+        values[:, 0] = np.nan if rng.random() < 0.2 else values[:, 0]
+        finite = np.isfinite(values)
+        expected = [
+            np.median(values[finite[:, j], j]) if finite[:, j].any() else math.nan
+            for j in range(k)
+        ]
+        got = blocks.summarize(np.arange(n), values)[ROW["median"]]
+        np.testing.assert_array_equal(got, np.float32(expected))
+
+
 def test_series_from_blocks_keeps_spike_and_nan_at_their_steps():
     """Drawn from blocks, the spike, the NaN and the last point keep their steps."""
     steps = np.arange(1, 30_001)

@@ -159,3 +159,11 @@ def test_cumulative_quantile_equals_np_quantile_of_each_prefix(q):
     got = robust.cumulative_quantile(x, q, points=300)
     want = [np.quantile(x[: i + 1], q) for i in range(300)]
     np.testing.assert_array_equal(got, want)
+
+
+def test_ranks_equal_the_double_stable_argsort_with_ties():
+    """One argsort inverted gives the ranks of two stable argsorts, ties included."""
+    x = np.round(np.random.default_rng(5).normal(size=2000), 1)
+    want = np.argsort(np.argsort(x, kind="stable"), kind="stable")
+    np.testing.assert_array_equal(robust.ranks(x), want)
+    np.testing.assert_array_equal(robust.ranks(np.array([2.0, 1.0, 2.0])), [1, 0, 2])

@@ -394,6 +394,24 @@ def test_index_js_served_as_javascript(served):
     assert get(served["client"], "static/index.js").status_code == 200
 
 
+def test_is_active_when_a_run_holds_gradient_health_data(logdir, tmp_path):
+    """is_active finds the data itself; an empty logdir or no provider is inactive."""
+    root, _ = logdir
+    flags = configured_flags(root, "false")
+    ingester = data_ingester.LocalDataIngester(flags)
+    ingester.start()
+    provider = ingester.data_provider
+    wait_loaded(provider, {"synthetic": SYN_STEPS})
+    context = base_plugin.TBContext(data_provider=provider, logdir=root, flags=flags)
+    assert plugin.GradientHealthLoader().load(context).is_active() is True
+    empty = data_ingester.LocalDataIngester(configured_flags(str(tmp_path), "false"))
+    empty.start()
+    context = base_plugin.TBContext(data_provider=empty.data_provider)
+    assert plugin.GradientHealthLoader().load(context).is_active() is False
+    no_provider = base_plugin.TBContext(data_provider=None)
+    assert plugin.GradientHealthPlugin(no_provider).is_active() is False
+
+
 def test_frontend_metadata_names_the_tab():
     """The tab is titled "Gradient Health" and loads ./index.js as an ES module."""
     gh = plugin.GradientHealthPlugin(base_plugin.TBContext(data_provider=None))
@@ -432,6 +450,12 @@ def test_tensorboard_process_serves_all_points(logdir, load_fast):
                 pass
             time.sleep(0.5)
         assert body is not None and len(body["steps"]) == SYN_STEPS
+        listing_url = f"http://127.0.0.1:{port}/data/plugins_listing"
+        with urllib.request.urlopen(listing_url, timeout=30) as resp:
+            listing = json.loads(resp.read())
+        # The dropdown's "INACTIVE" section lists the entries with enabled false.
+        assert listing["gradient_health"]["enabled"] is True
+        assert listing["gradient_health"]["tab_name"] == "Gradient Health"
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -34,17 +34,25 @@ from tb_gradplugin.diagnosis.flags import (
     severity_rank,
     sort_flags,
 )
-from tb_gradplugin.diagnosis.report import SERIES_KEYS, diagnose, run_report
+from tb_gradplugin.diagnosis.report import (
+    SERIES_KEYS,
+    TENSOR_KEYS,
+    diagnose,
+    run_report,
+)
+from tb_gradplugin.diagnosis.run_view import DeferredTensor
 from tb_gradplugin.diagnosis.summaries import RECENT_STEPS, recent_median, volatility
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 from tb_gradplugin.reader import RunData, Series
 
 __all__ = [
     "ADVICE",
+    "DeferredTensor",
     "KINDS",
     "RECENT_STEPS",
     "SERIES_KEYS",
     "SEVERITIES",
+    "TENSOR_KEYS",
     "Flag",
     "RunData",
     "Series",

@@ -29,11 +29,13 @@ named in the blocking layer's evidence instead of being flagged themselves.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
 
 from tb_gradplugin import metadata
+from tb_gradplugin.diagnosis.coarse import Screen
 from tb_gradplugin.diagnosis.flags import Flag, figure
 from tb_gradplugin.diagnosis.robust import (
     late_window,
@@ -79,56 +81,93 @@ def zero_shares(view: RunView, thresholds: Thresholds) -> dict[int, ZeroShare]:
 
     Biases are judged with their kernel; variables before a weight that is
     exactly zero (a zero initialisation that never moved) are left out: that
-    weight blocks their gradient, no unit died there.
+    weight blocks their gradient, no unit died there. A variable whose share
+    the block summaries prove below ``dead_fraction`` is left out too (no
+    rule reads such a share), so a healthy long run is judged without reading
+    its per-step zero shares.
 
     Args:
         view: The run before any divergence.
-        thresholds: Uses ``dead_quantile`` and ``dead_fraction``.
+        thresholds: Uses ``dead_quantile``, ``dead_fraction`` and
+            ``dead_touch_steps``.
 
     Returns:
-        Column index of ``layer/zero_fraction`` → its :class:`ZeroShare`.
+        Column index of ``layer/zero_fraction`` → its :class:`ZeroShare`, for
+        at least every variable whose share reaches ``dead_fraction``.
     """
-    zero = view.layer_zero
-    if zero is None or not len(zero) or not zero.names:
+    tensor = view.deferred("layer_zero")
+    screen = Screen.of(tensor)
+    if screen is not None:
+        names = tensor.names[: screen.width]
+    else:
+        zero = view.layer_zero
+        if zero is None or not len(zero) or not zero.names:
+            return {}
+        names = zero.names[: zero.values.shape[1]]
+    if not names:
         return {}
-    names = zero.names[: zero.values.shape[1]]
     index = {name: i for i, name in enumerate(names)}
-    sparse = zero.content.get(metadata.SPARSE_VARIABLES)
+    sparse = tensor.content.get(metadata.SPARSE_VARIABLES)
     # The window share is read where the writer also records the gradient's
     # structure (sparse_variables): a writer without it packed no such share.
     windows = _window_columns(view.window_zero) if sparse is not None else {}
     blocked_before = _zero_weight_before(view, names)
     # One variable per contiguous row: a column of a long [steps, variables]
     # matrix is strided, and each reduction over it misses the cache.
-    zero_rows = np.ascontiguousarray(zero.values.T)
+    zero_rows = functools.cache(lambda: np.ascontiguousarray(view.layer_zero.values.T))
     window_rows = np.ascontiguousarray(view.window_zero.values.T) if windows else None
     out = {}
     for i, name in enumerate(names):
         if i <= blocked_before or name.rsplit("/", 1)[-1] == "bias":
             continue  # a bias is judged with its layer's kernel
-        judged = name
-        if is_weight(name) and "/" in name:
-            sibling = name.rsplit("/", 1)[0] + "/bias"
-            if sibling in index:
-                judged = sibling
+        judged = _judged(name, index)
         if sparse is not None and (name in sparse or judged in sparse):
             continue  # its gradient arrives as rows: untouched rows are no death
         if judged in windows:
             series, rows, column = view.window_zero, window_rows, windows[judged]
         elif sparse is None and "embedding" in name.lower():
             continue  # a writer without the structure: only the name is left
+        elif screen is not None and _below_dead(screen, index[judged], thresholds):
+            continue
         else:
-            series, rows, column = zero, zero_rows, index[judged]
-        found = _share(rows[column], series.steps, thresholds, per_step=series is zero)
+            series, rows, column = view.layer_zero, zero_rows(), index[judged]
+        per_step = series is view.layer_zero
+        found = _share(rows[column], series.steps, thresholds, per_step=per_step)
         if found is None:
             continue
         share, first_step = found
         own = {i, index[judged]}
-        all_zero = all(_whole(zero_rows[j], thresholds) for j in own)
-        out[i] = ZeroShare(
-            share, first_step, judged, series is view.window_zero, all_zero
-        )
+        all_zero = all(_whole(zero_rows()[j], thresholds) for j in own)
+        out[i] = ZeroShare(share, first_step, judged, not per_step, all_zero)
     return out
+
+
+def _judged(name: str, index: dict[str, int]) -> str:
+    """The variable whose zero share judges ``name``: its layer's bias if any."""
+    if is_weight(name) and "/" in name:
+        sibling = name.rsplit("/", 1)[0] + "/bias"
+        if sibling in index:
+            return sibling
+    return name
+
+
+def _below_dead(screen: Screen, column: int, thresholds: Thresholds) -> bool:
+    """Whether the blocks prove a per-step share below ``dead_fraction``.
+
+    :func:`_share` takes a quantile of the rolling minima in the late half of
+    the minima; each minimum is at most the value of the row it starts at, and
+    covers only rows at or after the first row of that half.
+    """
+    rows = screen.rows
+    if rows >= thresholds.dead_touch_steps:
+        minima = rows - max(1, thresholds.dead_touch_steps) + 1
+    else:
+        minima = rows  # too short to take minima over: the values themselves
+    first_row = late_window(minima).start
+    bound = thresholds.dead_fraction
+    return screen.all_below(column, first_row, bound) or screen.quantile_below(
+        column, first_row, minima, thresholds.dead_quantile, bound
+    )
 
 
 def _window_columns(series: Series | None) -> dict[str, int]:
@@ -169,6 +208,17 @@ def _whole(column: np.ndarray, thresholds: Thresholds) -> bool:
 
 def _zero_weight_before(view: RunView, names: list[str]) -> int:
     """Index of the last weight that is exactly zero late in the run, or -1."""
+    tensor = view.deferred("layer_param")
+    screen = Screen.of(tensor)
+    if screen is not None:
+        if tensor.names[: len(names)] != names:
+            return -1
+        start = late_window(screen.rows).start
+        weights = [
+            j for j, name in enumerate(names) if is_weight(name) and j < screen.width
+        ]
+        if all(screen.some_nonzero(j, start) for j in weights):
+            return -1
     params = view.layer_param
     if params is None or not len(params) or params.names[: len(names)] != names:
         return -1

@@ -81,7 +81,7 @@ def gradient_trace(
         return None
     steps, g = view.grad.steps, view.grad.values
     valid = np.isfinite(g) & (g > 0)
-    valid &= np.array([int(s) not in view.skipped_at for s in steps], dtype=bool)
+    valid &= ~view.skipped_mask(steps)
     if nonfinite_from is not None:
         valid &= steps < nonfinite_from
     if valid.sum() < 3:

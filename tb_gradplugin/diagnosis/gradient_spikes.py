@@ -13,12 +13,34 @@ import numpy as np
 
 from tb_gradplugin.diagnosis.exploding import GradientTrace
 from tb_gradplugin.diagnosis.flags import Flag, figure, short
+from tb_gradplugin.diagnosis.robust import rolling_min
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 
 __all__ = ["rule"]
 
 # Earlier points a spike needs for a range: a q90 of fewer is no range.
 _MIN_HISTORY = 10
+
+
+def _may_spike(
+    log_norms: np.ndarray, window: int, judged: np.ndarray, threshold: float
+) -> bool:
+    """Whether some judged point rises ``threshold`` above its window's minimum.
+
+    A q90 of earlier points is at least their minimum, so a point that does
+    not clear the minimum does not clear the q90: the rolling minimum (a few
+    passes) rules most runs out before the rolling quantiles (a sort of every
+    window). The margin covers the rounding of numpy's interpolation.
+    """
+    n = log_norms.shape[0]
+    if not judged.any():
+        return False
+    before = np.full(n, np.nan)
+    before[1 : min(window, n)] = np.minimum.accumulate(log_norms)[: min(window, n) - 1]
+    if n > window:
+        before[window:] = rolling_min(log_norms[:-1], window)
+    rise = np.where(judged, log_norms - before, -np.inf)
+    return bool(np.nanmax(rise) >= threshold - 1e-9)
 
 
 def rule(
@@ -40,6 +62,11 @@ def rule(
     log_norms = trace.log_norms
     n = log_norms.shape[0]
     window = max(3, thresholds.spike_window)
+    judged = np.arange(n) >= _MIN_HISTORY
+    if before_step is not None:
+        judged &= trace.steps < before_step
+    if not _may_spike(log_norms, window, judged, trace.log_threshold):
+        return []
     # q90 of the `window` points before each point (fewer at the start).
     q90 = np.full(n, np.nan)
     for i in range(_MIN_HISTORY, min(window, n)):
@@ -47,9 +74,6 @@ def rule(
     if n > window:
         windows = np.lib.stride_tricks.sliding_window_view(log_norms[:-1], window)
         q90[window:] = np.quantile(windows, 0.9, axis=1)
-    judged = np.arange(n) >= _MIN_HISTORY
-    if before_step is not None:
-        judged &= trace.steps < before_step
     jump = np.where(judged, log_norms - q90, np.nan)
     spikes = np.nonzero(np.nan_to_num(jump, nan=-np.inf) >= trace.log_threshold)[0]
     if not spikes.size:

@@ -59,7 +59,7 @@ def _nonfinite_events(view: RunView) -> dict[int, set[str]]:
             events.setdefault(int(s), set()).add(what)
 
     def not_skipped(steps: np.ndarray) -> np.ndarray:
-        return np.array([int(s) not in view.skipped_at for s in steps], dtype=bool)
+        return ~view.skipped_mask(steps)
 
     if view.loss is not None and len(view.loss):
         mark(view.loss.steps[~np.isfinite(view.loss.values)], "loss")
@@ -178,19 +178,40 @@ def _count_logged_from(view: RunView, step: int) -> int:
 
 
 def _nonfinite_layer(view: RunView, step: int) -> str | None:
-    """The deepest variable whose gradient went bad first, when not all did."""
-    for series in (view.layer_nonfinite, view.layer_grad):
-        if series is None or not len(series) or not series.names:
-            continue
-        idx = np.searchsorted(series.steps, step)
-        if idx >= series.steps.shape[0]:
-            continue
-        row = series.values[idx]
-        if series is view.layer_nonfinite:
-            bad = np.nan_to_num(row, nan=1.0) > 0
-        else:
-            bad = ~np.isfinite(row)
-        names = series.names
-        if bad.any() and not bad.all() and len(names) == bad.shape[0]:
-            return names[int(np.nonzero(bad)[0][-1])]
+    """The deepest variable whose gradient went bad first, when not all did.
+
+    A variable that no optimizer updated at a step is NaN in every per-variable
+    statistic there with a non-finite count of 0 (absent): it is never the
+    answer. Only logs without the counts are judged by the NaN alone.
+    """
+    counts = _row_at(view.layer_nonfinite, step)
+    if counts is not None:
+        bad = np.nan_to_num(counts[0], nan=1.0) > 0
+        found = _deepest(bad, counts[1])
+        if found is not None:
+            return found
+    grads = _row_at(view.layer_grad, step)
+    if grads is None:
+        return None
+    row, names = grads
+    bad = ~np.isfinite(row)
+    if counts is not None and counts[0].shape == row.shape:
+        bad &= ~(np.isnan(row) & (counts[0] == 0))  # absent, not non-finite
+    return _deepest(bad, names)
+
+
+def _row_at(series, step: int) -> tuple[np.ndarray, list[str]] | None:
+    """The row of a per-variable series at its first step >= ``step``."""
+    if series is None or not len(series) or not series.names:
+        return None
+    idx = np.searchsorted(series.steps, step)
+    if idx >= series.steps.shape[0]:
+        return None
+    return series.values[idx], series.names
+
+
+def _deepest(bad: np.ndarray, names: list[str]) -> str | None:
+    """The last bad variable's name, when some but not all are bad."""
+    if bad.any() and not bad.all() and len(names) == bad.shape[0]:
+        return names[int(np.nonzero(bad)[0][-1])]
     return None

@@ -20,6 +20,7 @@ RNN at a small batch, a network learning at batch size 2) is not oscillation.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -31,6 +32,7 @@ from tb_gradplugin.diagnosis.robust import (
     initial_loss,
     isotonic_decreasing,
     rank_lag1_autocorrelation,
+    ranks,
     thirds,
     variance_ratio,
 )
@@ -132,13 +134,16 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
     block_steps = steps[: blocks * block : block]
     initial = float(block_means[0]) if block > 1 else initial_loss(loss)
     floor = float(np.min(block_means))
-    # What is left around the best falling curve: batch noise around a
-    # learning loss leaves uncorrelated residuals, swings leave swings.
-    residual = loss - isotonic_decreasing(loss)
-    # Ranks: one example's huge loss at batch size 1 must not swamp the
-    # comparison (its variance would make any block mean look like noise).
-    residual = np.argsort(np.argsort(residual, kind="stable"), kind="stable")
-    residual = residual.astype(np.float64)
+
+    @functools.cache
+    def residual() -> np.ndarray:
+        # What is left around the best falling curve: batch noise around a
+        # learning loss leaves uncorrelated residuals, swings leave swings.
+        # Ranks: one example's huge loss at batch size 1 must not swamp the
+        # comparison (its variance would make any block mean look like noise).
+        # Made only for a run whose block means swing (most runs' do not).
+        return ranks(loss - isotonic_decreasing(loss)).astype(np.float64)
+
     # Where the run started, for "never got below it": one block is too few.
     start_level = float(np.median(block_means[: max(3, blocks // 8)]))
     found = None
@@ -151,7 +156,7 @@ def rule(view: RunView, thresholds: Thresholds) -> list[Flag]:
             continue
         if block > 1 and not _beyond_noise(
             evidence,
-            residual[start * block : blocks * block],
+            residual()[start * block : blocks * block],
             block,
             start_level,
             thresholds,

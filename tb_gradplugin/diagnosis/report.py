@@ -8,6 +8,7 @@ nothing is shared by writing fields of a common object.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from tb_gradplugin.diagnosis import (
@@ -22,11 +23,11 @@ from tb_gradplugin.diagnosis import (
     vanishing,
 )
 from tb_gradplugin.diagnosis.flags import Flag, sort_flags
-from tb_gradplugin.diagnosis.run_view import RunView
+from tb_gradplugin.diagnosis.run_view import TENSOR_KEYS, DeferredTensor, RunView
 from tb_gradplugin.diagnosis.thresholds import Thresholds
 from tb_gradplugin.reader import RunData
 
-__all__ = ["SERIES_KEYS", "diagnose", "run_report"]
+__all__ = ["SERIES_KEYS", "TENSOR_KEYS", "diagnose", "run_report"]
 
 SERIES_KEYS = run_view.KEYS | saddle_point.KEYS
 """Every key :func:`diagnose` reads: a run read with only these keys gets the
@@ -34,20 +35,29 @@ same flags as the whole run, so a reader can leave the other series (most of a
 long run's bytes) unread."""
 
 
-def diagnose(run: RunData, thresholds: Thresholds | None = None) -> list[Flag]:
+def diagnose(
+    run: RunData,
+    thresholds: Thresholds | None = None,
+    *,
+    deferred: Mapping[str, DeferredTensor] | None = None,
+) -> list[Flag]:
     """Runs every rule over a run's series.
 
     Args:
         run: The run's series, as :func:`tb_gradplugin.reader.read_run` returns
             them (keys ``step/loss``, ``step/grad_norm``, ``layer/grad_norm``, …).
         thresholds: The thresholds. Defaults to ``None``: :class:`Thresholds()`.
+        deferred: Per-variable series of :data:`TENSOR_KEYS` not in ``run``,
+            read only where a rule needs their steps (with block summaries,
+            a healthy run needs none of them). The flags are the same as with
+            every series in ``run``. Defaults to ``None``.
 
     Returns:
         The flags, the most severe first, then by first step. A missing or
         too-short series only silences the rules that need it.
     """
     thresholds = thresholds or Thresholds()
-    view = RunView.of(run)
+    view = RunView.of(run, deferred)
     nan = non_finite.rule(view, thresholds)
     trace = exploding.gradient_trace(view, thresholds, nan.first_step)
     explosion = exploding.rule(view, thresholds, trace, nan.first_step)
@@ -85,6 +95,7 @@ def run_report(
     thresholds: Thresholds | None = None,
     *,
     last_step: int | None = None,
+    deferred: Mapping[str, DeferredTensor] | None = None,
 ) -> dict[str, Any]:
     """Builds the JSON object of one run, as the CLI and the ``flags`` route send it.
 
@@ -94,6 +105,7 @@ def run_report(
         last_step: The run's largest step over all its series, for a ``run``
             read with only :data:`SERIES_KEYS`. Defaults to ``None``: the
             largest step of ``run``.
+        deferred: As for :func:`diagnose`. Defaults to ``None``.
 
     Returns:
         ``{"run": str, "last_step": int | None, "flags": [flag.to_json(), ...]}``,
@@ -102,5 +114,5 @@ def run_report(
     return {
         "run": run.run,
         "last_step": run.last_step if last_step is None else last_step,
-        "flags": [f.to_json() for f in diagnose(run, thresholds)],
+        "flags": [f.to_json() for f in diagnose(run, thresholds, deferred=deferred)],
     }

@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "rank_lag1_autocorrelation",
+    "ranks",
     "rolling_min",
     "isotonic_decreasing",
     "variance_ratio",
@@ -95,11 +96,39 @@ def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarra
         return x.copy()
     at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
     if x.dtype == np.float64 and np.isfinite(x).all():
-        vals = np.array([_linear_quantile(x[: i + 1], q) for i in at])
+        # The prefix kept sorted: each new stretch is sorted and merged in
+        # (a stable sort of two sorted runs is one linear merge), and a
+        # quantile reads two order statistics: O(points · n) memory moves
+        # instead of a partition of every prefix.
+        vals = np.empty(at.shape[0])
+        ordered = np.zeros(0)
+        done = 0
+        for j, i in enumerate(at):
+            ordered = np.sort(
+                np.concatenate([ordered, np.sort(x[done : i + 1])]), kind="stable"
+            )
+            done = i + 1
+            vals[j] = _sorted_quantile(ordered, q)
     else:
         vals = np.array([np.quantile(x[: i + 1], q) for i in at])
     idx = np.searchsorted(at, np.arange(n), side="right") - 1
     return vals[idx]
+
+
+def _sorted_quantile(ordered: np.ndarray, q: float) -> float:
+    """np.quantile(x, q) of finite float64 ``x`` given sorted, bit for bit."""
+    m = ordered.shape[0]
+    virtual = (m - 1) * q
+    if virtual >= m - 1:
+        return float(ordered[-1])
+    lo = math.floor(virtual)
+    return _interpolate(float(ordered[lo]), float(ordered[lo + 1]), virtual - lo)
+
+
+def _interpolate(a: float, b: float, t: float) -> float:
+    """The linear interpolation of np.quantile between two order statistics."""
+    diff = b - a
+    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
 
 
 def _linear_quantile(x: np.ndarray, q: float) -> float:
@@ -115,10 +144,7 @@ def _linear_quantile(x: np.ndarray, q: float) -> float:
         return float(x.max())
     lo = math.floor(virtual)
     part = np.partition(x, [lo, lo + 1])
-    a, b = float(part[lo]), float(part[lo + 1])
-    t = virtual - lo
-    diff = b - a
-    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
+    return _interpolate(float(part[lo]), float(part[lo + 1]), virtual - lo)
 
 
 def nanmedian(x: np.ndarray) -> float:
@@ -301,8 +327,24 @@ def rank_lag1_autocorrelation(x: np.ndarray) -> float:
     Returns:
         The lag-1 autocorrelation of the detrended ranks of ``x``.
     """
-    ranks = np.argsort(np.argsort(x, kind="stable"), kind="stable")
-    return lag1_autocorrelation(ranks.astype(np.float64))
+    return lag1_autocorrelation(ranks(x).astype(np.float64))
+
+
+def ranks(x: np.ndarray) -> np.ndarray:
+    """The rank of each point, ties in order of appearance.
+
+    Args:
+        x: The series, shape ``[n]``.
+
+    Returns:
+        int ``[n]``: a permutation of ``0..n-1``, equal to
+        ``argsort(argsort(x, stable), stable)`` (the inverse of one stable
+        argsort, without the second sort).
+    """
+    order = np.argsort(x, kind="stable")
+    out = np.empty(order.shape[0], dtype=order.dtype)
+    out[order] = np.arange(order.shape[0])
+    return out
 
 
 def rolling_min(x: np.ndarray, width: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tb_gradplugin.diagnosis.coarse import Screen
 from tb_gradplugin.diagnosis.flags import Flag, figure, short
 from tb_gradplugin.diagnosis.robust import (
     improvement,
@@ -77,6 +78,35 @@ def rule(
     return [whole] if whole is not None else []
 
 
+def _compared(names: list[str], dead_columns: frozenset[int]) -> tuple[int, int] | None:
+    """The columns of the first and the last weight that are not dead."""
+    candidates = [i for i, name in enumerate(names) if is_weight(name)]
+    if len(candidates) < 2:
+        candidates = list(range(len(names)))
+    candidates = [i for i in candidates if i not in dead_columns]
+    if len(candidates) < 2:
+        return None
+    return candidates[0], candidates[-1]
+
+
+def _blocks_rule_out(
+    view: RunView, thresholds: Thresholds, dead_columns: frozenset[int]
+) -> bool:
+    """Whether the block summaries prove the first layer's median is not small."""
+    tensor = view.deferred("layer_grad")
+    screen = Screen.of(tensor)
+    if screen is None or len(tensor.names) < 2:
+        return False
+    start = late_window(screen.rows).start
+    absent = screen.absent(start)
+    if absent is None:
+        return False
+    compared = _compared(tensor.names[: screen.width], dead_columns | absent)
+    return compared is None or screen.median_at_least(
+        compared[0], start, thresholds.vanish_first_norm
+    )
+
+
 def _early_layers(
     view: RunView,
     thresholds: Thresholds,
@@ -84,17 +114,20 @@ def _early_layers(
     not_learning: bool,
 ) -> Flag | None:
     """The first weight's gradient against the last one's (AutoTrainer)."""
+    if _blocks_rule_out(view, thresholds, dead_columns):
+        return None
     series = view.layer_grad
     if series is None or not len(series) or len(series.names) < 2:
         return None
     names = series.names[: series.values.shape[1]]
-    candidates = [i for i, name in enumerate(names) if is_weight(name)]
-    if len(candidates) < 2:
-        candidates = list(range(len(names)))
-    candidates = [i for i in candidates if i not in dead_columns]
-    if len(candidates) < 2:
+    # A variable no optimizer updated late in the run (frozen) is absent
+    # there, not a gradient to compare.
+    late_values = series.values[late_window(len(series))]
+    absent = frozenset(np.flatnonzero(~np.isfinite(late_values).any(axis=0)).tolist())
+    compared = _compared(names, dead_columns | absent)
+    if compared is None:
         return None
-    first, last = candidates[0], candidates[-1]
+    first, last = compared
     grad_first, grad_last = series.values[:, first], series.values[:, last]
     with np.errstate(all="ignore"):
         ratio = np.where(grad_last > 0, grad_first / grad_last, np.nan)
