@@ -953,3 +953,136 @@ def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard
         assert "NaN/Inf" not in chart["title"] and "not updated" in chart["title"]
         drawn = t.series("update_ratio")["update ratio"]
         assert [p[0] is None for p in drawn] == [i in frozen for i in range(len(drawn))]
+
+
+GAN_OPTIMIZERS = ("d_optimizer", "g_optimizer")
+
+
+def train_gan(logdir: str) -> None:
+    """Fits the keras.io-style GAN (its own train_step, two optimizers) 36 steps."""
+    import keras
+
+    from tb_gradplugin import GradientHealthCallback
+    from tests.test_callback_real_code import GAN, gan_nets
+
+    x = np.random.default_rng(5).normal(size=(96, 6)).astype("float32")
+    gan = GAN(*gan_nets(), latent_dim=3)
+    gan.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.optimizers.SGD(0.02),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    callback = GradientHealthCallback(
+        os.path.join(logdir, "gan"), update_freq=1, on_flag=None
+    )
+    gan.fit(x, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    callback.close()
+
+
+def logged_scalars(run_dir: str) -> dict[str, tuple[list, list]]:
+    """A run's gradient-health scalars as TensorBoard's EventAccumulator reads them."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    acc = event_accumulator.EventAccumulator(
+        run_dir, size_guidance={event_accumulator.TENSORS: 0}
+    )
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["tensors"]:
+        events = acc.Tensors(tag)
+        values = [tensor_util.make_ndarray(e.tensor_proto) for e in events]
+        if tag.startswith("gradient_health/") and all(v.ndim == 0 for v in values):
+            out[tag[len("gradient_health/") :]] = (
+                [e.step for e in events],
+                [float(v) for v in values],
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def gan_tensorboard(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("gan_logs"))
+    train_gan(root)
+
+    def ready(base):
+        body = http_json(base, "export", run="gan", key="step/grad_norm", format="json")
+        return len(body["steps"]) == 36
+
+    with serving(root, ready) as base:
+        yield {"base": base, "root": root}
+
+
+def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard):
+    """A GAN's overview draws each optimizer's grad norm and update ratio as logged."""
+    base = gan_tensorboard["base"]
+    logged = logged_scalars(os.path.join(gan_tensorboard["root"], "gan"))
+    tags = http_json(base, "tags", run="gan")["scalars"]
+    for name in GAN_OPTIMIZERS:
+        for stat in ("grad_norm", "param_norm", "update_norm", "update_ratio"):
+            key = f"optimizer/{name}/{stat}"
+            assert tags[key]["content"]["optimizer"] == name
+            assert logged[key][0] == list(range(1, 37))
+    charts = {
+        "overview": ("grad norm", "grad_norm"),
+        "update": ("update ratio", "update_ratio"),
+    }
+    with open_tab(browser, base) as t:
+        t.select_run("gan")
+        t.show("overview")
+        for chart, (label, stat) in charts.items():
+            drawn = t.series(chart)
+            expect = {label: f"step/{stat}"} | {
+                f"{label} · {name}": f"optimizer/{name}/{stat}"
+                for name in GAN_OPTIMIZERS
+            }
+            assert set(drawn) == set(expect)  # no loss: the GAN logs d/g losses
+            for line, key in expect.items():
+                # Each point is [step, drawn value, logged value]: both as logged.
+                assert [p[0] for p in drawn[line]] == logged[key][0], line
+                assert [p[1] for p in drawn[line]] == logged[key][1], line
+                assert [p[2] for p in drawn[line]] == logged[key][1], line
+        # The two optimizers' curves differ (Adam vs SGD): not one series twice.
+        assert logged["optimizer/d_optimizer/grad_norm"][1] != pytest.approx(
+            logged["optimizer/g_optimizer/grad_norm"][1]
+        )
+        colors = t.eval(
+            """() => window.__gradHealth.charts.overview.getOption().series
+              .map((s) => s.lineStyle.color)"""
+        )
+        assert len(set(colors)) == 3  # the run's colour and one per optimizer
+        title = t.eval(
+            "() => window.__gradHealth.charts.overview.getDom()"
+            ".parentElement.querySelector('h3').textContent"
+        )
+        assert title == (
+            "Global gradient norm (dashed) and each optimizer's gradient norm"
+            " vs step — gan"
+        )
+        tip = t.eval(
+            """() => {
+              const option = window.__gradHealth.charts.overview.getOption();
+              const line = option.series
+                .find((s) => s.name === 'grad norm · g_optimizer');
+              return option.tooltip[0].formatter(
+                [{seriesName: line.name, seriesType: 'line', value: line.data[9]}]);
+            }"""
+        )
+        value = logged["optimizer/g_optimizer/grad_norm"][1][9]
+        assert tip.splitlines() == [
+            "gan · step 10",
+            f"grad norm · g_optimizer: {value!r}",
+        ]
+        n = t.renders()
+        t.eval(
+            """() => { const r = document.querySelector('#gh-smoothing');
+              r.value = '0.6'; r.dispatchEvent(new Event('input')); }"""
+        )
+        t.wait_render(n, "overview")
+        smoothed = [p[1] for p in t.series("overview")["grad norm · d_optimizer"]]
+        ema, expect = 0.0, []
+        for i, v in enumerate(logged["optimizer/d_optimizer/grad_norm"][1], start=1):
+            ema = 0.6 * ema + 0.4 * v
+            expect.append(ema / (1 - 0.6**i))  # TensorBoard's debiased EMA
+        np.testing.assert_allclose(smoothed, expect, rtol=1e-9)
+        assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors

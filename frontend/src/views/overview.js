@@ -1,19 +1,65 @@
 // The overview view: the open run's loss and global gradient norm over steps,
-// the gradient norm against the parameter norm, and the update/parameter ratio.
+// the gradient norm against the parameter norm, and the update/parameter ratio;
+// when several optimizers step the model (a GAN's d_optimizer and g_optimizer),
+// each one's gradient norm and update ratio beside the global ones.
 import {el} from '../util.js';
+import {RUN_COLORS} from '../runs.js';
 import {
   baseOption, flagAreas, lineWithMarkers, stepAxis, stepTooltip, stepZoom, valueAxis,
 } from '../charts.js';
 import {HEALTHY_UPDATE_RATIO, emptyState, exportLinks, seriesOptions} from './common.js';
 
-/** Loss (left axis) and global gradient norm (right axis, dashed) with the flags' ranges. */
-function lossAndGradNorm(app, data, main, color) {
+// `optimizer/<attribute>/<stat>` keys (metadata.OPTIMIZER_STATS) the overview draws.
+const OPTIMIZER_KEY = /^optimizer\/(.+)\/(grad_norm|update_ratio)$/;
+
+/**
+ * The per-optimizer series of a run, by the optimizer's attribute name:
+ * `{d_optimizer: {grad_norm: S, update_ratio: S}}`; empty when the run has
+ * one optimizer (the callback writes them only for several).
+ */
+async function optimizerSeries(app, run, tags, fresh) {
+  const keys = Object.keys(tags.scalars || {}).filter((k) => OPTIMIZER_KEY.test(k)).sort();
+  const got = await Promise.all(keys.map((key) => app.fetch('series', {run, key}, fresh)));
+  const out = {};
+  keys.forEach((key, i) => {
+    const [, name, stat] = key.match(OPTIMIZER_KEY);
+    (out[name] ||= {})[stat] = got[i];
+  });
+  return out;
+}
+
+/** A colour per optimizer: the run palette without the run's own colour. */
+function optimizerColors(runColor, names) {
+  const palette = RUN_COLORS.filter((c) => c !== runColor);
+  return Object.fromEntries(names.map((name, i) => [name, palette[i % palette.length]]));
+}
+
+/** The line series of each optimizer's `stat`, named `<label> · <attribute>`. */
+function optimizerLines(app, run, optimizers, colors, stat, label, extra) {
+  const out = [];
+  for (const [name, series] of Object.entries(optimizers)) {
+    const one = series[stat];
+    if (!one) continue;
+    out.push(...lineWithMarkers(`${label} · ${name}`, one.steps, one.values, seriesOptions(app,
+      run, `optimizer/${name}/${stat}`, one, {...extra, color: colors[name]})));
+  }
+  return out;
+}
+
+/**
+ * Loss (left axis) and global gradient norm (right axis, dashed) with the flags'
+ * ranges, and each optimizer's gradient norm on the right axis.
+ */
+function lossAndGradNorm(app, data, main, color, colors) {
   const s = app.state;
   const run = data.run;
   const loss = data.series['step/loss'];
   const grad = data.series['step/grad_norm'];
+  const drawn = [loss && 'loss (solid)', grad && 'global gradient norm (dashed)',
+    Object.keys(data.optimizers).length && 'each optimizer\'s gradient norm'].filter(Boolean);
+  const what = drawn.slice(0, -1).join(', ') + (drawn.length > 1 ? ' and ' : '') + drawn.at(-1);
   const chart = app.charts.get('overview', main, {height: 360,
-    title: `Loss (solid) and global gradient norm (dashed) vs step — ${run}`});
+    title: `${what[0].toUpperCase()}${what.slice(1)} vs step — ${run}`});
   const out = [];
   const areas = flagAreas(data.flags);
   if (loss) {
@@ -25,6 +71,8 @@ function lossAndGradNorm(app, data, main, color) {
       'step/grad_norm', grad, {yAxisIndex: 1, log: s.log, color, dashed: true,
         markArea: loss ? undefined : areas})));
   }
+  out.push(...optimizerLines(app, run, data.optimizers, colors, 'grad_norm', 'grad norm',
+    {yAxisIndex: 1, log: s.log}));
   chart.setOption(baseOption({
     tooltip: stepTooltip(run),
     xAxis: stepAxis(),
@@ -70,12 +118,17 @@ function normsScatter(app, run, norms, main, color) {
   }
 }
 
-/** The global update/parameter ratio with the healthy 1e-3 reference (cs231n). */
-function updateRatio(app, run, ratio, main, color) {
+/**
+ * The global update/parameter ratio (when logged) and each optimizer's, with the
+ * healthy 1e-3 reference (cs231n).
+ */
+function updateRatio(app, run, ratio, optimizers, main, color, colors) {
   const s = app.state;
   const chart = app.charts.get('update', main, {height: 240, title: 'Update / parameter ratio'});
-  const ratioSeries = lineWithMarkers('update ratio', ratio.steps, ratio.values,
-    seriesOptions(app, run, 'step/update_ratio', ratio, {log: s.log, color}));
+  const ratioSeries = ratio ? lineWithMarkers('update ratio', ratio.steps, ratio.values,
+    seriesOptions(app, run, 'step/update_ratio', ratio, {log: s.log, color})) : [];
+  ratioSeries.push(...optimizerLines(app, run, optimizers, colors, 'update_ratio',
+    'update ratio', {log: s.log}));
   ratioSeries[0].markLine = {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
     label: {formatter: '1e-3 (cs231n)'}, data: [{yAxis: HEALTHY_UPDATE_RATIO}]};
   chart.setOption(baseOption({
@@ -92,9 +145,10 @@ export const overview = {
   singleRun: true,
   async load(app, fresh) {
     const run = app.state.run;
-    const [data, flags] = await Promise.all([
-      app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh), app.healthOf([run], fresh)]);
-    return {...data, flags};
+    const [data, flags, , tags] = await Promise.all([
+      app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh), app.healthOf([run], fresh),
+      app.fetch('tags', {run}, fresh)]);
+    return {...data, flags, optimizers: await optimizerSeries(app, run, tags, fresh)};
   },
   draw(app, data, main) {
     const series = data.series;
@@ -103,10 +157,17 @@ export const overview = {
       return;
     }
     const color = app.colorOf(data.run);
-    lossAndGradNorm(app, data, main, color);
+    const optimizers = data.optimizers;
+    const colors = optimizerColors(color, Object.keys(optimizers));
+    lossAndGradNorm(app, data, main, color, colors);
     if (data.norms && data.norms.x.length) normsScatter(app, data.run, data.norms, main, color);
     const ratio = series['step/update_ratio'];
-    if (ratio) updateRatio(app, data.run, ratio, main, color);
-    main.appendChild(exportLinks(data.run, Object.keys(series)));
+    const optimizerRatios = Object.values(optimizers).some((o) => o.update_ratio);
+    if (ratio || optimizerRatios) {
+      updateRatio(app, data.run, ratio, optimizers, main, color, colors);
+    }
+    const optimizerKeys = Object.values(optimizers)
+      .flatMap((o) => Object.values(o).map((one) => one.key));
+    main.appendChild(exportLinks(data.run, Object.keys(series).concat(optimizerKeys)));
   },
 };
