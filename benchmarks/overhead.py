@@ -5,9 +5,11 @@ built second in a process can run up to 20 % faster: DESIGN.md pitfall 17) in
 an order rotated from one repetition to the next, fits it, and times the
 epochs after the first (tracing excluded, the callback's end-of-training
 writes included). It prints per variant the median step time, the median of
-the per-repetition ratios to the plain ``fit``, the extra peak memory (peak
-resident memory during the fit minus the plain fit's, from ``VmHWM`` reset
-through ``/proc/self/clear_refs``) and the event-file bytes per logged step.
+the per-repetition ratios to the plain ``fit`` in wall time and in process CPU
+time (every thread: the writer's too; steadier than wall time on a shared
+machine), the extra peak memory (peak resident memory during the fit minus the
+plain fit's, from ``VmHWM`` reset through ``/proc/self/clear_refs``) and the
+event-file bytes per logged step, with the machine's load average.
 
 Variants: ``plain``; ``defaults`` (``GradientHealthCallback(log_dir)``, every
 argument at its default); ``update_freq=1``; Keras's
@@ -206,14 +208,15 @@ def measure(name, variant, epochs, strategy, workdir):
     epochs = epochs if feed == "dataset" else ARRAY_EPOCHS
     _reset_peak()
     base = _memory_kb("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fit(epochs)
     seconds = (time.perf_counter() - start) / (steps * epochs)
+    cpu_seconds = (time.process_time() - cpu) / (steps * epochs)
     peak = _memory_kb("VmHWM") - base
     for cb in cbs:
         if isinstance(cb, GradientHealthCallback):
             cb.close()
-    return seconds, peak, _event_bytes_per_logged_step(logdir, variant)
+    return seconds, peak, _event_bytes_per_logged_step(logdir, variant), cpu_seconds
 
 
 def main() -> None:
@@ -227,6 +230,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
             results = {v: [] for v in VARIANTS}
+            loads = os.getloadavg()
             for rep in range(args.repeats):
                 order = (
                     VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
@@ -239,22 +243,25 @@ def main() -> None:
             label = "mirrored, 2 CPUs" if args.mirrored else "one device"
             print(
                 f"\n{name}: batch {batch}, {steps} steps/epoch ({feed}), "
-                f"{args.repeats} repetitions, {label}"
+                f"{args.repeats} repetitions, {label}, load average "
+                f"{loads[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
             )
             print(
-                f"{'variant':<20}{'ms/step':>9}{'ratio':>8}"
+                f"{'variant':<20}{'ms/step':>9}{'ratio':>8}{'CPU ratio':>11}"
                 f"{'extra peak MB':>15}{'bytes/logged step':>19}"
             )
             plain = results["plain"]
             for variant in VARIANTS:
                 runs = results[variant]
                 ratios = [r[0] / p[0] for r, p in zip(runs, plain, strict=True)]
+                cpu = [r[3] / p[3] for r, p in zip(runs, plain, strict=True)]
                 extra = [(r[1] - p[1]) / 1024 for r, p in zip(runs, plain, strict=True)]
                 per_log = statistics.median(r[2] for r in runs)
                 unit = " (whole fit)" if variant == "keras_tensorboard" else ""
                 print(
                     f"{variant:<20}{1000 * statistics.median(r[0] for r in runs):>9.2f}"
                     f"{statistics.median(ratios):>8.3f}"
+                    f"{statistics.median(cpu):>11.3f}"
                     f"{statistics.median(extra):>15.1f}"
                     f"{per_log:>19.0f}{unit}"
                 )

@@ -1,11 +1,13 @@
 """Gradient statistics: reduced inside the train step, finished on the host.
 
-In the step (``keras.ops``; the ``tf.IndexedSlices`` helpers are TensorFlow's
-own type): each variable's gradient, parameters before and after the update
-are reduced to a few sums (:func:`variable_sums`, :func:`slice_sums`), and a
-running sum of the gradient over the open window (one float32 slot of the
-variable's shape, like one optimizer moment) is reduced when the window closes
-(:func:`running_sum_sums`). Nothing of size ``P`` leaves the step.
+In the step (``keras.ops``, except TensorFlow's one-pass ``l2_loss`` for the
+sums of squares and the ``tf.IndexedSlices`` helpers): each variable's
+gradient, parameters before and after the update are reduced to a few sums
+(:func:`gradient_sums`, :func:`parameter_sums`, :func:`slice_sums`; several
+small variables at once with :func:`group_sums`), and a running sum of the
+gradient over the open window (one float32 slot per parameter, like one
+optimizer moment) is reduced when the window closes (:func:`running_sum_sums`,
+:func:`group_running_sums`). Nothing of size ``P`` leaves the step.
 
 On the host (numpy): the per-step sums of a window and the reduced running
 sum give the per-entry variance of the gradient over the window's steps,
@@ -140,6 +142,26 @@ def _f32(x):
     return ops.cast(x, "float32")
 
 
+def square_sum(x):
+    """``Σx²`` of a float32 tensor as one kernel, with no temporary of its size.
+
+    ``keras.ops`` would square, then sum: two passes and a temporary as large
+    as ``x``; TensorFlow's ``l2_loss`` (``Σx²/2``) is one pass.
+    """
+    import tensorflow as tf
+
+    return 2.0 * tf.nn.l2_loss(x)
+
+
+def nonzero_count(values):
+    """Entries of ``values`` other than 0 (NaN counts), a float32 scalar.
+
+    Counted in int32 (exact up to 2**31 entries; int64 would double the
+    temporary's size).
+    """
+    return _f32(ops.sum(ops.cast(ops.not_equal(values, 0), "int32")))
+
+
 def gradient_sums(values, size: int) -> list:
     """Sums of one gradient's entries: ``Σg²``, ``Σ|g|`` and the count of zeros.
 
@@ -151,8 +173,7 @@ def gradient_sums(values, size: int) -> list:
     Returns:
         Three float32 scalars, the first three of :data:`SUM_COLUMNS`.
     """
-    nonzero = _f32(ops.count_nonzero(values))
-    return [ops.sum(ops.square(values)), ops.sum(ops.abs(values)), size - nonzero]
+    return [square_sum(values), ops.sum(ops.abs(values)), size - nonzero_count(values)]
 
 
 def nonfinite_counts(values: Sequence, grad_sq: Sequence):
@@ -189,7 +210,66 @@ def nonfinite_counts(values: Sequence, grad_sq: Sequence):
 def parameter_sums(before, after) -> list:
     """``Σw²`` after the update and ``Σ(Δw)²`` of one variable (float32 scalars)."""
     after = _f32(after)
-    return [ops.sum(ops.square(after)), ops.sum(ops.square(after - _f32(before)))]
+    return [square_sum(after), square_sum(after - _f32(before))]
+
+
+def group_sums(values, before, after, segment_ids, num_segments: int):
+    """Per-variable sums of several small variables, one op per quantity.
+
+    Per step, each reduction op has a fixed cost (a few µs on a CPU) that
+    dwarfs the arithmetic of a small variable; here the variables' entries
+    are concatenated and each quantity is one segment sum over all of them.
+
+    Args:
+        values: The variables' gradients, flattened and concatenated,
+            float32 ``[N]`` (zeros where a variable has no gradient).
+        before: Their parameters before the update, likewise ``[N]``.
+        after: Their parameters after the update, likewise ``[N]``.
+        segment_ids: The variable (``0 .. num_segments - 1``) of each entry,
+            int32 ``[N]``.
+        num_segments: Number of variables ``n``.
+
+    Returns:
+        ``[5, n]`` float32: per variable ``Σg²``, ``Σ|g|``, entries with
+        ``g`` exactly 0, ``Σw²`` after and ``Σ(Δw)²``.
+    """
+    after = _f32(after)
+    delta = after - _f32(before)
+    columns = [
+        ops.square(values),
+        ops.abs(values),
+        _f32(ops.equal(values, 0)),
+        ops.square(after),
+        ops.square(delta),
+    ]
+    return ops.stack(
+        [ops.segment_sum(c, segment_ids, num_segments=num_segments) for c in columns]
+    )
+
+
+def group_nonfinite_counts(values, segment_ids, num_segments: int):
+    """NaN/Inf entries per variable of a group (see :func:`group_sums`), ``[n]``."""
+    bad = _f32(ops.logical_not(ops.isfinite(values)))
+    return ops.segment_sum(bad, segment_ids, num_segments=num_segments)
+
+
+def group_running_sums(running, segment_ids, num_segments: int):
+    """``|S|²`` and the count of exact zeros per variable of a group's running sum.
+
+    Args:
+        running: The group's running gradient sum, flattened and
+            concatenated ``[N]``.
+        segment_ids: The variable of each entry, int32 ``[N]``.
+        num_segments: Number of variables ``n``.
+
+    Returns:
+        ``(sum_sq [n], zero [n])``, float32.
+    """
+    sq = ops.segment_sum(ops.square(running), segment_ids, num_segments=num_segments)
+    zero = ops.segment_sum(
+        _f32(ops.equal(running, 0)), segment_ids, num_segments=num_segments
+    )
+    return sq, zero
 
 
 def slice_sums(values, spec: SliceSpec) -> list:
@@ -218,7 +298,7 @@ def running_sum_sums(running, size: int, specs: Sequence[SliceSpec]) -> list:
     Returns:
         ``[sum_sq, sum_zero, *slice_sum_sq]``, float32 scalars.
     """
-    out = [ops.sum(ops.square(running)), float(size) - _f32(ops.count_nonzero(running))]
+    out = [square_sum(running), float(size) - nonzero_count(running)]
     out += [ops.sum(ops.square(running[..., s.start : s.stop])) for s in specs]
     return out
 
