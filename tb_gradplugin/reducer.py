@@ -9,7 +9,7 @@ writer thread hands each block of rows read from the ring to
   steps;
 * accumulates the open variance window's per-step sums and, when a step (or an
   epoch end) closes the window, turns them and the reduced running gradient
-  sum into the window's statistics (``stats.window_statistics``);
+  sum into the window's statistics (``window_stats.window_statistics``);
 * holds the rows in the flight recorder (``flight_recorder.py``), which
   decides which steps around an anomaly are written whatever ``update_freq``
   says;
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from tb_gradplugin import flight_recorder, metadata, ring, stats, summary
+from tb_gradplugin import flight_recorder, metadata, ring, stats, summary, window_stats
 from tb_gradplugin.flight_recorder import Held
 from tb_gradplugin.update_freq import update_freq_for
 
@@ -95,7 +95,7 @@ class BlockReducer:
         # Variable indices of each optimizer, when several step the model.
         self.optimizer_indices: list[np.ndarray] = []
         self.recorder = flight_recorder.FlightRecorder(flight_steps)
-        self.window_sums = stats.WindowSums.empty(layout)
+        self.window_sums = window_stats.WindowSums.empty(layout)
         self.pending = np.zeros([layout.num_variables + 2])
         self.last_logged = -1
         self.last_valid: Held | None = None
@@ -325,12 +325,12 @@ class BlockReducer:
             "v_update_norm": np.sqrt(update_sq),
             "v_zero_fraction": r[idx["grad_zero"]] / sizes,
         }
-        fields["update_ratio"] = stats.safe_ratio(
+        fields["update_ratio"] = window_stats.safe_ratio(
             fields["update_norm"], fields["param_norm"]
         )
         if self.optimizer_indices:
             fields.update(self._optimizer_norms(present, grad_sq, param_sq, update_sq))
-        fields["v_update_ratio"] = stats.safe_ratio(
+        fields["v_update_ratio"] = window_stats.safe_ratio(
             fields["v_update_norm"], fields["v_param_norm"]
         )
         return self.rows.pack(fields, 1)[0]
@@ -346,14 +346,14 @@ class BlockReducer:
             out["o_grad_norm"].append(norms[0])
             out["o_param_norm"].append(norms[1])
             out["o_update_norm"].append(norms[2])
-            out["o_update_ratio"].append(stats.safe_ratio(norms[2], norms[1]))
+            out["o_update_ratio"].append(window_stats.safe_ratio(norms[2], norms[1]))
         return {k: np.array(v, np.float64) for k, v in out.items()}
 
     def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
-        out = stats.window_statistics(
+        out = window_stats.window_statistics(
             self.layout, self.window_sums, sum_sq, sum_zero, slice_sum_sq
         )
-        self.window_sums = stats.WindowSums.empty(self.layout)
+        self.window_sums = window_stats.WindowSums.empty(self.layout)
         fields = {name: out[name] for name in metadata.WINDOW_SCALARS}
         for name in summary.WINDOW_LAYER_STATS:
             fields["layer_" + name] = out["layer_" + name]
