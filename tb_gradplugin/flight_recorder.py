@@ -10,6 +10,7 @@ from the device.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
 import time
@@ -35,7 +36,7 @@ class Held:
     step: int
     valid: bool
     counts: np.ndarray  # NaN/Inf per variable, NaN/Inf loss, skipped
-    log_row: np.ndarray | None  # packed logged statistics (valid rows)
+    row: np.ndarray | None  # the step's row (valid rows), reduced when written
     window: np.ndarray | None  # packed window closed at this step
     arrived: float
     full: bool = False  # within the flight recorder's range of an anomaly
@@ -55,6 +56,10 @@ class FlightRecorder:
         self.flight_steps = int(FLIGHT_STEPS if flight_steps is None else flight_steps)
         self.held: collections.deque[Held] = collections.deque()
         self.norms: collections.deque[float] = collections.deque(maxlen=JUMP_HISTORY)
+        # The same norms in order: the median of each step in O(log n) rather
+        # than a partition of the history per step, on the writer thread that
+        # shares the CPU with training.
+        self.sorted_norms: list[float] = []
         self.finite_before = True
         self.full_until = -1
         self.release_to = -1
@@ -75,8 +80,8 @@ class FlightRecorder:
         anomalous = not finite and self.finite_before
         if finite:
             if len(self.norms) >= _MIN_HISTORY:
-                anomalous = grad_norm >= JUMP_FACTOR * float(np.median(self.norms)) > 0
-            self.norms.append(grad_norm)
+                anomalous = grad_norm >= JUMP_FACTOR * self.recent_median() > 0
+            self._remember(float(grad_norm))
         self.finite_before = finite
         if anomalous:
             self.anomalies.append(held.step)
@@ -87,6 +92,20 @@ class FlightRecorder:
                 if other.step >= held.step - self.flight_steps:
                     other.full = True
             held.full = True
+
+    def recent_median(self) -> float:
+        """The median of the last :data:`JUMP_HISTORY` finite norms, as np.median."""
+        ordered, n = self.sorted_norms, len(self.sorted_norms)
+        if n == 0:
+            return float("nan")
+        mid = n // 2
+        return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+    def _remember(self, grad_norm: float) -> None:
+        if len(self.norms) == self.norms.maxlen:
+            del self.sorted_norms[bisect.bisect_left(self.sorted_norms, self.norms[0])]
+        self.norms.append(grad_norm)
+        bisect.insort(self.sorted_norms, grad_norm)
 
     def hold(self, held: Held) -> None:
         """Keeps a step's row until :meth:`take` releases it."""

@@ -206,7 +206,10 @@ class BlockReducer:
             loss = r[idx["loss"]][0] if known else 0.0
         if not valid:
             return held
-        held.log_row = self._log_row(r)
+        # The logged statistics are made only for the rows written (every
+        # update_freq-th, or around an anomaly): the writer thread shares the
+        # CPU with training.
+        held.row = r
         held.full = self.recorder.in_range(step)
         grad_sq = r[idx["grad_sq"]]
         present = _updated(grad_sq, nonfinite)
@@ -389,10 +392,13 @@ class BlockReducer:
         for held in entries:
             self.pending = self.pending + held.counts
             if self._due(held):
-                rows.append(self._with_counts(held.log_row, self.pending))
+                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                    row = self._log_row(held.row)
+                rows.append(self._with_counts(row, self.pending))
                 row_steps.append(held.step)
                 self.pending = np.zeros_like(self.pending)
                 self.last_logged = held.step
+            held.row = None
             if held.window is not None:
                 windows.append(held.window)
                 window_steps.append(held.step)

@@ -69,3 +69,28 @@ def test_a_row_held_too_long_is_released():
     recorder.hold(_held(2))
     assert [h.step for h in recorder.take(final=False, keep_last=False)] == [1]
     assert recorder.holds(recorder.held[0])
+
+
+def test_recent_median_and_jumps_equal_numpy_over_the_last_norms():
+    """The kept median is np.median of the last JUMP_HISTORY finite norms, each step."""
+    rng = np.random.default_rng(3)
+    norms = rng.lognormal(0.0, 0.5, 900)
+    norms[rng.choice(900, 12, replace=False)] *= 30.0  # jumps to find
+    norms[[100, 101, 400]] = np.nan  # non-finite steps are not in the history
+    recorder = FlightRecorder(flight_steps=0)
+    history: list[float] = []
+    expected = []
+    for step, norm in enumerate(norms, start=1):
+        finite = bool(np.isfinite(norm))
+        if finite and len(history) >= 8:
+            median = np.median(history[-flight_recorder.JUMP_HISTORY :])
+            assert recorder.recent_median() == median
+            if norm >= flight_recorder.JUMP_FACTOR * median > 0:
+                expected.append(step)
+        elif not finite and (step == 1 or np.isfinite(norms[step - 2])):
+            expected.append(step)  # a first non-finite step
+        recorder.watch(_held(step), float(norm), finite)
+        if finite:
+            history.append(float(norm))
+    assert recorder.anomalies == expected
+    assert len(expected) > 3
