@@ -46,15 +46,18 @@ class LiveDiagnosis:
             self._multiplexer, log_dir
         )
         self._seen: set[tuple[str, str | None]] = set()
+        self.last_step: int | None = None
 
     def new_errors(self) -> list[diagnosis.Flag]:
         """Reloads the events and returns error flags not reported before.
 
         Returns:
-            The flags of severity ``error`` whose (kind, layer) is new.
+            The flags of severity ``error`` whose (kind, layer) is new. Also sets
+            :attr:`last_step`, the last step the events held.
         """
         self._multiplexer.Reload()
         run = reader.read_run(self._provider, _RUN)
+        self.last_step = run.last_step
         fresh = []
         for flag in diagnosis.diagnose(run, self.thresholds):
             key = (flag.kind, flag.layer)
@@ -74,7 +77,8 @@ class LiveReports:
 
     def __init__(self, on_flag: str | None):
         self.on_flag = on_flag
-        self.flags: list[diagnosis.Flag] = []
+        # (flag, last step written when it was found), filled on the writer thread.
+        self.flags: list[tuple[diagnosis.Flag, int | None]] = []
         self._live: LiveDiagnosis | None = None
         self._last = -float("inf")
 
@@ -98,7 +102,8 @@ class LiveReports:
         try:
             if self._live is None:
                 self._live = LiveDiagnosis(log_dir)
-            self.flags.extend(self._live.new_errors())
+            found = self._live.new_errors()
+            self.flags.extend((flag, self._live.last_step) for flag in found)
         except Exception as err:  # noqa: BLE001 - a diagnostic never ends training
             logger.warning("GradientHealthCallback: live diagnosis failed: %s", err)
             self.on_flag = None
@@ -119,11 +124,14 @@ class LiveReports:
         flags = []
         while self.flags:  # appended on the writer thread; pop is atomic
             flags.append(self.flags.pop(0))
-        for flag in flags:
+        for flag, as_of in flags:
+            # The flag describes the steps written when it was found; the rows
+            # of later steps may still be on their way to the event file.
+            seen = f", in the steps written up to step {as_of}" if as_of else ""
             text = diagnosis.format_flag(flag)
-            logger.warning("Gradient health, %s:\n%s", when, text)
+            # One channel (a Python warning): a log line as well printed it twice.
             warnings.warn(
-                f"GradientHealthCallback: {when}\n{text}",
+                f"GradientHealthCallback: {when}{seen}\n{text}",
                 RuntimeWarning,
                 stacklevel=3,
             )

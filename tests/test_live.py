@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import keras
@@ -49,6 +50,21 @@ def _fit(tmp_path, lr, on_flag, epochs=8):
         str(w.message) for w in caught if "GradientHealthCallback:" in str(w.message)
     ]
     return len(history.history["loss"]), ours, cb
+
+
+def test_each_flag_is_reported_once_with_the_steps_it_covers(tmp_path, caplog):
+    """A live flag is one warning, naming the last step written when it was found."""
+    import re
+
+    with caplog.at_level(logging.WARNING, logger="tb_gradplugin.live"):
+        _, messages, _ = _fit(tmp_path, lr=50.0, on_flag="warn")
+    assert messages
+    assert not [r for r in caplog.records if "Gradient health" in r.getMessage()]
+    for message in messages:
+        found = re.search(r"in the steps written up to step (\d+)", message)
+        assert found, message
+        first = re.search(r"steps (\d+)-(\d+)", message)
+        assert first and int(first.group(2)) <= int(found.group(1)), message
 
 
 def test_exploding_training_warns_and_goes_on(tmp_path):
