@@ -1046,11 +1046,15 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
         assert logged["optimizer/d_optimizer/grad_norm"][1] != pytest.approx(
             logged["optimizer/g_optimizer/grad_norm"][1]
         )
-        colors = t.eval(
+        styles = t.eval(
             """() => window.__gradHealth.charts.overview.getOption().series
-              .map((s) => s.lineStyle.color)"""
+              .map((s) => [s.lineStyle.color, JSON.stringify(s.lineStyle.type)])"""
         )
-        assert len(set(colors)) == 3  # the run's colour and one per optimizer
+        run_color = t.eval("() => window.__gradHealth.app.colorOf('gan')")
+        # One colour per run in every chart (other colours are other runs'); the
+        # global norm and each optimizer are told apart by their line patterns.
+        assert {color for color, _ in styles} == {run_color}
+        assert len({dash for _, dash in styles}) == 3
         title = t.eval(
             "() => window.__gradHealth.charts.overview.getDom()"
             ".parentElement.querySelector('h3').textContent"
