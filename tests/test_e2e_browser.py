@@ -1089,4 +1089,14 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
             ema = 0.6 * ema + 0.4 * v
             expect.append(ema / (1 - 0.6**i))  # TensorBoard's debiased EMA
         np.testing.assert_allclose(smoothed, expect, rtol=1e-9)
+        # The healthy GAN has no flag: one card says so under the run's heading.
+        assert http_json(base, "flags", run="gan")["flags"] == []
+        t.show("flags")
+        cards = t.eval(
+            """() => [...document.querySelectorAll('.gh-card')]
+              .map((c) => c.textContent)"""
+        )
+        assert len(cards) == 1, cards
+        assert cards[0].startswith("Flags of gan (last step ")
+        assert "No pathology flags for this run." in cards[0]
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
