@@ -231,6 +231,11 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     scatter = tab.series("norms")["grad norm vs param norm"]
     ref = http_json(tensorboard["base"], "overview", run="healthy")["norms"]
     assert [p[0] for p in scatter] == ref["x"] and [p[1] for p in scatter] == ref["y"]
+    # Both axes span the smallest to the largest norm, so the diagonal is in view.
+    norms = tab.eval("() => window.__gradHealth.charts.norms.getOption()")
+    span = min(ref["x"] + ref["y"]), max(ref["x"] + ref["y"])
+    assert (norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]) == span
+    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == span
     tab.page.wait_for_timeout(300)
     shot = tmp_path / "screenshot-overview.png"
     tab.page.screenshot(path=str(shot), full_page=False)

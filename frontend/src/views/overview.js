@@ -103,12 +103,15 @@ function normsScatter(app, run, norms, main, color) {
   const xs = pts.map((p) => p[0]).concat(pts.map((p) => p[1]));
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
+  const range = lo < hi ? {lo, hi} : {lo: 'dataMin', hi: 'dataMax'};
   chart.setOption(baseOption({
     tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
       `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
-    xAxis: valueAxis('parameter norm', s.log, {min: 'dataMin', max: 'dataMax',
+    // Both axes span the same range, so the diagonal is drawn whatever the norms
+    // (a vanishing run's ‖g‖ lies far below its ‖w‖, an exploding one's far above).
+    xAxis: valueAxis('parameter norm', s.log, {min: range.lo, max: range.hi,
       nameLocation: 'middle', nameGap: 24}),
-    yAxis: valueAxis('grad norm', s.log, {min: 'dataMin', max: 'dataMax'}),
+    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi}),
     series: [{
       name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
       itemStyle: {color},
