@@ -60,7 +60,7 @@ class PointViews:
         """Every point of one series of a run, and its listing; unknown: 404."""
         versions = self._reader.known_run(ctx, eid, run, keys=[key])
         if key not in versions:
-            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+            raise errors.NotFoundError(f"run {run[:200]!r} has no series {key[:200]!r}")
         series = self._reader.read_series(ctx, eid, run, [key], versions)[key]
         return series, versions[key]
 

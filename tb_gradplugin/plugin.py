@@ -70,10 +70,15 @@ def _downsample_param(args) -> int:
 
 
 def _required_param(args, name: str) -> str:
-    value = args.get(name)
-    if value is None or value == "":
+    values = args.getlist(name)
+    if not values or values[0] == "":
         raise errors.InvalidArgumentError(f"missing parameter: {name}")
-    return value
+    if len(values) > 1:
+        # Answering for the first of several would hide the others silently.
+        raise errors.InvalidArgumentError(
+            f"give one {name} parameter, got {len(values)}"
+        )
+    return values[0]
 
 
 def _runs_param(args) -> list[str] | None:

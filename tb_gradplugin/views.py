@@ -185,7 +185,7 @@ class ViewData(compare_views.CompareViews, export_views.PointViews):
         keys = [key, blocks.block_key(key)]
         versions = self._reader.known_run(ctx, eid, run, keys=keys)
         if key not in versions:
-            raise errors.NotFoundError(f"unknown key for run: {key[:200]!r}")
+            raise errors.NotFoundError(f"run {run[:200]!r} has no series {key[:200]!r}")
         kind = versions[key].kind
 
         def compute():

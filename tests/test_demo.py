@@ -588,6 +588,21 @@ def _assert_views_draw_the_routes(frame, view: str, run: str, get) -> None:
         ):
             if key in body:
                 _assert_line_is(drawn[name], body[key])
+        # The view says which curvature steps' minimal ratio is undetermined
+        # (its [low, high] range half of [0, 1] or wider), as the route gives them.
+        low, high = body["hessian/min_ratio_low"], body["hessian/min_ratio_high"]
+        wide = [
+            step
+            for step, lo, hi in zip(
+                low["steps"], low["values"], high["values"], strict=True
+            )
+            if not isinstance(lo, str) and not isinstance(hi, str) and hi - lo >= 0.5
+        ]
+        shown = frame.evaluate(
+            """() => { const p = document.querySelector('[data-undetermined-steps]');
+              return p ? p.dataset.undeterminedSteps : ''; }"""
+        )
+        assert shown == ",".join(str(step) for step in wide)
         _assert_line_is(
             _drawn_series(frame, "noise_scale")["noise scale"],
             body["window/noise_scale"],

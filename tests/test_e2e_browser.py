@@ -231,6 +231,11 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     scatter = tab.series("norms")["grad norm vs param norm"]
     ref = http_json(tensorboard["base"], "overview", run="healthy")["norms"]
     assert [p[0] for p in scatter] == ref["x"] and [p[1] for p in scatter] == ref["y"]
+    # Both axes span the smallest to the largest norm, so the diagonal is in view.
+    norms = tab.eval("() => window.__gradHealth.charts.norms.getOption()")
+    span = min(ref["x"] + ref["y"]), max(ref["x"] + ref["y"])
+    assert (norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]) == span
+    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == span
     tab.page.wait_for_timeout(300)
     shot = tmp_path / "screenshot-overview.png"
     tab.page.screenshot(path=str(shot), full_page=False)
@@ -1046,11 +1051,15 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
         assert logged["optimizer/d_optimizer/grad_norm"][1] != pytest.approx(
             logged["optimizer/g_optimizer/grad_norm"][1]
         )
-        colors = t.eval(
+        styles = t.eval(
             """() => window.__gradHealth.charts.overview.getOption().series
-              .map((s) => s.lineStyle.color)"""
+              .map((s) => [s.lineStyle.color, JSON.stringify(s.lineStyle.type)])"""
         )
-        assert len(set(colors)) == 3  # the run's colour and one per optimizer
+        run_color = t.eval("() => window.__gradHealth.app.colorOf('gan')")
+        # One colour per run in every chart (other colours are other runs'); the
+        # global norm and each optimizer are told apart by their line patterns.
+        assert {color for color, _ in styles} == {run_color}
+        assert len({dash for _, dash in styles}) == 3
         title = t.eval(
             "() => window.__gradHealth.charts.overview.getDom()"
             ".parentElement.querySelector('h3').textContent"
@@ -1085,4 +1094,14 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
             ema = 0.6 * ema + 0.4 * v
             expect.append(ema / (1 - 0.6**i))  # TensorBoard's debiased EMA
         np.testing.assert_allclose(smoothed, expect, rtol=1e-9)
+        # The healthy GAN has no flag: one card says so under the run's heading.
+        assert http_json(base, "flags", run="gan")["flags"] == []
+        t.show("flags")
+        cards = t.eval(
+            """() => [...document.querySelectorAll('.gh-card')]
+              .map((c) => c.textContent)"""
+        )
+        assert len(cards) == 1, cards
+        assert cards[0].startswith("Flags of gan (last step ")
+        assert "No pathology flags for this run." in cards[0]
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors

@@ -359,6 +359,8 @@ def test_curvature_and_trajectory(served):
         ("flags?run=nope", 404),
         ("series?run=synthetic", 400),
         ("series?run=synthetic&key=step/nope", 404),
+        ("flags?run=synthetic&run=healthy", 400),
+        ("series?run=synthetic&key=step/loss&key=step/grad_norm", 400),
         ("series?run=synthetic&key=step/loss&downsample=x", 400),
         ("series?run=synthetic&key=step/loss&downsample=0", 400),
         ("series?run=synthetic&key=step/loss&downsample=99999999999", 400),
@@ -382,6 +384,15 @@ def test_bad_parameters_get_4xx_with_short_message(served, route, code):
     assert resp.status_code == code, resp.get_data()[:200]
     body = resp.get_data(as_text=True)
     assert 0 < len(body) < 300 and "Traceback" not in body
+
+
+def test_unknown_series_message_names_the_run_and_the_key(served):
+    """A 404 for an unknown key says which run lacks which series."""
+    for route in ("series", "export"):
+        resp = get(served["client"], f"{route}?run=synthetic&key=step/nope")
+        assert resp.status_code == 404
+        body = resp.get_data(as_text=True)
+        assert "'synthetic'" in body and "'step/nope'" in body, body
 
 
 def test_index_js_served_as_javascript(served):

@@ -133,7 +133,7 @@ export function stretchLabel(stretch, exactCount = true) {
  * @return {Array<Object>} the series (line first).
  */
 export function lineWithMarkers(name, steps, values, {
-  yAxisIndex = 0, smoothing = 0, log = false, color, dashed = false, symbol = 'none',
+  yAxisIndex = 0, smoothing = 0, log = false, color, dashed = false, dash, symbol = 'none',
   markArea, stretches, downsampled = false,
 } = {}) {
   const sm = smooth(values, smoothing);
@@ -149,7 +149,7 @@ export function lineWithMarkers(name, steps, values, {
   const line = {
     name, type: 'line', yAxisIndex, data, showSymbol: symbol !== 'none', symbol,
     symbolSize: 5, connectNulls: false, sampling: undefined,
-    lineStyle: {width: 1.5, type: dashed ? 'dashed' : 'solid', color},
+    lineStyle: {width: 1.5, type: dash || (dashed ? 'dashed' : 'solid'), color},
     itemStyle: {color},
   };
   if (markArea) line.markArea = markArea;

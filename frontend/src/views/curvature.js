@@ -1,7 +1,7 @@
 // The curvature & trajectory view: the open run's minimal ratio against the loss
 // and over training (with its range), the spectral density, the gradient noise
 // scale, and the parameter trajectories of every shown run in one PCA.
-import {fmt} from '../util.js';
+import {el, fmt} from '../util.js';
 import {baseOption, lineWithMarkers, stepAxis, stepTooltip, stepZoom, valueAxis} from '../charts.js';
 import {comparedRuns, emptyState, seriesOptions} from './common.js';
 import {spectralDensity} from './spectral_density.js';
@@ -23,9 +23,7 @@ function minRatioRange(app, run, hs, color) {
     ...lineWithMarkers('min ratio high', high.steps, high.values,
       seriesOptions(app, run, 'hessian/min_ratio_high', high, thin)),
   ];
-  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
-  const both = low.steps.map((step, i) => [step, low.values[i], highAt.get(step)])
-    .filter((p) => Number.isFinite(p[1]) && Number.isFinite(p[2]));
+  const both = [...minRatioRangeAt(hs)].map(([step, [lo, hi]]) => [step, lo, hi]);
   if (both.length > 1) {
     out.push({name: 'min ratio range', type: 'custom', silent: true, clip: true, z: 1,
       data: [[both[0][0], both[0][1]]], encode: {x: 0, y: 1},
@@ -38,18 +36,53 @@ function minRatioRange(app, run, hs, color) {
   return out;
 }
 
+// The width of [min_ratio_low, min_ratio_high] from which the ratio is called
+// undetermined in the view.
+const UNDETERMINED_WIDTH = 0.5;
+
 /** The minimal ratio against the probe loss, one dot per curvature step. */
-function minRatioVsLoss(app, run, pairs, main, color) {
+function minRatioVsLoss(app, run, pairs, hs, main, color) {
   const scatter = app.charts.get('curv_scatter', main, {height: 300,
     title: `Minimal ratio (share of positive Hessian eigenvalues) vs loss — ${run}`});
+  const range = minRatioRangeAt(hs);
   scatter.setOption(baseOption({
-    tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
-      `${run} · step ${p.value[2]}\nprobe loss ${p.value[0]}\nmin ratio ${p.value[1]}`},
+    tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) => {
+      const r = range.get(p.value[2]);
+      return `${run} · step ${p.value[2]}\nprobe loss ${p.value[0]}\nmin ratio ${p.value[1]}`
+        + (r ? `\nrange [${r[0]}, ${r[1]}]` : '');
+    }},
     xAxis: valueAxis('probe loss', false),
     yAxis: valueAxis('min ratio', false, {min: 0, max: 1}),
     series: [{name: 'min ratio vs loss', type: 'scatter', symbolSize: 7, itemStyle: {color},
       data: pairs.x.map((x, i) => [x, pairs.y[i], pairs.steps[i]])}],
   }));
+  // A range of half [0, 1] or more says little: say so rather than let the dot
+  // (its midpoint) read as a measured share.
+  const wide = pairs.steps.filter((step) => {
+    const r = range.get(step);
+    return r && r[1] - r[0] >= UNDETERMINED_WIDTH;
+  });
+  if (wide.length) {
+    main.appendChild(el('p', {class: 'gh-warn', 'data-undetermined-steps': wide.join(','),
+      text: `At ${wide.length} of ${pairs.steps.length} curvature step(s) (first ${wide[0]}) `
+        + 'the minimal ratio is undetermined: the stochastic Lanczos spectrum cannot tell '
+        + 'how many eigenvalues near zero are positive, so its range spans half of [0, 1] '
+        + 'or more and the dot is only a midpoint (see the range in the tooltip).'}));
+  }
+}
+
+/** Step -> [min_ratio_low, min_ratio_high] where both are logged and finite. */
+function minRatioRangeAt(hs) {
+  const low = hs['hessian/min_ratio_low'];
+  const high = hs['hessian/min_ratio_high'];
+  const out = new Map();
+  if (!low || !high) return out;
+  const highAt = new Map(high.steps.map((step, i) => [step, high.values[i]]));
+  low.steps.forEach((step, i) => {
+    const h = highAt.get(step);
+    if (Number.isFinite(low.values[i]) && Number.isFinite(h)) out.set(step, [low.values[i], h]);
+  });
+  return out;
 }
 
 /** The curvature shares (left axis) and the sharpness (right axis) over training. */
@@ -149,7 +182,7 @@ export const curvature = {
         + 'GradientHealthCallback to compute the minimal ratio and sharpness every N epochs.');
     } else {
       if (curv.min_ratio_vs_loss.x.length) {
-        minRatioVsLoss(app, run, curv.min_ratio_vs_loss, main, color);
+        minRatioVsLoss(app, run, curv.min_ratio_vs_loss, hs, main, color);
       }
       curvatureOverTraining(app, run, hs, main, color);
       if (curv.spectral_density) spectralDensity(app, run, curv, main);

@@ -16,9 +16,6 @@ export const flags = {
       return;
     }
     const list = el('ol', {class: 'gh-flags', id: 'gh-flags', 'data-run': report.run});
-    if (!report.flags.length) {
-      emptyState(main, 'Flags', 'No pathology flags for this run.');
-    }
     report.flags.forEach((f, i) => {
       const item = el('li', {class: `gh-flag gh-${f.severity}`, 'data-kind': f.kind,
         'data-severity': f.severity, 'data-first-step': String(f.first_step),
@@ -36,7 +33,10 @@ export const flags = {
       item.style.borderLeftColor = (SEVERITY_COLOR[f.severity] || '').replace(/0\.\d+\)/, '1)');
       list.appendChild(item);
     });
+    // One card either way: a run without flags says so under its own heading.
+    const none = report.flags.length ? null
+      : el('p', {class: 'gh-none', 'data-empty': 'Flags', text: 'No pathology flags for this run.'});
     main.appendChild(el('section', {class: 'gh-card'},
-      el('h3', {text: `Flags of ${report.run} (last step ${report.last_step ?? '–'})`}), list));
+      el('h3', {text: `Flags of ${report.run} (last step ${report.last_step ?? '–'})`}), none, list));
   },
 };

@@ -3,7 +3,6 @@
 // when several optimizers step the model (a GAN's d_optimizer and g_optimizer),
 // each one's gradient norm and update ratio beside the global ones.
 import {el} from '../util.js';
-import {RUN_COLORS} from '../runs.js';
 import {
   baseOption, flagAreas, lineWithMarkers, stepAxis, stepTooltip, stepZoom, valueAxis,
 } from '../charts.js';
@@ -28,20 +27,25 @@ async function optimizerSeries(app, run, tags, fresh) {
   return out;
 }
 
-/** A colour per optimizer: the run palette without the run's own colour. */
-function optimizerColors(runColor, names) {
-  const palette = RUN_COLORS.filter((c) => c !== runColor);
-  return Object.fromEntries(names.map((name, i) => [name, palette[i % palette.length]]));
+// Dash patterns of the optimizers' lines (px on, px off, ...): a run keeps its one
+// colour in every chart, so its optimizers are told apart by the line's pattern, as
+// the global norm is by its dashes.
+const OPTIMIZER_DASHES = [[2, 3], [9, 3, 2, 3], [14, 4], [2, 3, 2, 3, 9, 3]];
+
+/** A dash pattern per optimizer, in the order of their names. */
+function optimizerDashes(names) {
+  return Object.fromEntries(
+    names.map((name, i) => [name, OPTIMIZER_DASHES[i % OPTIMIZER_DASHES.length]]));
 }
 
 /** The line series of each optimizer's `stat`, named `<label> · <attribute>`. */
-function optimizerLines(app, run, optimizers, colors, stat, label, extra) {
+function optimizerLines(app, run, optimizers, dashes, stat, label, extra) {
   const out = [];
   for (const [name, series] of Object.entries(optimizers)) {
     const one = series[stat];
     if (!one) continue;
     out.push(...lineWithMarkers(`${label} · ${name}`, one.steps, one.values, seriesOptions(app,
-      run, `optimizer/${name}/${stat}`, one, {...extra, color: colors[name]})));
+      run, `optimizer/${name}/${stat}`, one, {...extra, dash: dashes[name]})));
   }
   return out;
 }
@@ -50,7 +54,7 @@ function optimizerLines(app, run, optimizers, colors, stat, label, extra) {
  * Loss (left axis) and global gradient norm (right axis, dashed) with the flags'
  * ranges, and each optimizer's gradient norm on the right axis.
  */
-function lossAndGradNorm(app, data, main, color, colors) {
+function lossAndGradNorm(app, data, main, color, dashes) {
   const s = app.state;
   const run = data.run;
   const loss = data.series['step/loss'];
@@ -71,8 +75,8 @@ function lossAndGradNorm(app, data, main, color, colors) {
       'step/grad_norm', grad, {yAxisIndex: 1, log: s.log, color, dashed: true,
         markArea: loss ? undefined : areas})));
   }
-  out.push(...optimizerLines(app, run, data.optimizers, colors, 'grad_norm', 'grad norm',
-    {yAxisIndex: 1, log: s.log}));
+  out.push(...optimizerLines(app, run, data.optimizers, dashes, 'grad_norm', 'grad norm',
+    {yAxisIndex: 1, log: s.log, color}));
   chart.setOption(baseOption({
     tooltip: stepTooltip(run),
     xAxis: stepAxis(),
@@ -99,12 +103,15 @@ function normsScatter(app, run, norms, main, color) {
   const xs = pts.map((p) => p[0]).concat(pts.map((p) => p[1]));
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
+  const range = lo < hi ? {lo, hi} : {lo: 'dataMin', hi: 'dataMax'};
   chart.setOption(baseOption({
     tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
       `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
-    xAxis: valueAxis('parameter norm', s.log, {min: 'dataMin', max: 'dataMax',
+    // Both axes span the same range, so the diagonal is drawn whatever the norms
+    // (a vanishing run's ‖g‖ lies far below its ‖w‖, an exploding one's far above).
+    xAxis: valueAxis('parameter norm', s.log, {min: range.lo, max: range.hi,
       nameLocation: 'middle', nameGap: 24}),
-    yAxis: valueAxis('grad norm', s.log, {min: 'dataMin', max: 'dataMax'}),
+    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi}),
     series: [{
       name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
       itemStyle: {color},
@@ -122,13 +129,13 @@ function normsScatter(app, run, norms, main, color) {
  * The global update/parameter ratio (when logged) and each optimizer's, with the
  * healthy 1e-3 reference (cs231n).
  */
-function updateRatio(app, run, ratio, optimizers, main, color, colors) {
+function updateRatio(app, run, ratio, optimizers, main, color, dashes) {
   const s = app.state;
   const chart = app.charts.get('update', main, {height: 240, title: 'Update / parameter ratio'});
   const ratioSeries = ratio ? lineWithMarkers('update ratio', ratio.steps, ratio.values,
     seriesOptions(app, run, 'step/update_ratio', ratio, {log: s.log, color})) : [];
-  ratioSeries.push(...optimizerLines(app, run, optimizers, colors, 'update_ratio',
-    'update ratio', {log: s.log}));
+  ratioSeries.push(...optimizerLines(app, run, optimizers, dashes, 'update_ratio',
+    'update ratio', {log: s.log, color}));
   ratioSeries[0].markLine = {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
     label: {formatter: '1e-3 (cs231n)'}, data: [{yAxis: HEALTHY_UPDATE_RATIO}]};
   chart.setOption(baseOption({
@@ -158,13 +165,13 @@ export const overview = {
     }
     const color = app.colorOf(data.run);
     const optimizers = data.optimizers;
-    const colors = optimizerColors(color, Object.keys(optimizers));
-    lossAndGradNorm(app, data, main, color, colors);
+    const dashes = optimizerDashes(Object.keys(optimizers));
+    lossAndGradNorm(app, data, main, color, dashes);
     if (data.norms && data.norms.x.length) normsScatter(app, data.run, data.norms, main, color);
     const ratio = series['step/update_ratio'];
     const optimizerRatios = Object.values(optimizers).some((o) => o.update_ratio);
     if (ratio || optimizerRatios) {
-      updateRatio(app, data.run, ratio, optimizers, main, color, colors);
+      updateRatio(app, data.run, ratio, optimizers, main, color, dashes);
     }
     const optimizerKeys = Object.values(optimizers)
       .flatMap((o) => Object.values(o).map((one) => one.key));
