@@ -59,8 +59,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
             events under 1 % of the measured step time (~4 µs an event) and
             the event file under ~1 KB per step (a million steps under 1 GB),
             chosen once from the first block of steps and written in the tags'
-            content as ``update_freq``. Step 1 is always logged, and so is
-            every step within 256 steps of an anomalous one (a first NaN/Inf,
+            content as ``update_freq``. Step 1 and each fit's last step are
+            always logged, and so is every step within 256 steps of an
+            anomalous one (a first NaN/Inf,
             or a gradient-norm jump of 10x the recent median); the statistics
             see every step whatever this is (windows, NaN/Inf counts).
             Defaults to ``"auto"``.

@@ -375,6 +375,11 @@ class BlockReducer:
             self.decide_update_freq(None)
         if self.freq is None:
             return
+        last = self.last_valid
+        if final and last is not None and self.recorder.holds(last):
+            # A fit's last step is always written, whatever update_freq says:
+            # every series, the flags and the views then end at the same step.
+            last.epoch_last = True
         # The last row may yet be the epoch's last (update_freq="epoch").
         self._write_entries(self.recorder.take(final, keep_last=self.epoch_mode))
         if final:
@@ -398,7 +403,6 @@ class BlockReducer:
                 row_steps.append(held.step)
                 self.pending = np.zeros_like(self.pending)
                 self.last_logged = held.step
-            held.row = None
             if held.window is not None:
                 windows.append(held.window)
                 window_steps.append(held.step)

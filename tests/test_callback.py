@@ -741,6 +741,16 @@ def test_update_freq_epoch_logs_each_epochs_last_step(tmp_path):
     assert run.scalars["step/loss"].content["update_freq"] == "epoch"
 
 
+def test_a_fits_last_step_is_logged_whatever_update_freq(tmp_path):
+    """update_freq=5 over 12 steps logs 1, 5, 10 and the fit's last step 12, exactly."""
+    _, weights, run, x, y = fit_and_read(tmp_path, sequential, update_freq=5)
+    _, records = reference(sequential, weights, x, y)
+    for key in ("step/loss", "step/grad_norm", "layer/update_norm"):
+        series = run.scalars.get(key) or run.tensors[key]
+        assert series.steps.tolist() == [1, 5, 10, 12], key
+    assert_steps_match(run, records, [1, 5, 10, 12])
+
+
 def test_adaptive_default_logs_its_schedule_with_exact_values(tmp_path):
     """The default update_freq is chosen once, written in the content, and kept."""
     x, y = data(n=BATCH * 16)
@@ -753,7 +763,8 @@ def test_adaptive_default_logs_its_schedule_with_exact_values(tmp_path):
     run = read(str(tmp_path / "run"))
     freq = run.scalars["step/loss"].content["update_freq"]
     assert isinstance(freq, int) and freq >= 1
-    expected = [s for s in range(1, 49) if s == 1 or s % freq == 0]
+    # Step 1, every multiple of the chosen frequency, and the fit's last step.
+    expected = sorted({s for s in range(1, 49) if s == 1 or s % freq == 0} | {48})
     assert run.scalars["step/loss"].steps.tolist() == expected
     _, records = reference(sequential, weights, x, y)
     assert_steps_match(run, records, expected)
