@@ -61,9 +61,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
             chosen once from the first block of steps and written in the tags'
             content as ``update_freq``. Step 1 and each fit's last step are
             always logged, and so is every step within 256 steps of an
-            anomalous one (a first NaN/Inf,
-            or a gradient-norm jump of 10x the recent median); the statistics
-            see every step whatever this is (windows, NaN/Inf counts).
+            anomalous one (a first NaN/Inf, or a gradient-norm jump of 10x the
+            recent median); the statistics see every step whatever this is
+            (windows, NaN/Inf counts).
             Defaults to ``"auto"``.
         slices: Named parameter slices, ``{"name": ("dense/kernel", (start,
             stop))}``: a variable's ``.path`` and a half-open range on its last
