@@ -42,6 +42,16 @@ def run_of(**kw) -> diagnosis.RunData:
     return eventfiles.build_run("r", **kw)
 
 
+def layers_run(layers: dict, variables: list[str] = VARS) -> diagnosis.RunData:
+    """A run with a healthy loss and gradient norm and these per-layer series."""
+    return run_of(
+        loss=healthy_loss(),
+        grad_norm=healthy_grad(),
+        variables=variables,
+        layers=layers,
+    )
+
+
 def kinds(flags: list[Flag], min_severity: str = "info") -> set[str]:
     rank = diagnosis.SEVERITIES.index(min_severity)
     return {f.kind for f in flags if diagnosis.SEVERITIES.index(f.severity) >= rank}

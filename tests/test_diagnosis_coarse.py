@@ -20,6 +20,7 @@ from tests.diagnosis_runs import (
     healthy_grad,
     healthy_loss,
     layer_block,
+    layers_run,
     run_of,
 )
 
@@ -94,9 +95,7 @@ def healthy_run(n: int = N, seed: int = 0):
 
 def dead_run():
     layers = layer_block(zero=(0.99, 0.99, 0.1, 0.0))
-    return run_of(
-        loss=healthy_loss(), grad_norm=healthy_grad(), variables=VARS, layers=layers
-    )
+    return layers_run(layers)
 
 
 def vanishing_run():
@@ -118,9 +117,7 @@ def layer_nan_run():
 def zero_weight_run():
     layers = layer_block(zero=(0.99, 0.99, 0.1, 0.0))
     layers["param_norm"] = np.tile([3.0, 0.5, 0.0, 0.4], (N, 1))
-    return run_of(
-        loss=healthy_loss(), grad_norm=healthy_grad(), variables=VARS, layers=layers
-    )
+    return layers_run(layers)
 
 
 def frozen_run(frozen_from: int = 0, frozen_until: int = N):

@@ -13,10 +13,10 @@ from tb_gradplugin.diagnosis import (
 from tests.diagnosis_runs import (
     VARS,
     N,
-    healthy_grad,
     healthy_loss,
     kinds,
     layer_block,
+    layers_run,
     only,
     rng,
     run_of,
@@ -57,14 +57,7 @@ def test_vanishing_with_one_point_per_epoch_is_still_an_error():
 def test_small_first_layer_ratio_with_learning_loss_is_info():
     """The same ratio while the loss improves is info only."""
     layers = layer_block(grad=(1e-10, 1e-10, 0.1, 0.05))
-    flags = diagnose(
-        run_of(
-            loss=healthy_loss(),
-            grad_norm=healthy_grad(),
-            variables=VARS,
-            layers=layers,
-        )
-    )
+    flags = diagnose(layers_run(layers))
     (flag,) = only(flags, "vanishing_gradient")
     assert flag.severity == "info"
 
