@@ -167,35 +167,13 @@ def gradient_sums(values, size: int) -> list:
     return [square_sum(values), ops.sum(ops.abs(values)), size - nonzero_count(values)]
 
 
-def nonfinite_counts(values: Sequence, grad_sq: Sequence):
-    """NaN/Inf entries per variable, ``[V]`` float32.
+def nonfinite_count(values):
+    """NaN/Inf entries of one gradient, a float32 scalar.
 
-    Counted only when the step's ``Σg²`` is not finite: a NaN/Inf entry makes
-    it so, and one branch per step costs less than a count per variable.
-
-    Args:
-        values: Each variable's gradient entries, or ``None`` for none.
-        grad_sq: Each variable's ``Σg²`` (from :func:`gradient_sums`).
-
-    Returns:
-        The counts, zeros on a finite step.
+    The step counts them only when its ``Σg²`` is not finite (a NaN/Inf entry
+    makes it so): one branch per step costs less than a count per variable.
     """
-
-    def count():
-        return ops.stack(
-            [
-                ops.zeros((), "float32")
-                if v is None
-                else ops.sum(_f32(ops.logical_not(ops.isfinite(v))))
-                for v in values
-            ]
-        )
-
-    return ops.cond(
-        ops.isfinite(ops.sum(ops.stack(grad_sq))),
-        lambda: ops.zeros((len(values),), "float32"),
-        count,
-    )
+    return ops.sum(_f32(ops.logical_not(ops.isfinite(values))))
 
 
 def parameter_sums(before, after) -> list:

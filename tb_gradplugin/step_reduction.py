@@ -280,7 +280,7 @@ class StepReduction:
                     [
                         tf.zeros([], tf.float32)
                         if collected[i].values is None
-                        else _nonfinite_count(collected[i].values)
+                        else stats.nonfinite_count(collected[i].values)
                         for i in large
                     ]
                 )
@@ -363,10 +363,6 @@ class StepReduction:
             close, self.running_close, lambda: tf.zeros([width], tf.float32)
         )
         return tf.cast(close, tf.float32), running
-
-
-def _nonfinite_count(values):
-    return tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(values)), tf.float32))
 
 
 def _flat_float32(tensors):
