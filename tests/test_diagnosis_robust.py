@@ -167,3 +167,15 @@ def test_ranks_equal_the_double_stable_argsort_with_ties():
     want = np.argsort(np.argsort(x, kind="stable"), kind="stable")
     np.testing.assert_array_equal(robust.ranks(x), want)
     np.testing.assert_array_equal(robust.ranks(np.array([2.0, 1.0, 2.0])), [1, 0, 2])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 401, 5_000])
+def test_cumulative_quantile_is_np_quantile_with_ties_at_any_length(n):
+    """Repeated values and lengths around the bucket sizes change no bit."""
+    rng = np.random.default_rng(n)
+    x = np.round(rng.standard_normal(n), 1)  # many ties
+    at = np.unique(np.linspace(0, n - 1, min(n, 400)).astype(int))
+    for q in (0.0, 0.25, 0.5, 1.0):
+        got = robust.cumulative_quantile(x, q)
+        want = np.array([np.quantile(x[: i + 1], q) for i in at])
+        assert np.array_equal(got[at], want), q

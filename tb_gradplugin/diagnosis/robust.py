@@ -96,23 +96,65 @@ def cumulative_quantile(x: np.ndarray, q: float, points: int = 400) -> np.ndarra
         return x.copy()
     at = np.unique(np.linspace(0, n - 1, min(n, points)).astype(int))
     if x.dtype == np.float64 and np.isfinite(x).all():
-        # The prefix kept sorted: each new stretch is sorted and merged in
-        # (a stable sort of two sorted runs is one linear merge), and a
-        # quantile reads two order statistics: O(points · n) memory moves
-        # instead of a partition of every prefix.
-        vals = np.empty(at.shape[0])
-        ordered = np.zeros(0)
-        done = 0
-        for j, i in enumerate(at):
-            ordered = np.sort(
-                np.concatenate([ordered, np.sort(x[done : i + 1])]), kind="stable"
-            )
-            done = i + 1
-            vals[j] = _sorted_quantile(ordered, q)
+        vals = _prefix_quantiles(x, q, at)
     else:
         vals = np.array([np.quantile(x[: i + 1], q) for i in at])
     idx = np.searchsorted(at, np.arange(n), side="right") - 1
     return vals[idx]
+
+
+def _prefix_quantiles(x: np.ndarray, q: float, at: np.ndarray) -> np.ndarray:
+    """np.quantile(x[: i + 1], q) for each ``i`` of ``at``, bit for bit.
+
+    Each quantile reads two order statistics of a prefix. ``x`` is sorted once
+    and its sorted positions cut into ~√n buckets; a table of how many
+    elements of each prefix fall in each bucket finds the bucket of an order
+    statistic, and a scan of that bucket's ~√n elements finds it: O(n log n +
+    len(at) · √n) in a few numpy calls, where merging each prefix into a sorted
+    copy moved O(len(at) · n) elements (~50 ms at 100,000 points).
+
+    Args:
+        x: Finite float64 values, shape ``[n]``.
+        q: The quantile in ``[0, 1]``.
+        at: Increasing prefix ends, int ``[k]``, each in ``[0, n)``.
+
+    Returns:
+        float64 ``[k]``.
+    """
+    n = x.shape[0]
+    order = np.argsort(x)  # ties in any order: an order statistic is one value
+    width = max(1, math.isqrt(n))
+    n_buckets = -(-n // width)
+    # Query j holds element i when i <= at[j], i.e. from the first such j on.
+    first_query = np.searchsorted(at, np.arange(n), side="left")
+    counts = np.bincount(
+        first_query[order] * n_buckets + np.arange(n) // width,
+        minlength=(at.shape[0] + 1) * n_buckets,
+    ).reshape(at.shape[0] + 1, n_buckets)[:-1]
+    # in_prefix[j, b]: elements of buckets 0..b within prefix j.
+    in_prefix = counts.cumsum(axis=0).cumsum(axis=1)
+    padded = np.concatenate([order, np.full(n_buckets * width - n, n)])
+    members = padded.reshape(n_buckets, width)
+
+    def order_statistic(k: np.ndarray) -> np.ndarray:
+        bucket = (in_prefix <= k[:, None]).sum(axis=1)
+        before = np.where(bucket > 0, in_prefix[np.arange(k.shape[0]), bucket - 1], 0)
+        inside = members[bucket] <= at[:, None]
+        pos = np.argmax(np.cumsum(inside, axis=1) > (k - before)[:, None], axis=1)
+        return x[members[bucket, pos]]
+
+    m = at + 1
+    virtual = (m - 1) * q
+    lo = np.minimum(np.floor(virtual).astype(np.int64), m - 1)
+    low = order_statistic(lo)
+    high = order_statistic(np.minimum(lo + 1, m - 1))
+    out = np.empty(at.shape[0])
+    for j in range(at.shape[0]):
+        if virtual[j] >= m[j] - 1:
+            out[j] = high[j]  # the largest: lo + 1 clipped to m - 1
+        else:
+            out[j] = _interpolate(float(low[j]), float(high[j]), virtual[j] - lo[j])
+    return out
 
 
 def _sorted_quantile(ordered: np.ndarray, q: float) -> float:
