@@ -10,6 +10,7 @@ Imports no TensorFlow.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -76,6 +77,7 @@ class LRUCache:
     def __init__(self, capacity: int = CACHE_ENTRIES):
         self._capacity = capacity
         self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._pending: dict[tuple, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -103,15 +105,40 @@ class LRUCache:
         Args:
             key: A hashable key that holds every input of ``compute`` (for data,
                 the versions of the series it reads).
-            compute: Makes the value; it must not return ``None``.
+            compute: Makes the value; it must not return ``None``. A call for
+                a key that another thread is computing waits for that
+                computation instead of repeating it.
 
         Returns:
             The cached or new value.
+
+        Raises:
+            Exception: What ``compute`` raised (in every caller waiting for it).
         """
-        value = self.get(key)
-        if value is None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                return value
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = concurrent.futures.Future()
+        if not owner:
+            # Another thread computes this key now (a background refresh, a
+            # second view's request): wait for its value, or its error.
+            return pending.result()
+        try:
             value = compute()
+        except BaseException as err:
+            pending.set_exception(err)
+            raise
+        else:
             self.put(key, value)
+            pending.set_result(value)
+        finally:
+            with self._lock:
+                del self._pending[key]
         return value
 
 

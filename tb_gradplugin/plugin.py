@@ -23,7 +23,7 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradplugin import cached_reader, metadata, reader, shaping, views
+from tb_gradplugin import cached_reader, metadata, reader, shaping, view_refresh, views
 from tb_gradplugin.json_encoding import encode_json
 
 STATIC_DIR = pathlib.Path(__file__).resolve().parent / "static"
@@ -125,6 +125,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext):
         self._reader = cached_reader.CachedReader(context.data_provider)
         self.data = views.ViewData(self._reader)
+        self._refresher = view_refresh.ViewRefresher()
 
     # -- TBPlugin interface -------------------------------------------------
 
@@ -191,12 +192,31 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     def _respond(self, request, payload: Any):
         """Answers JSON; a memoised payload object is encoded once."""
+        return http_util.Respond(request, self._encoded(payload), _JSON)
+
+    def _encoded(self, payload: Any) -> str:
+        """The JSON text of a payload, cached with the payload object."""
         cached = self._reader.memo(
             ("json", id(payload)), lambda: (payload, encode_json(payload))
         )
         # The entry holds the payload, so its id is not reused while cached.
-        text = cached[1] if cached[0] is payload else encode_json(payload)
-        return http_util.Respond(request, text, _JSON)
+        return cached[1] if cached[0] is payload else encode_json(payload)
+
+    def _respond_view(self, request, key: tuple, compute: Callable[[], Any]):
+        """Answers a data view, and keeps it current while the user looks at it.
+
+        Args:
+            request: The request.
+            key: The route and its parameters, without the context.
+            compute: Makes the payload through the versioned cache.
+
+        Returns:
+            The response of :meth:`_respond`.
+        """
+        payload = compute()
+        ctx, eid = _request_scope(request)
+        self._refresher.watch((eid, *key), lambda: self._encoded(compute()))
+        return self._respond(request, payload)
 
     @wrappers.Request.application
     def runs_route(self, request):
@@ -215,8 +235,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def flags_route(self, request):
         """Answers ``flags?run=RUN`` (contract)."""
         run = _required_param(request.args, "run")
-        return self._respond(
-            request, self.data.flags_impl(*_request_scope(request), run)
+        ctx, eid = _request_scope(request)
+        return self._respond_view(
+            request, ("flags", run), lambda: self.data.flags_impl(ctx, eid, run)
         )
 
     @wrappers.Request.application
@@ -225,13 +246,22 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         args = request.args
         run, key = _required_param(args, "run"), _required_param(args, "key")
         n = _downsample_param(args)
-        payload = self.data.series_impl(*_request_scope(request), run, key, n)
-        return self._respond(request, payload)
+        ctx, eid = _request_scope(request)
+        return self._respond_view(
+            request,
+            ("series", run, key, n),
+            lambda: self.data.series_impl(ctx, eid, run, key, n),
+        )
 
     @wrappers.Request.application
     def overview_route(self, request):
         """Answers ``overview?run=RUN[&downsample=N]``."""
-        return self._respond(request, self.data.overview_impl(*_run_view_args(request)))
+        ctx, eid, run, n = _run_view_args(request)
+        return self._respond_view(
+            request,
+            ("overview", run, n),
+            lambda: self.data.overview_impl(ctx, eid, run, n),
+        )
 
     @wrappers.Request.application
     def layers_route(self, request):
@@ -242,21 +272,31 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         buckets = _int_param(
             args, "buckets", shaping.DEFAULT_HEATMAP_BUCKETS, 1, MAX_HEATMAP_BUCKETS
         )
-        payload = self.data.layers_impl(*_request_scope(request), run, stat, buckets)
-        return self._respond(request, payload)
+        ctx, eid = _request_scope(request)
+        return self._respond_view(
+            request,
+            ("layers", run, stat, buckets),
+            lambda: self.data.layers_impl(ctx, eid, run, stat, buckets),
+        )
 
     @wrappers.Request.application
     def slices_route(self, request):
         """Answers ``slices[?run=RUN...][&downsample=N]``."""
-        return self._respond(
-            request, self.data.slices_impl(*self._runs_view_args(request))
+        ctx, eid, runs, n = self._runs_view_args(request)
+        return self._respond_view(
+            request,
+            ("slices", tuple(runs), n),
+            lambda: self.data.slices_impl(ctx, eid, runs, n),
         )
 
     @wrappers.Request.application
     def loss_components_route(self, request):
         """Answers ``loss_components[?run=RUN...][&downsample=N]``."""
-        return self._respond(
-            request, self.data.loss_components_impl(*self._runs_view_args(request))
+        ctx, eid, runs, n = self._runs_view_args(request)
+        return self._respond_view(
+            request,
+            ("loss_components", tuple(runs), n),
+            lambda: self.data.loss_components_impl(ctx, eid, runs, n),
         )
 
     @wrappers.Request.application
@@ -264,15 +304,21 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         """Answers ``curvature?run=RUN[&downsample=N][&step=S]``."""
         # No step: the latest density; a step not logged gives the one before it.
         step = _int_param(request.args, "step", None, 0, MAX_STEP)
-        return self._respond(
-            request, self.data.curvature_impl(*_run_view_args(request), step)
+        ctx, eid, run, n = _run_view_args(request)
+        return self._respond_view(
+            request,
+            ("curvature", run, n, step),
+            lambda: self.data.curvature_impl(ctx, eid, run, n, step),
         )
 
     @wrappers.Request.application
     def trajectory_route(self, request):
         """Answers ``trajectory[?run=RUN...]``."""
-        return self._respond(
-            request, self.data.trajectory_impl(*self._runs_scope(request))
+        ctx, eid, runs = self._runs_scope(request)
+        return self._respond_view(
+            request,
+            ("trajectory", tuple(runs)),
+            lambda: self.data.trajectory_impl(ctx, eid, runs),
         )
 
     def _runs_scope(self, request) -> tuple[Any, str, list[str]]:
@@ -288,8 +334,12 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def health_route(self, request):
         """Answers ``health[?run=RUN...]``: the health table."""
         ctx, eid = _request_scope(request)
-        payload = self.data.health_impl(ctx, eid, _runs_param(request.args))
-        return self._respond(request, payload)
+        runs = _runs_param(request.args)
+        return self._respond_view(
+            request,
+            ("health", None if runs is None else tuple(runs)),
+            lambda: self.data.health_impl(ctx, eid, runs),
+        )
 
     @wrappers.Request.application
     def last_finite_route(self, request):

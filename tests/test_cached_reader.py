@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from tensorboard import context as tb_context
@@ -96,3 +99,59 @@ def test_version_stamp_changes_when_a_series_grows():
     assert cached_reader.version_stamp(before) != cached_reader.version_stamp(after)
     assert cached_reader.kind_of("layer/grad_norm") == "tensor"
     assert cached_reader.kind_of("step/loss") == "scalar"
+
+
+def test_memo_computes_a_key_once_for_concurrent_callers():
+    """A caller that asks for a key being computed waits and gets the same value."""
+    cache = cached_reader.LRUCache()
+    started, release = threading.Event(), threading.Event()
+    calls = []
+
+    def slow():
+        calls.append(1)
+        started.set()
+        release.wait(10.0)
+        return {"value": len(calls)}
+
+    results = []
+    first = threading.Thread(target=lambda: results.append(cache.memo(("k",), slow)))
+    first.start()
+    assert started.wait(10.0)
+    second = threading.Thread(target=lambda: results.append(cache.memo(("k",), slow)))
+    second.start()
+    time.sleep(0.05)  # the second caller is waiting on the first's computation
+    release.set()
+    first.join(10.0)
+    second.join(10.0)
+    assert len(calls) == 1 and results[0] is results[1]
+
+
+def test_memo_hands_the_error_to_every_waiting_caller_and_caches_nothing():
+    """A failed computation raises in the waiting caller too; the next one retries."""
+    cache = cached_reader.LRUCache()
+    started, release = threading.Event(), threading.Event()
+
+    def failing():
+        started.set()
+        release.wait(10.0)
+        raise errors.NotFoundError("gone")
+
+    outcome = []
+
+    def call():
+        try:
+            cache.memo(("k",), failing)
+        except errors.NotFoundError as err:
+            outcome.append(str(err))
+
+    first = threading.Thread(target=call)
+    first.start()
+    assert started.wait(10.0)
+    second = threading.Thread(target=call)
+    second.start()
+    time.sleep(0.05)
+    release.set()
+    first.join(10.0)
+    second.join(10.0)
+    assert len(outcome) == 2
+    assert cache.memo(("k",), lambda: "again") == "again"
