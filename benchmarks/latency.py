@@ -26,9 +26,11 @@ With ``--callback`` the run is written by a real ``fit`` of a many-layer tiny ML
 appended steps by a second ``fit``; the fit's wall time is printed.
 
 Run: ``python benchmarks/latency.py [--steps N] [--vars K] [--logdir DIR]
-[--load_fast true|false] [--skip_check] [--browser] [--callback]``; ``--browser``
-also times view switches of the tab in headless Chromium; a ``--logdir`` that
-already holds the run is reused (writing 100,000 steps takes a few minutes).
+[--load_fast true|false] [--skip_check] [--browser] [--callback]
+[--health_runs N]``; ``--browser`` also times view switches of the tab in headless
+Chromium; ``--health_runs 200`` also times the health table over 200 runs (copies of
+one run of ``--health_steps`` steps); a ``--logdir`` that already holds the run is
+reused (writing 100,000 steps takes a few minutes).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +58,7 @@ from tb_gradplugin import (  # noqa: E402
     flag_reads,
     metadata,
     reader,
+    view_refresh,
 )
 from tests import gh_logdirs  # noqa: E402
 
@@ -62,6 +66,9 @@ RUN = "big"
 TARGET_FIRST_MS = 300.0
 TARGET_RELOAD_MS = 100.0
 TARGET_CHECK_S = 15.0
+SETTLE_S = 2 * view_refresh.INTERVAL_S + 1.0
+"""Seconds after TensorBoard serves new steps that the settled request waits: two
+passes of the plugin's background refresh of the views a user looks at."""
 
 
 def write_run(
@@ -240,6 +247,16 @@ def block_summaries(pending: list, content: dict) -> dict[str, tuple]:
     return out
 
 
+def append_steps(args, run_dir: str, first: int) -> None:
+    """Appends ``args.append`` steps to the run from step ``first``."""
+    if args.callback:
+        write_callback_run(run_dir, args.append, args.vars, 1, first)
+    else:
+        last = first + args.append - 1
+        write_run(run_dir, first, last, args.vars, args.window, args.block)
+    print(f"appended {args.append} steps")
+
+
 def timed_get(url: str) -> float:
     """Returns the seconds one GET takes, body read to the end."""
     t0 = time.perf_counter()
@@ -332,6 +349,74 @@ def routes(base: str) -> dict[str, str]:
     }
 
 
+def runs_served_to(base: str, runs: list[str], step: int) -> bool:
+    """Whether TensorBoard serves every one of ``runs`` up to ``step``."""
+    for run in runs:
+        url = f"{base}/data/plugin/gradient_health/tags?run={run}"
+        try:
+            with urllib.request.urlopen(url, timeout=600) as resp:
+                tags = json.loads(resp.read())
+            if tags["scalars"]["step/loss"]["max_step"] < step:
+                return False
+        except (OSError, KeyError):
+            return False
+    return True
+
+
+def health_table_times(args) -> dict[str, float]:
+    """Seconds of the health table's requests over ``--health_runs`` runs.
+
+    Every run is a copy of one written run of ``--health_steps`` steps and 10
+    variables (the table computes each run's row on its own); the appended steps
+    are one event file copied into every run.
+
+    Returns:
+        ``{"first", "warm", "reload", "settled"}`` as for the view routes.
+    """
+    names = [f"run_{i:03d}" for i in range(args.health_runs)]
+    scratch = tempfile.mkdtemp(prefix="gh_health_")
+    root = os.path.join(scratch, "logs")
+    steps = args.health_steps
+
+    def write_everywhere(first: int, last: int) -> None:
+        part = os.path.join(scratch, f"part_{first}")
+        write_run(part, first, last, 10, 100, 100)
+        for name in names:
+            shutil.copytree(part, os.path.join(root, name), dirs_exist_ok=True)
+
+    write_everywhere(1, steps)
+    port = gh_logdirs.free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = gh_logdirs.start_tensorboard(
+        root, port, f"--load_fast={args.load_fast}", "--reload_interval=1"
+    )
+    url = f"{base}/data/plugin/gradient_health/health"
+
+    def wait_all(step: int) -> None:
+        deadline = time.time() + 1800
+        while not runs_served_to(base, names, step):
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("tensorboard did not load the runs")
+            time.sleep(1.0)
+
+    try:
+        wait_all(steps)
+        out = {"first": timed_get(url)}
+        out["warm"] = statistics.median(timed_get(url) for _ in range(args.repeats))
+        write_everywhere(steps + 1, steps + args.health_append)
+        wait_all(steps + args.health_append)
+        out["reload"] = timed_get(url)
+        write_everywhere(steps + args.health_append + 1, steps + 2 * args.health_append)
+        wait_all(steps + 2 * args.health_append)
+        time.sleep(SETTLE_S)
+        out["settled"] = timed_get(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
+
+
 def check_times(logdir: str) -> tuple[float, float]:
     """Wall seconds of ``tb-gradhealth check`` and of the data-server read + check."""
     t0 = time.perf_counter()
@@ -377,6 +462,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time view switches of the tab in headless Chromium",
     )
+    parser.add_argument(
+        "--health_runs",
+        type=int,
+        default=0,
+        help="also time the health table over this many runs (0: not)",
+    )
+    parser.add_argument("--health_steps", type=int, default=2000)
+    parser.add_argument("--health_append", type=int, default=100)
     args = parser.parse_args(argv)
 
     root = args.logdir or tempfile.mkdtemp(prefix="gh_latency_")
@@ -412,20 +505,16 @@ def main(argv: list[str] | None = None) -> int:
             name: statistics.median(timed_get(url) for _ in range(args.repeats))
             for name, url in urls.items()
         }
-        if args.callback:
-            write_callback_run(run_dir, args.append, args.vars, 1, last + 1)
-        else:
-            write_run(
-                run_dir,
-                last + 1,
-                last + args.append,
-                args.vars,
-                args.window,
-                args.block,
-            )
-        print(f"appended {args.append} steps")
+        append_steps(args, run_dir, last + 1)
         wait_for_step(base, last + args.append, proc)
         reload = {name: timed_get(url) for name, url in urls.items()}
+        # A user reloading a few seconds after TensorBoard has the new steps
+        # finds the views the plugin kept current in the background.
+        append_steps(args, run_dir, last + args.append + 1)
+        wait_for_step(base, last + 2 * args.append, proc)
+        time.sleep(SETTLE_S)
+        settled = {name: timed_get(url) for name, url in urls.items()}
+        last = served_step(base)
         switch = view_switch_times(base) if args.browser else {}
     finally:
         proc.terminate()
@@ -434,7 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{last} steps x {args.vars} variables (load_fast={args.load_fast}), "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'route':<24}{'first ms':>10}{'warm ms':>9}{'reload ms':>11}  targets")
+    print(
+        f"{'route':<24}{'first ms':>10}{'warm ms':>9}{'reload ms':>11}"
+        f"{'settled ms':>12}  targets"
+    )
     for name in urls:
         ok = (
             ""
@@ -448,16 +540,30 @@ def main(argv: list[str] | None = None) -> int:
                     "reload ok"
                     if reload[name] * 1e3 <= TARGET_RELOAD_MS
                     else "RELOAD SLOW",
+                    "settled ok"
+                    if settled[name] * 1e3 <= TARGET_RELOAD_MS
+                    else "SETTLED SLOW",
                 ]
             )
         )
         print(
             f"{name:<24}{first[name] * 1e3:>10.1f}{warm[name] * 1e3:>9.1f}"
-            f"{reload[name] * 1e3:>11.1f}{ok}"
+            f"{reload[name] * 1e3:>11.1f}{settled[name] * 1e3:>12.1f}{ok}"
         )
-    print(f"(warm: median of {args.repeats}; reload: first after {args.append} steps)")
+    print(
+        f"(warm: median of {args.repeats}; reload: the first request once TensorBoard"
+        f" serves {args.append} new steps; settled: the same {SETTLE_S:.0f} s later,"
+        " after another append)"
+    )
     for view, sec in switch.items():
         print(f"view switch in Chromium, {view:<16}{sec * 1e3:>8.0f} ms (median of 3)")
+    if args.health_runs:
+        took = health_table_times(args)
+        print(
+            f"\nhealth table of {args.health_runs} runs x {args.health_steps} steps:"
+            + "".join(f" {k} {v * 1e3:.0f} ms," for k, v in took.items())
+            + f" (append {args.health_append} steps to every run)"
+        )
     if not args.skip_check:
         cli, fast = check_times(root)
         print(f"\ntb-gradhealth check: {cli:.1f} s (target {TARGET_CHECK_S:.0f} s)")
