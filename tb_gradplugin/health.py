@@ -29,6 +29,10 @@ SPARKLINE_POINTS = 60
 _ROW_CACHE_ENTRIES = 1024
 """Rows kept: one per run and data version (the table holds up to 200 runs)."""
 
+FEW_RUNS = 4
+"""Most runs of a table listed one by one, through the plugin's per-run listings
+(shared with the run's other views); more are listed in one call per kind."""
+
 _LISTINGS_KEPT = 16
 """Listings kept: one per experiment and run selection asked for."""
 
@@ -195,6 +199,10 @@ class HealthTable:
         run_report: ``(ctx, eid, run, versions) -> dict``, the ``flags``
             route's cached report, so a row and the run's flags come from one
             diagnosis; ``versions`` is the run's listing made by this table.
+        run_versions: ``(ctx, eid, run) -> {key: TagVersion}``, the plugin's
+            cached listing of one run (empty for an unknown run), used for a
+            table of at most :data:`FEW_RUNS` runs. Defaults to ``None``: list
+            every table in one listing per kind.
     """
 
     def __init__(
@@ -202,10 +210,12 @@ class HealthTable:
         provider: Callable[[], tb_provider.DataProvider],
         read_run_data: Callable[..., reader.RunData],
         run_report: Callable[..., dict],
+        run_versions: Callable[..., dict] | None = None,
     ):
         self._provider = provider
         self._read_run_data = read_run_data
         self._run_report = run_report
+        self._run_versions = run_versions
         self._rows: collections.OrderedDict = collections.OrderedDict()
         self._listings: dict[tuple, tuple[float, dict]] = {}
         self._lock = threading.Lock()
@@ -227,6 +237,10 @@ class HealthTable:
             ``{run: {key: TagVersion}}``
             for the runs that hold gradient-health data.
         """
+        if runs is not None and len(runs) <= FEW_RUNS and self._run_versions:
+            # The views of these runs list them too: share their listings.
+            found = {run: self._run_versions(ctx, eid, run) for run in runs}
+            return {run: v for run, v in found.items() if v}
         key = (eid, None if runs is None else tuple(runs))
         now = time.monotonic()
         with self._lock:

@@ -17,15 +17,13 @@ instead of starting another). Imports no TensorFlow.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["INTERVAL_S", "MAX_WATCHED", "NICENESS", "WATCH_S", "ViewRefresher"]
+__all__ = ["INTERVAL_S", "MAX_WATCHED", "WATCH_S", "ViewRefresher"]
 
 INTERVAL_S = 2.0
 """Seconds between two passes over the watched views. TensorBoard reloads a
@@ -39,9 +37,6 @@ auto-reload asks again every 30 s while the tab is open)."""
 MAX_WATCHED = 32
 """Most views kept current at once, the most recently requested ones."""
 
-NICENESS = 10
-"""The refresher thread's nice value on Linux (0 is the default, 19 the lowest)."""
-
 _LOG = logging.getLogger(__name__)
 
 
@@ -51,7 +46,9 @@ class ViewRefresher:
     The thread starts with the first :meth:`watch` and waits (no listing, no
     read) while nothing is watched; its first pass comes ``interval_s`` after
     a request. A pass takes at most half of the thread's time: after a pass of
-    ``t`` seconds it sleeps ``max(interval_s, t)``.
+    ``t`` seconds it sleeps ``max(interval_s, t)``. It runs at the requests'
+    priority, as a request often waits for its work (niced, it was starved on
+    a busy machine and such a request waited seconds).
 
     Args:
         interval_s: Seconds between passes. Defaults to :data:`INTERVAL_S`.
@@ -125,12 +122,6 @@ class ViewRefresher:
                 _LOG.debug("refreshing %r failed", key, exc_info=True)
 
     def _loop(self) -> None:
-        # Linux nices a thread by its id: requests answered on TensorBoard's
-        # own threads go first; one waiting for this thread's work still gets
-        # it sooner than by starting the same computation again. Elsewhere, or
-        # when not permitted, the thread runs at normal priority.
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
         pause = self._interval_s  # the request that watched just computed it
         while True:
             self._wake.clear()  # before the check: a watch() after it wakes the wait

@@ -131,3 +131,26 @@ def test_a_request_for_an_unknown_run_is_not_watched(tmp_path):
     assert gh_plugin._refresher.watched() == []
     assert _get(gh_plugin, "/flags", "run=r").status_code == 200
     assert gh_plugin._refresher.watched() == [("", "flags", "r")]
+
+
+def test_the_health_table_is_kept_current_too(tmp_path, monkeypatch):
+    """A pass after a run grew recomputes the health table's row of that run."""
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+    steps = np.arange(1, 101)
+    for run in ("a", "b"):
+        eventfiles.write_run(tmp_path, run, steps=steps, loss=np.ones(100))
+    multiplexer, gh_plugin = _live_plugin(tmp_path)
+    first = _get(gh_plugin, "/health", "").json
+    assert [row["last_step"] for row in first["runs"]] == [100, 100]
+    eventfiles.write_run(
+        tmp_path, "b", steps=np.arange(101, 151), loss=np.ones(50), filename_suffix=".b"
+    )
+    multiplexer.Reload()
+    table = gh_plugin.data._health
+    b_versions = table.versions(tb_context.RequestContext(), "", ["b"])["b"]
+    stamp = tuple(sorted((k, v[1], v[2]) for k, v in b_versions.items()))
+    assert ("", "b", stamp) not in table._rows
+    gh_plugin._refresher.run_once()
+    assert table._rows[("", "b", stamp)]["last_step"] == 150
+    rows = _get(gh_plugin, "/health", "").json["runs"]
+    assert [row["last_step"] for row in rows] == [100, 150]
