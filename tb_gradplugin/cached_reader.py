@@ -21,16 +21,20 @@ from tensorboard.data import provider as tb_provider
 
 from tb_gradplugin import metadata
 from tb_gradplugin.metadata import tag_key
-from tb_gradplugin.reader import RunData, Series, list_runs, read_run
+from tb_gradplugin.reader import RunData, Series, list_runs, read_run, read_runs
 
 LISTING_TTL_S = 1.0
 """Seconds a run's tag listing is reused. A listing costs 13–40 ms on the Rust
 data server (measured, TensorBoard 2.21) and the data changes at most every
 ``--reload_interval`` (5 s by default), so the requests of one view share one."""
 
-CACHE_ENTRIES = 256
-"""Entries the reader's cache keeps: series (at most a few MB each for 100,000
-steps), tag listings and the payloads derived from them."""
+CACHE_ENTRIES = 8192
+"""Entries the reader's cache keeps: series, tag listings and the payloads
+derived from them (the health table of 200 runs holds ~20 series a run)."""
+
+CACHE_BYTES = 512 * 2**20
+"""Bytes of series the reader's cache keeps: a scalar series of 100,000 steps is
+2.4 MB (step, wall time and value a point), a 100-variable tensor ~100 MB."""
 
 
 def kind_of(key: str) -> str:
@@ -72,11 +76,16 @@ class LRUCache:
 
     Args:
         capacity: The most entries kept. Defaults to :data:`CACHE_ENTRIES`.
+        max_bytes: The most bytes of series (their arrays) kept; other
+            values count as none. Defaults to :data:`CACHE_BYTES`.
     """
 
-    def __init__(self, capacity: int = CACHE_ENTRIES):
+    def __init__(self, capacity: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES):
         self._capacity = capacity
+        self._max_bytes = max_bytes
         self._entries: collections.OrderedDict = collections.OrderedDict()
+        self._sizes: dict[tuple, int] = {}
+        self._bytes = 0
         self._pending: dict[tuple, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
 
@@ -93,11 +102,17 @@ class LRUCache:
 
     def put(self, key: tuple, value: Any) -> None:
         """Stores ``value`` under ``key``, evicting the oldest entries over capacity."""
+        size = _nbytes(value)
         with self._lock:
+            self._bytes += size - self._sizes.get(key, 0)
             self._entries[key] = value
+            self._sizes[key] = size
             self._entries.move_to_end(key)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+            while len(self._entries) > 1 and (
+                len(self._entries) > self._capacity or self._bytes > self._max_bytes
+            ):
+                old, _ = self._entries.popitem(last=False)
+                self._bytes -= self._sizes.pop(old)
 
     def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """Returns the value under ``key``, computing and storing it when absent.
@@ -341,6 +356,34 @@ class CachedReader:
                     self._cache.put(_series_key(eid, run, key, versions[key]), series)
         return found
 
+    def prefetch(self, ctx, eid: str, wanted: dict[str, dict[str, TagVersion]]) -> None:
+        """Reads the series of several runs not yet cached, one call per kind.
+
+        For the small series of many runs (scalars, block summaries), before
+        each run's own reads, which then come from the cache
+        (:func:`tb_gradplugin.reader.read_runs`).
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            wanted: Run -> key -> :class:`TagVersion` of the series to read.
+        """
+        missing = {
+            run: {
+                key: (version.kind, version.content)
+                for key, version in versions.items()
+                if self._cache.get(_series_key(eid, run, key, version)) is None
+            }
+            for run, versions in wanted.items()
+        }
+        missing = {run: keys for run, keys in missing.items() if keys}
+        if not missing:
+            return
+        found = read_runs(self.provider, missing, ctx, experiment_id=eid)
+        for run, data in found.items():
+            for key, series in (*data.scalars.items(), *data.tensors.items()):
+                self._cache.put(_series_key(eid, run, key, wanted[run][key]), series)
+
     def read_run_data(
         self, ctx, eid: str, run: str, versions: dict[str, TagVersion] | None = None
     ) -> RunData:
@@ -368,6 +411,13 @@ class CachedReader:
             target = data.scalars if versions[key].kind == "scalar" else data.tensors
             target[key] = s
         return data
+
+
+def _nbytes(value: Any) -> int:
+    """The bytes of a series' arrays; 0 for any other value."""
+    if isinstance(value, Series):
+        return int(value.steps.nbytes + value.values.nbytes + value.wall_times.nbytes)
+    return 0
 
 
 def version_stamp(versions: dict[str, TagVersion]) -> tuple:

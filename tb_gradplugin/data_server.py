@@ -78,6 +78,32 @@ def read_points(
         caller then uses the public API, which also turns gRPC errors into
         TensorBoard's).
     """
+    found = read_points_of_runs(provider, kind, experiment_id, [run], tags, downsample)
+    return None if found is None else found.get(run, {})
+
+
+def read_points_of_runs(
+    provider, kind: str, experiment_id: str, runs, tags, downsample: int
+) -> dict[str, dict[str, Points]] | None:
+    """Reads the same tags of several runs in one call per group of tags.
+
+    As :func:`read_points`, for many runs at once: the health table reads the
+    scalars of 200 runs in one call instead of 200 (a call costs 10-40 ms on
+    the Rust data server whatever it holds). Only for series small enough to
+    share an answer (scalars, block summaries).
+
+    Args:
+        provider: A data provider.
+        kind: ``"scalar"`` or ``"tensor"``.
+        experiment_id: The experiment.
+        runs: The runs.
+        tags: The tags to read (a run without one of them is skipped for it).
+        downsample: Most points per series.
+
+    Returns:
+        Run -> tag -> ``(steps, wall_times, values)``, or ``None`` as for
+        :func:`read_points`.
+    """
     stub = getattr(provider, "_stub", None)
     if not isinstance(provider, grpc_provider.GrpcDataProvider) or stub is None:
         return None
@@ -90,12 +116,12 @@ def read_points(
         # 10-150 ms on a busy machine: they share one.
         small = sorted(t for t in tags if t.startswith(_BLOCK_TAG_PREFIX))
         groups = [[t] for t in sorted(tags) if t not in small] + [small] * bool(small)
-    out: dict[str, Points] = {}
+    out: dict[str, dict[str, Points]] = {}
     for group in groups:
         req = new_request()
         req.experiment_id = experiment_id
         req.plugin_filter.plugin_name = metadata.PLUGIN_NAME
-        req.run_tag_filter.runs.names[:] = [run]
+        req.run_tag_filter.runs.names[:] = sorted(runs)
         req.run_tag_filter.tags.names[:] = group
         req.downsample.num_points = downsample
         try:
@@ -103,6 +129,7 @@ def read_points(
         except grpc.RpcError:
             return None
         for run_entry in res.runs:
+            found = out.setdefault(run_entry.run_name, {})
             for tag_entry in run_entry.tags:
                 d = tag_entry.data
                 values = (
@@ -112,7 +139,7 @@ def read_points(
                 )
                 if values is None:
                     return None
-                out[tag_entry.tag_name] = (
+                found[tag_entry.tag_name] = (
                     np.array(d.step, dtype=np.int64),
                     np.array(d.wall_time, dtype=np.float64),
                     values,

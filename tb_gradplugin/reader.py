@@ -109,7 +109,19 @@ def _read_points(
     provider, ctx, kind: str, experiment_id: str, run: str, tags, downsample: int
 ) -> dict[str, data_server.Points]:
     """Reads some series of one kind of a run as arrays, by tag."""
-    fast = data_server.read_points(provider, kind, experiment_id, run, tags, downsample)
+    found = _read_points_of_runs(
+        provider, ctx, kind, experiment_id, [run], tags, downsample
+    )
+    return found.get(run, {})
+
+
+def _read_points_of_runs(
+    provider, ctx, kind: str, experiment_id: str, runs, tags, downsample: int
+) -> dict[str, dict[str, data_server.Points]]:
+    """Reads some series of one kind of several runs as arrays, by run and tag."""
+    fast = data_server.read_points_of_runs(
+        provider, kind, experiment_id, runs, tags, downsample
+    )
     if fast is not None:
         return fast
     read = provider.read_scalars if kind == "scalar" else provider.read_tensors
@@ -118,19 +130,70 @@ def _read_points(
         experiment_id=experiment_id,
         plugin_name=metadata.PLUGIN_NAME,
         downsample=downsample,
-        run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=tags),
+        run_tag_filter=tb_provider.RunTagFilter(runs=list(runs), tags=tags),
     )
-    out: dict[str, data_server.Points] = {}
-    for tag, datums in points.get(run, {}).items():
-        if kind == "scalar":
-            values = np.array([d.value for d in datums], dtype=np.float64)
-        else:
-            values = _stack([d.numpy for d in datums])
-        out[tag] = (
-            np.array([d.step for d in datums], dtype=np.int64),
-            np.array([d.wall_time for d in datums], dtype=np.float64),
-            values,
+    out: dict[str, dict[str, data_server.Points]] = {}
+    for run, by_tag in points.items():
+        for tag, datums in by_tag.items():
+            if kind == "scalar":
+                values = np.array([d.value for d in datums], dtype=np.float64)
+            else:
+                values = _stack([d.numpy for d in datums])
+            out.setdefault(run, {})[tag] = (
+                np.array([d.step for d in datums], dtype=np.int64),
+                np.array([d.wall_time for d in datums], dtype=np.float64),
+                values,
+            )
+    return out
+
+
+def read_runs(
+    provider: tb_provider.DataProvider,
+    listed: Mapping[str, Mapping[str, tuple[str, bytes]]],
+    ctx=None,
+    *,
+    experiment_id: str = "",
+) -> dict[str, RunData]:
+    """Reads listed series of several runs, in one provider call per kind.
+
+    For the small series of many runs (scalars, block summaries): a call costs
+    10-40 ms on the Rust data server whatever it holds, so the health table
+    reads the scalars of 200 runs in one call instead of 200. Every point is
+    read; a per-step tensor of a long run is better read by :func:`read_run`,
+    one tag per call.
+
+    Args:
+        provider: A TensorBoard data provider.
+        listed: Run -> key -> ``(kind, PluginData content)``, as for
+            :func:`read_run`'s ``listed``.
+        ctx: The request context. Defaults to ``None``.
+        experiment_id: The experiment. Defaults to ``""``.
+
+    Returns:
+        Run -> its series; a listed series that the provider no longer holds
+        is left out.
+    """
+    ctx = ctx or tb_context.RequestContext()
+    out = {run: RunData(run=run) for run in listed}
+    for kind in ("scalar", "tensor"):
+        contents = {
+            run: {
+                metadata.TAG_PREFIX + key: content
+                for key, (k, content) in keys.items()
+                if k == kind
+            }
+            for run, keys in listed.items()
+        }
+        runs = [run for run, tags in contents.items() if tags]
+        if not runs:
+            continue
+        tags = set().union(*(contents[run] for run in runs))
+        points = _read_points_of_runs(
+            provider, ctx, kind, experiment_id, runs, tags, ALL_POINTS
         )
+        for run in runs:
+            target = out[run].scalars if kind == "scalar" else out[run].tensors
+            _put(target, points.get(run, {}), contents[run])
     return out
 
 
@@ -289,6 +352,11 @@ def _read_into(
     points = _read_points(
         provider, ctx, kind, experiment_id, run, set(contents), downsample
     )
+    _put(target, points, contents)
+
+
+def _put(target: dict, points: dict, contents: Mapping[str, bytes]) -> None:
+    """Stores the points read of the tags of ``contents`` as Series, by key."""
     for tag, (steps, wall_times, values) in points.items():
         key = metadata.tag_key(tag)
         if key is None or tag not in contents:

@@ -75,6 +75,7 @@ class ViewData(compare_views.CompareViews, export_views.PointViews):
             data_reader.read_run_data,
             self.flags_impl,
             data_reader.tag_versions,
+            data_reader.prefetch,
         )
         self._reader = data_reader
 

@@ -155,3 +155,63 @@ def test_memo_hands_the_error_to_every_waiting_caller_and_caches_nothing():
     second.join(10.0)
     assert len(outcome) == 2
     assert cache.memo(("k",), lambda: "again") == "again"
+
+
+class _CountingProvider:
+    """A real provider whose read calls are counted (everything else delegated)."""
+
+    def __init__(self, provider):
+        self._provider = provider
+        self.reads = 0
+
+    def __getattr__(self, name):
+        return getattr(self._provider, name)
+
+    def read_scalars(self, *args, **kwargs):
+        self.reads += 1
+        return self._provider.read_scalars(*args, **kwargs)
+
+    def read_tensors(self, *args, **kwargs):
+        self.reads += 1
+        return self._provider.read_tensors(*args, **kwargs)
+
+
+def test_prefetch_reads_many_runs_in_one_call_and_later_reads_hit_the_cache(tmp_path):
+    """After prefetch, every run's read_series is the cached series, no new call."""
+    for i in range(5):
+        eventfiles.write_run(
+            tmp_path, f"r{i}", steps=np.arange(1, 21), loss=np.full(20, float(i))
+        )
+    _, provider = _live_provider(tmp_path)
+    counting = _CountingProvider(provider)
+    cached = cached_reader.CachedReader(counting)
+    ctx = tb_context.RequestContext()
+    versions = {f"r{i}": cached.known_run(ctx, "", f"r{i}") for i in range(5)}
+    cached.prefetch(ctx, "", versions)
+    assert counting.reads == 1  # scalars only: one call for the five runs
+    for i in range(5):
+        got = cached.read_series(ctx, "", f"r{i}", ["step/loss"], versions[f"r{i}"])
+        assert got["step/loss"].values.tolist() == [float(i)] * 20
+    assert counting.reads == 1
+    cached.prefetch(ctx, "", versions)  # all cached: nothing read
+    assert counting.reads == 1
+
+
+def test_the_cache_keeps_series_within_its_byte_budget():
+    """Series past the byte budget evict the oldest entries; payloads weigh none."""
+    cache = cached_reader.LRUCache(capacity=100, max_bytes=3 * 24 * 1000)
+    for i in range(5):
+        n = 1000
+        cache.put(
+            ("s", i),
+            reader.Series(
+                steps=np.arange(n),
+                values=np.zeros(n),
+                wall_times=np.zeros(n),
+                content={},
+            ),
+        )
+        cache.put(("payload", i), {"small": i})
+    assert [cache.get(("s", i)) is not None for i in range(5)] == [0, 0, 1, 1, 1]
+    assert all(cache.get(("payload", i)) == {"small": i} for i in range(2, 5))
+    assert len(cache) == 7  # 3 series and the payloads put after the evicted ones

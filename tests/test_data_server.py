@@ -72,3 +72,49 @@ def test_data_server_provider_rejects_a_missing_logdir(tmp_path):
         data_server.data_server_provider(tmp_path / "missing"),
     ):
         pass
+
+
+def _listed(provider, run: str) -> dict:
+    """Key -> (kind, content) of a run's series, from its listing."""
+    found = reader.listing(provider, run)
+    return {key: (kind, content) for key, (kind, content, _) in found.items()}
+
+
+def test_read_runs_reads_several_runs_as_read_run_does_on_both_paths(tmp_path):
+    """One call per kind for several runs gives each run's read_run, point for point."""
+    steps = np.arange(1, 301)
+    for i, run in enumerate(("a", "b", "c")):
+        loss = np.linspace(3, 1, 300) + i
+        loss[50 * (i + 1)] = np.nan
+        eventfiles.write_run(
+            tmp_path,
+            run,
+            steps=steps[: 100 * (i + 1)],
+            loss=loss[: 100 * (i + 1)],
+            grad_norm=np.full(100 * (i + 1), float(i)),
+            tensors={"block/step/loss": (steps[:2] * 100, np.ones((2, 11)) * i)},
+        )
+    python = reader.provider_for_logdir(tmp_path)
+    want = {run: reader.read_run(python, run) for run in ("a", "b", "c")}
+    listed = {run: _listed(python, run) for run in ("a", "b", "c")}
+    got_python = reader.read_runs(python, listed)
+    try:
+        with data_server.data_server_provider(tmp_path) as provider:
+            got_rust = reader.read_runs(provider, listed)
+            fast = data_server.read_points_of_runs(
+                provider, "scalar", "", ["a", "c"], {"gradient_health/step/loss"}, 10**9
+            )
+    except server_ingester.NoDataServerError as err:
+        pytest.skip(f"no Rust data server: {err}")
+    assert sorted(fast) == ["a", "c"]
+    for got in (got_python, got_rust):
+        assert sorted(got) == ["a", "b", "c"]
+        for run, data in got.items():
+            assert sorted(data.scalars) == sorted(want[run].scalars)
+            assert sorted(data.tensors) == ["block/step/loss"]
+            for key in ("step/loss", "step/grad_norm", "block/step/loss"):
+                a = data.scalars.get(key) or data.tensors[key]
+                b = want[run].scalars.get(key) or want[run].tensors[key]
+                np.testing.assert_array_equal(a.steps, b.steps)
+                np.testing.assert_array_equal(a.values, b.values)
+                assert a.content == b.content
