@@ -231,15 +231,71 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     scatter = tab.series("norms")["grad norm vs param norm"]
     ref = http_json(tensorboard["base"], "overview", run="healthy")["norms"]
     assert [p[0] for p in scatter] == ref["x"] and [p[1] for p in scatter] == ref["y"]
-    # Both axes span the smallest to the largest norm, so the diagonal is in view.
+    # Both axes span the same range around every norm, so the diagonal is in view;
+    # on the log axes its ends are powers of ten (ticks, labelled once).
     norms = tab.eval("() => window.__gradHealth.charts.norms.getOption()")
-    span = min(ref["x"] + ref["y"]), max(ref["x"] + ref["y"])
-    assert (norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]) == span
-    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == span
+    ends = norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]
+    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == ends
+    assert ends[0] <= min(ref["x"] + ref["y"]) and max(ref["x"] + ref["y"]) <= ends[1]
+    assert all(math.log10(end).is_integer() for end in ends)
     tab.page.wait_for_timeout(300)
     shot = tmp_path / "screenshot-overview.png"
     tab.page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
+
+
+DRAWN_TEXTS = """([chart, kinds]) => {
+  // The texts a chart's components drew, with their boxes on the canvas.
+  // zrender measures a line's height from a CJK glyph (too small where no CJK
+  // font is installed): a box is the text's width by its font size.
+  const c = window.__gradHealth.charts[chart];
+  const out = [];
+  for (const kind of kinds) {
+    const view = c.getViewOfComponentModel(c.getModel().getComponent(kind, 0));
+    view.group.traverse((e) => {
+      if (e.type !== 'text' || e.ignore || e.invisible || !e.style.text) return;
+      const r = e.getBoundingRect();
+      const size = e.style.fontSize || 12;
+      const top = {top: r.y, bottom: r.y + r.height - size}[e.style.verticalAlign]
+        ?? r.y + r.height / 2 - size / 2;
+      const m = e.getComputedTransform() || [1, 0, 0, 1, 0, 0];
+      out.push({kind, text: e.style.text,
+        box: [r.x + m[4], top + m[5], r.x + r.width + m[4], top + size + m[5]]});
+    });
+  }
+  return out;
+}"""
+
+
+def drawn_texts(tab, chart: str, *kinds: str) -> list[dict]:
+    """The visible texts of a chart's components, each with its box [x0, y0, x1, y1]."""
+    return tab.eval(DRAWN_TEXTS, [chart, list(kinds)])
+
+
+def overlapping(texts: list[dict]) -> list[tuple[str, str]]:
+    """The pairs of texts whose boxes overlap."""
+    out = []
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def test_norms_scatter_axis_labels_do_not_overlap(tab):
+    """The norms scatter's axis labels, its ends included, never overlap."""
+    for run in ("synthetic", "healthy"):
+        tab.select_run(run)
+        tab.show("overview")
+        for log in (True, False):
+            if tab.eval("() => window.__gradHealth.state.log") != log:
+                n = tab.renders()
+                tab.frame.click("#gh-log")
+                tab.wait_render(n, "overview")
+            texts = drawn_texts(tab, "norms", "xAxis", "yAxis")
+            assert len(texts) >= 6, texts  # two ends and a name on each axis
+            assert overlapping(texts) == [], (run, log)
 
 
 def test_tooltip_names_run_step_and_exact_value(tab, tensorboard):

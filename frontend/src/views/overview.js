@@ -86,6 +86,31 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   }));
 }
 
+/**
+ * The range both axes of the norms scatter span: [lo, hi] widened to ticks, so
+ * that each end is labelled as a tick is. Ends at the raw norms (0.68 beside the
+ * tick 1) printed their labels over the nearest tick's. ECharts ticks a log axis
+ * every decade up to 10 decades and every 10 decades beyond; a linear axis here
+ * every `interval` (1, 2 or 5 × 10^k, about five of them).
+ */
+function tickedRange(lo, hi, log) {
+  // Decimal strings give the nearest doubles (10 ** -7 is not quite 1e-7).
+  const round = (v) => Number(v.toPrecision(12));
+  if (log) {
+    let a = Math.floor(Math.log10(lo));
+    let b = Math.max(Math.ceil(Math.log10(hi)), a + 1);
+    const decades = b - a < 10 ? 1 : 10;
+    a = Math.floor(a / decades) * decades;
+    b = Math.ceil(b / decades) * decades;
+    return {lo: Number(`1e${a}`), hi: Number(`1e${b}`)};
+  }
+  const rough = (hi - lo) / 5;
+  const unit = 10 ** Math.floor(Math.log10(rough));
+  const interval = round([1, 2, 5, 10].map((m) => m * unit).find((step) => step >= rough));
+  return {lo: round(Math.floor(lo / interval) * interval),
+    hi: round(Math.ceil(hi / interval) * interval), interval};
+}
+
 /** Gradient norm against parameter norm, one dot per step, with the diagonal ‖g‖ = ‖w‖. */
 function normsScatter(app, run, norms, main, color) {
   const s = app.state;
@@ -103,20 +128,21 @@ function normsScatter(app, run, norms, main, color) {
   const xs = pts.map((p) => p[0]).concat(pts.map((p) => p[1]));
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
-  const range = lo < hi ? {lo, hi} : {lo: 'dataMin', hi: 'dataMax'};
+  const range = lo < hi ? tickedRange(lo, hi, s.log) : {lo: 'dataMin', hi: 'dataMax'};
+  const ends = lo < hi ? [range.lo, range.hi] : [lo, hi];
   chart.setOption(baseOption({
     tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
       `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
     // Both axes span the same range, so the diagonal is drawn whatever the norms
     // (a vanishing run's ‖g‖ lies far below its ‖w‖, an exploding one's far above).
     xAxis: valueAxis('parameter norm', s.log, {min: range.lo, max: range.hi,
-      nameLocation: 'middle', nameGap: 24}),
-    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi}),
+      interval: range.interval, nameLocation: 'middle', nameGap: 24}),
+    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi, interval: range.interval}),
     series: [{
       name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
       itemStyle: {color},
       markLine: pts.length ? {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
-        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [lo, lo]}, {coord: [hi, hi]}]]} : undefined,
+        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [ends[0], ends[0]]}, {coord: [ends[1], ends[1]]}]]} : undefined,
     }],
   }));
   if (bad.length) {
