@@ -298,6 +298,19 @@ def test_norms_scatter_axis_labels_do_not_overlap(tab):
             assert overlapping(texts) == [], (run, log)
 
 
+def test_heatmap_colour_bar_labels_each_end_once(tab, tensorboard):
+    """The heatmap's colour bar names each end once, as the logged value."""
+    tab.select_run("healthy")
+    tab.show("layers")
+    body = http_json(tensorboard["base"], "layers", run="healthy", stat="grad_norm")
+    values = [v for row in body["heatmap"]["values"] for v in row]
+    labels = [t["text"] for t in drawn_texts(tab, "heatmap", "visualMap")]
+    assert len(labels) == 2, labels
+    assert sorted(float(label) for label in labels) == pytest.approx(
+        [min(values), max(values)], rel=1e-3
+    )
+
+
 def test_tooltip_names_run_step_and_exact_value(tab, tensorboard):
     """The overview's tooltip names the run, the step and the exact logged value."""
     tab.select_run("healthy")
