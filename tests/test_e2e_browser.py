@@ -500,6 +500,36 @@ def test_curvature_view_draws_min_ratio_against_loss(tab, tensorboard):
     np.testing.assert_allclose(xy, traj["runs"]["synthetic"]["xy"], rtol=1e-12)
 
 
+def test_curvature_over_training_draws_each_quantity_in_a_colour_of_its_own(tab):
+    """Each curvature quantity has its own palette colour and legend entry."""
+    tab.select_run("synthetic")
+    tab.show("curvature")
+    option = tab.eval("() => window.__gradHealth.charts.curv_time.getOption()")
+    colour = {
+        s["name"]: s["itemStyle"]["color"]
+        for s in option["series"]
+        if not s["name"].endswith("(non-finite)")
+    }
+    quantities = [
+        "min ratio",
+        "band min ratio",
+        "near-zero ratio",
+        "top eigenvalue (sharpness)",
+    ]
+    assert len({colour[name] for name in quantities}) == len(quantities), colour
+    # From the theme's own palette: no run's colour, nor the red of NaN/Inf.
+    runs = tab.eval(
+        """() => window.__gradHealth.state.runs
+          .map((run) => window.__gradHealth.app.colorOf(run))"""
+    )
+    assert {colour[name] for name in quantities} <= set(option["color"]) - set(runs)
+    assert "#d62728" not in colour.values()
+    for end in ("min ratio low", "min ratio high", "min ratio range"):
+        assert colour[end] == colour["min ratio"], end
+    legend = {t["text"] for t in drawn_texts(tab, "curv_time", "legend")}
+    assert set(colour) <= legend
+
+
 def drawn_density(tab) -> dict:
     """The density chart's step, floor and drawn series, read from the page."""
     return tab.eval(

@@ -48,6 +48,27 @@ export function createCharts(app) {
   };
 }
 
+/**
+ * The series colours of a chart's theme (ECharts' own palette, light or dark)
+ * less its reds: red marks NaN/Inf findings. For charts whose series are
+ * quantities of one run rather than runs.
+ */
+export function themePalette(chart) {
+  // A chart holds its theme's palette once it has an option.
+  if (!chart.getOption()) chart.setOption({});
+  return chart.getOption().color.filter((c) => !isReddish(c));
+}
+
+/** Whether a '#rrggbb' colour's hue is within 15° of red. */
+function isReddish(color) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(color.slice(i, i + 2), 16));
+  const max = Math.max(r, g, b);
+  const spread = max - Math.min(r, g, b);
+  if (max !== r || spread < 40) return false;
+  const hue = (60 * (g - b)) / spread;
+  return Math.abs(hue) < 15;
+}
+
 /** A step axis zoom (slider + wheel) starting at the remembered range. */
 export function stepZoom(app, key, xAxisIndex = 0) {
   const z = app.state.zoom[key];
