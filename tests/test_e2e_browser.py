@@ -960,26 +960,37 @@ def train_frozen_then_diverged(logdir: str) -> None:
     head.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
 
 
+def train_vanishing(logdir: str) -> None:
+    """Fits the demo's vanishing run (8 epochs, 160 steps, seconds)."""
+    from demo import Settings, seed004
+
+    seed004.train_run("vanishing", logdir, Settings(quick=True, verbose=0))
+
+
 @pytest.fixture(scope="module")
-def frozen_tensorboard(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("frozen_logs"))
+def fits_tensorboard(tmp_path_factory):
+    """TensorBoard over real fits: frozen, head and the demo's vanishing run."""
+    root = str(tmp_path_factory.mktemp("fits_logs"))
     train_frozen_then_diverged(root)
+    train_vanishing(root)
 
     def ready(base):
-        return loss_points(base, "frozen") == 40 and loss_points(base, "head") == 16
+        return (
+            loss_points(base, "frozen") == 40
+            and loss_points(base, "head") == 16
+            and loss_points(base, "vanishing") == 160
+        )
 
     with serving(root, ready) as base:
         yield {"base": base, "root": root}
 
 
-def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
-    browser, frozen_tensorboard
-):
+def test_not_updated_cells_are_grey_and_nonfinite_cells_red(browser, fits_tensorboard):
     """A frozen layer's cells are drawn "not updated", a divergence's NaN cells red."""
     from tb_gradplugin import reader
 
     run = reader.read_run(
-        reader.provider_for_logdir(frozen_tensorboard["root"]), "frozen"
+        reader.provider_for_logdir(fits_tensorboard["root"]), "frozen"
     )
     grad = run.tensor("layer/grad_norm")
     counts = run.tensor("layer/nonfinite_grads")
@@ -991,17 +1002,17 @@ def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
     assert hidden and absent[:16, hidden].all() and not absent[16:].any()
     assert finding[:16].sum() == 0 and finding[16:].any()
 
-    body = http_json(frozen_tensorboard["base"], "layers", run="frozen")
+    body = http_json(fits_tensorboard["base"], "layers", run="frozen")
     values = np.array(body["heatmap"]["values"], dtype=object).T  # [step, variable]
     assert body["heatmap"]["steps"] == list(range(1, 41))  # one bucket per step
     assert ((values == None) == absent).all()  # noqa: E711
     assert ((values == "NaN") == finding).all()
     counted = http_json(
-        frozen_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
+        fits_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
     )["heatmap"]["values"]
     np.testing.assert_array_equal(np.array(counted, dtype=float).T, counts.values)
 
-    with open_tab(browser, frozen_tensorboard["base"]) as t:
+    with open_tab(browser, fits_tensorboard["base"]) as t:
         t.select_run("frozen")
         t.show("layers")
         drawn = t.series("heatmap")
@@ -1030,9 +1041,9 @@ def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
 
 
-def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard):
+def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, fits_tensorboard):
     """Ratios at the last step leave out the frozen base, with no NaN/Inf fallback."""
-    body = http_json(frozen_tensorboard["base"], "layers", run="head")
+    body = http_json(fits_tensorboard["base"], "layers", run="head")
     ratio = body["update_ratio"]
     assert ratio["step"] == 16
     frozen = [i for i, v in enumerate(ratio["values"]) if v == "NaN"]
@@ -1042,7 +1053,7 @@ def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard
         for i, row in enumerate(body["heatmap"]["values"])
         if i in frozen
     )
-    with open_tab(browser, frozen_tensorboard["base"]) as t:
+    with open_tab(browser, fits_tensorboard["base"]) as t:
         t.select_run("head")
         t.show("layers")
         chart = t.eval(
@@ -1057,6 +1068,40 @@ def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard
         assert "NaN/Inf" not in chart["title"] and "not updated" in chart["title"]
         drawn = t.series("update_ratio")["update ratio"]
         assert [p[0] is None for p in drawn] == [i in frozen for i in range(len(drawn))]
+
+
+def line_flag_areas(tab) -> list[list]:
+    """The overview lines' flag areas as [kind, first step, last step]."""
+    return tab.eval(
+        """() => window.__gradHealth.charts.overview.getOption().series
+          .filter((s) => s.type === 'line' && s.markArea)
+          .flatMap((s) => s.markArea.data
+            .map(([a, b]) => [a.name, a.xAxis, b.xAxis]))"""
+    )
+
+
+def test_a_flag_over_every_step_is_named_not_shaded(browser, fits_tensorboard):
+    """The vanishing run's flags over all its steps are named, not shaded over all."""
+    base = fits_tensorboard["base"]
+    flags = http_json(base, "flags", run="vanishing")["flags"]
+    every = [f["kind"] for f in flags if f["first_step"] <= 1 and f["last_step"] >= 160]
+    assert "vanishing_gradient" in every
+    partial = [
+        [f["kind"], f["first_step"], f["last_step"]]
+        for f in http_json(base, "flags", run="frozen")["flags"]
+    ]
+    assert partial and all(first > 1 for _, first, _ in partial)
+    with open_tab(browser, base) as t:
+        t.select_run("vanishing")
+        assert line_flag_areas(t) == []
+        named = t.eval(
+            """() => document.querySelector('[data-whole-run-flags]')
+              .dataset.wholeRunFlags"""
+        )
+        assert named.split(",") == every
+        t.select_run("frozen")  # a flag from a later step on is still shaded
+        assert line_flag_areas(t) == partial
+        assert t.eval("() => document.querySelector('[data-whole-run-flags]')") is None
 
 
 GAN_OPTIMIZERS = ("d_optimizer", "g_optimizer")

@@ -50,6 +50,15 @@ function optimizerLines(app, run, optimizers, dashes, stat, label, extra) {
   return out;
 }
 
+/** Names, above the chart, the flags that hold over every step it draws. */
+function wholeRunFlags(chart, flags) {
+  const box = chart.getDom();
+  const kinds = flags.map((f) => f.kind);
+  box.parentElement.insertBefore(el('p', {class: 'gh-muted', 'data-whole-run-flags': kinds.join(','),
+    text: `Flagged over every step, so not shaded: ${flags.map((f) => `${f.kind} (${f.severity})`)
+      .join(', ')} (see Flags).`}), box);
+}
+
 /**
  * Loss (left axis) and global gradient norm (right axis, dashed) with the flags'
  * ranges, and each optimizer's gradient norm on the right axis.
@@ -65,7 +74,9 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   const chart = app.charts.get('overview', main, {height: 360,
     title: `${what[0].toUpperCase()}${what.slice(1)} vs step — ${run}`});
   const out = [];
-  const areas = flagAreas(data.flags);
+  const steps = (loss || grad).steps;
+  const {markArea: areas, whole} = flagAreas(data.flags, steps[0], steps.at(-1));
+  if (whole.length) wholeRunFlags(chart, whole);
   if (loss) {
     out.push(...lineWithMarkers('loss', loss.steps, loss.values, seriesOptions(app, run,
       'step/loss', loss, {yAxisIndex: 0, log: s.log, color, markArea: areas})));
