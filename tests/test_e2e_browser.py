@@ -1105,10 +1105,13 @@ def test_a_flag_over_every_step_is_named_not_shaded(browser, fits_tensorboard):
 
 
 GAN_OPTIMIZERS = ("d_optimizer", "g_optimizer")
+GAN_LOSSES = ["d_loss", "g_loss"]  # what the GAN's train_step returns
 
 
-def train_gan(logdir: str) -> None:
-    """Fits the keras.io-style GAN (its own train_step, two optimizers) 36 steps."""
+def train_gan(
+    logdir: str, name: str = "gan", loss_components=None, epochs: int = 3
+) -> None:
+    """Fits the keras.io-style GAN (two optimizers of its own), 12 steps an epoch."""
     import keras
 
     from tb_gradplugin import GradientHealthCallback
@@ -1122,9 +1125,12 @@ def train_gan(logdir: str) -> None:
         keras.losses.BinaryCrossentropy(from_logits=True),
     )
     callback = GradientHealthCallback(
-        os.path.join(logdir, "gan"), update_freq=1, on_flag=None
+        os.path.join(logdir, name),
+        update_freq=1,
+        on_flag=None,
+        loss_components=loss_components,
     )
-    gan.fit(x, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    gan.fit(x, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback])
     callback.close()
 
 
@@ -1153,10 +1159,14 @@ def logged_scalars(run_dir: str) -> dict[str, tuple[list, list]]:
 def gan_tensorboard(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("gan_logs"))
     train_gan(root)
+    train_gan(root, "gan_parts", loss_components=GAN_LOSSES, epochs=1)
+
+    def grad_points(base, run):
+        body = http_json(base, "export", run=run, key="step/grad_norm", format="json")
+        return len(body["steps"])
 
     def ready(base):
-        body = http_json(base, "export", run="gan", key="step/grad_norm", format="json")
-        return len(body["steps"]) == 36
+        return grad_points(base, "gan") == 36 and grad_points(base, "gan_parts") == 12
 
     with serving(root, ready) as base:
         yield {"base": base, "root": root}
@@ -1248,4 +1258,40 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
         assert len(cards) == 1, cards
         assert cards[0].startswith("Flags of gan (last step ")
         assert "No pathology flags for this run." in cards[0]
+        assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
+
+
+def test_a_run_without_loss_says_so_and_names_its_loss_components(
+    browser, gan_tensorboard
+):
+    """A GAN logging d_loss/g_loss but no loss gets a hint naming its components."""
+    base = gan_tensorboard["base"]
+    with open_tab(browser, base) as t:
+        for run, components in (("gan", []), ("gan_parts", GAN_LOSSES)):
+            tags = http_json(base, "tags", run=run)["scalars"]
+            assert "step/loss" not in tags
+            assert (
+                sorted(
+                    k.split("/", 1)[1] for k in tags if k.startswith("loss_component/")
+                )
+                == components
+            )
+            t.select_run(run)
+            t.show("overview")
+            assert "loss" not in t.series("overview")
+            hint = t.eval(
+                """() => { const p = document.querySelector('[data-no-loss]');
+                  return p && {components: p.dataset.lossComponents,
+                    text: p.textContent}; }"""
+            )
+            assert hint is not None, run
+            assert hint["components"] == ",".join(components)
+            assert 'no "loss" entry' in hint["text"]
+            if components:
+                assert "d_loss, g_loss" in hint["text"]
+            else:
+                assert "loss_components=" in hint["text"]
+        t.select_run("gan_parts")
+        t.show("loss_components")
+        assert set(t.series("loss_d_loss")) == {"gan_parts"}
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors

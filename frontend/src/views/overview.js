@@ -10,6 +10,7 @@ import {HEALTHY_UPDATE_RATIO, emptyState, exportLinks, seriesOptions} from './co
 
 // `optimizer/<attribute>/<stat>` keys (metadata.OPTIMIZER_STATS) the overview draws.
 const OPTIMIZER_KEY = /^optimizer\/(.+)\/(grad_norm|update_ratio)$/;
+const LOSS_COMPONENT = 'loss_component/';
 
 /**
  * The per-optimizer series of a run, by the optimizer's attribute name:
@@ -50,6 +51,23 @@ function optimizerLines(app, run, optimizers, dashes, stat, label, extra) {
   return out;
 }
 
+/**
+ * Says, above the chart, that the run logs no `loss` (a custom train_step that
+ * returns only its parts, as the keras.io GAN's d_loss and g_loss) and names the
+ * loss components it records, or how to record them.
+ */
+function noLossHint(chart, components) {
+  const box = chart.getDom();
+  const why = 'No loss is drawn: this run\'s Keras logs have no "loss" entry';
+  const text = components.length
+    ? `${why}. Its loss components ${components.join(', ')} are drawn in the Loss components view.`
+    : `${why} (a custom train_step that returns only its parts, e.g. d_loss and g_loss) and it `
+      + 'records no loss component. Pass loss_components=["d_loss", "g_loss"] (the names '
+      + 'your train_step returns) to GradientHealthCallback to record them.';
+  box.parentElement.insertBefore(el('p', {class: 'gh-hint', 'data-no-loss': '',
+    'data-loss-components': components.join(','), text}), box);
+}
+
 /** Names, above the chart, the flags that hold over every step it draws. */
 function wholeRunFlags(chart, flags) {
   const box = chart.getDom();
@@ -77,6 +95,7 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   const steps = (loss || grad).steps;
   const {markArea: areas, whole} = flagAreas(data.flags, steps[0], steps.at(-1));
   if (whole.length) wholeRunFlags(chart, whole);
+  if (!loss) noLossHint(chart, data.lossComponents);
   if (loss) {
     out.push(...lineWithMarkers('loss', loss.steps, loss.values, seriesOptions(app, run,
       'step/loss', loss, {yAxisIndex: 0, log: s.log, color, markArea: areas})));
@@ -91,7 +110,8 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   chart.setOption(baseOption({
     tooltip: stepTooltip(run),
     xAxis: stepAxis(),
-    yAxis: [valueAxis('loss', s.log), valueAxis('grad norm', s.log, {splitLine: {show: false}})],
+    yAxis: [valueAxis(loss ? 'loss' : 'loss (none logged)', s.log),
+      valueAxis('grad norm', s.log, {splitLine: {show: false}})],
     dataZoom: stepZoom(app, 'overview'),
     series: out,
   }));
@@ -192,7 +212,11 @@ export const overview = {
     const [data, flags, , tags] = await Promise.all([
       app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh), app.healthOf([run], fresh),
       app.fetch('tags', {run}, fresh)]);
-    return {...data, flags, optimizers: await optimizerSeries(app, run, tags, fresh)};
+    const lossComponents = Object.keys(tags.scalars || {})
+      .filter((k) => k.startsWith(LOSS_COMPONENT)).map((k) => k.slice(LOSS_COMPONENT.length))
+      .sort();
+    return {...data, flags, lossComponents,
+      optimizers: await optimizerSeries(app, run, tags, fresh)};
   },
   draw(app, data, main) {
     const series = data.series;
