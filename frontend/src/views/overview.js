@@ -160,7 +160,7 @@ function normsScatter(app, run, norms, main, color) {
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
   const range = lo < hi ? tickedRange(lo, hi, s.log) : {lo: 'dataMin', hi: 'dataMax'};
-  const ends = lo < hi ? [range.lo, range.hi] : [lo, hi];
+  const [first, last] = lo < hi ? [range.lo, range.hi] : [lo, hi];
   chart.setOption(baseOption({
     tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
       `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
@@ -173,7 +173,8 @@ function normsScatter(app, run, norms, main, color) {
       name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
       itemStyle: {color},
       markLine: pts.length ? {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
-        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [ends[0], ends[0]]}, {coord: [ends[1], ends[1]]}]]} : undefined,
+        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [first, first]}, {coord: [last, last]}]]}
+        : undefined,
     }],
   }));
   if (bad.length) {
