@@ -231,15 +231,84 @@ def test_overview_draws_the_real_training_values(tab, tensorboard, tmp_path):
     scatter = tab.series("norms")["grad norm vs param norm"]
     ref = http_json(tensorboard["base"], "overview", run="healthy")["norms"]
     assert [p[0] for p in scatter] == ref["x"] and [p[1] for p in scatter] == ref["y"]
-    # Both axes span the smallest to the largest norm, so the diagonal is in view.
+    # Both axes span the same range around every norm, so the diagonal is in view;
+    # on the log axes its ends are powers of ten (ticks, labelled once).
     norms = tab.eval("() => window.__gradHealth.charts.norms.getOption()")
-    span = min(ref["x"] + ref["y"]), max(ref["x"] + ref["y"])
-    assert (norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]) == span
-    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == span
+    ends = norms["xAxis"][0]["min"], norms["xAxis"][0]["max"]
+    assert (norms["yAxis"][0]["min"], norms["yAxis"][0]["max"]) == ends
+    assert ends[0] <= min(ref["x"] + ref["y"]) and max(ref["x"] + ref["y"]) <= ends[1]
+    assert all(math.log10(end).is_integer() for end in ends)
     tab.page.wait_for_timeout(300)
     shot = tmp_path / "screenshot-overview.png"
     tab.page.screenshot(path=str(shot), full_page=False)
     assert shot.stat().st_size > 10_000
+
+
+DRAWN_TEXTS = """([chart, kinds]) => {
+  // The texts a chart's components drew, with their boxes on the canvas.
+  // zrender measures a line's height from a CJK glyph (too small where no CJK
+  // font is installed): a box is the text's width by its font size.
+  const c = window.__gradHealth.charts[chart];
+  const out = [];
+  for (const kind of kinds) {
+    const view = c.getViewOfComponentModel(c.getModel().getComponent(kind, 0));
+    view.group.traverse((e) => {
+      if (e.type !== 'text' || e.ignore || e.invisible || !e.style.text) return;
+      const r = e.getBoundingRect();
+      const size = e.style.fontSize || 12;
+      const top = {top: r.y, bottom: r.y + r.height - size}[e.style.verticalAlign]
+        ?? r.y + r.height / 2 - size / 2;
+      const m = e.getComputedTransform() || [1, 0, 0, 1, 0, 0];
+      out.push({kind, text: e.style.text,
+        box: [r.x + m[4], top + m[5], r.x + r.width + m[4], top + size + m[5]]});
+    });
+  }
+  return out;
+}"""
+
+
+def drawn_texts(tab, chart: str, *kinds: str) -> list[dict]:
+    """The visible texts of a chart's components, each with its box [x0, y0, x1, y1]."""
+    return tab.eval(DRAWN_TEXTS, [chart, list(kinds)])
+
+
+def overlapping(texts: list[dict]) -> list[tuple[str, str]]:
+    """The pairs of texts whose boxes overlap."""
+    out = []
+    for i, a in enumerate(texts):
+        for b in texts[i + 1 :]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a["box"], b["box"]
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                out.append((a["text"], b["text"]))
+    return out
+
+
+def test_norms_scatter_axis_labels_do_not_overlap(tab):
+    """The norms scatter's axis labels, its ends included, never overlap."""
+    for run in ("synthetic", "healthy"):
+        tab.select_run(run)
+        tab.show("overview")
+        for log in (True, False):
+            if tab.eval("() => window.__gradHealth.state.log") != log:
+                n = tab.renders()
+                tab.frame.click("#gh-log")
+                tab.wait_render(n, "overview")
+            texts = drawn_texts(tab, "norms", "xAxis", "yAxis")
+            assert len(texts) >= 6, texts  # two ends and a name on each axis
+            assert overlapping(texts) == [], (run, log)
+
+
+def test_heatmap_colour_bar_labels_each_end_once(tab, tensorboard):
+    """The heatmap's colour bar names each end once, as the logged value."""
+    tab.select_run("healthy")
+    tab.show("layers")
+    body = http_json(tensorboard["base"], "layers", run="healthy", stat="grad_norm")
+    values = [v for row in body["heatmap"]["values"] for v in row]
+    labels = [t["text"] for t in drawn_texts(tab, "heatmap", "visualMap")]
+    assert len(labels) == 2, labels
+    assert sorted(float(label) for label in labels) == pytest.approx(
+        [min(values), max(values)], rel=1e-3
+    )
 
 
 def test_tooltip_names_run_step_and_exact_value(tab, tensorboard):
@@ -429,6 +498,36 @@ def test_curvature_view_draws_min_ratio_against_loss(tab, tensorboard):
     drawn = tab.series("trajectory")
     xy = [[p[0], p[1]] for p in drawn["synthetic"]]
     np.testing.assert_allclose(xy, traj["runs"]["synthetic"]["xy"], rtol=1e-12)
+
+
+def test_curvature_over_training_draws_each_quantity_in_a_colour_of_its_own(tab):
+    """Each curvature quantity has its own palette colour and legend entry."""
+    tab.select_run("synthetic")
+    tab.show("curvature")
+    option = tab.eval("() => window.__gradHealth.charts.curv_time.getOption()")
+    colour = {
+        s["name"]: s["itemStyle"]["color"]
+        for s in option["series"]
+        if not s["name"].endswith("(non-finite)")
+    }
+    quantities = [
+        "min ratio",
+        "band min ratio",
+        "near-zero ratio",
+        "top eigenvalue (sharpness)",
+    ]
+    assert len({colour[name] for name in quantities}) == len(quantities), colour
+    # From the theme's own palette: no run's colour, nor the red of NaN/Inf.
+    runs = tab.eval(
+        """() => window.__gradHealth.state.runs
+          .map((run) => window.__gradHealth.app.colorOf(run))"""
+    )
+    assert {colour[name] for name in quantities} <= set(option["color"]) - set(runs)
+    assert "#d62728" not in colour.values()
+    for end in ("min ratio low", "min ratio high", "min ratio range"):
+        assert colour[end] == colour["min ratio"], end
+    legend = {t["text"] for t in drawn_texts(tab, "curv_time", "legend")}
+    assert set(colour) <= legend
 
 
 def drawn_density(tab) -> dict:
@@ -861,26 +960,37 @@ def train_frozen_then_diverged(logdir: str) -> None:
     head.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[callback])
 
 
+def train_vanishing(logdir: str) -> None:
+    """Fits the demo's vanishing run (8 epochs, 160 steps, seconds)."""
+    from demo import Settings, seed004
+
+    seed004.train_run("vanishing", logdir, Settings(quick=True, verbose=0))
+
+
 @pytest.fixture(scope="module")
-def frozen_tensorboard(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("frozen_logs"))
+def fits_tensorboard(tmp_path_factory):
+    """TensorBoard over real fits: frozen, head and the demo's vanishing run."""
+    root = str(tmp_path_factory.mktemp("fits_logs"))
     train_frozen_then_diverged(root)
+    train_vanishing(root)
 
     def ready(base):
-        return loss_points(base, "frozen") == 40 and loss_points(base, "head") == 16
+        return (
+            loss_points(base, "frozen") == 40
+            and loss_points(base, "head") == 16
+            and loss_points(base, "vanishing") == 160
+        )
 
     with serving(root, ready) as base:
         yield {"base": base, "root": root}
 
 
-def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
-    browser, frozen_tensorboard
-):
+def test_not_updated_cells_are_grey_and_nonfinite_cells_red(browser, fits_tensorboard):
     """A frozen layer's cells are drawn "not updated", a divergence's NaN cells red."""
     from tb_gradplugin import reader
 
     run = reader.read_run(
-        reader.provider_for_logdir(frozen_tensorboard["root"]), "frozen"
+        reader.provider_for_logdir(fits_tensorboard["root"]), "frozen"
     )
     grad = run.tensor("layer/grad_norm")
     counts = run.tensor("layer/nonfinite_grads")
@@ -892,17 +1002,17 @@ def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
     assert hidden and absent[:16, hidden].all() and not absent[16:].any()
     assert finding[:16].sum() == 0 and finding[16:].any()
 
-    body = http_json(frozen_tensorboard["base"], "layers", run="frozen")
+    body = http_json(fits_tensorboard["base"], "layers", run="frozen")
     values = np.array(body["heatmap"]["values"], dtype=object).T  # [step, variable]
     assert body["heatmap"]["steps"] == list(range(1, 41))  # one bucket per step
     assert ((values == None) == absent).all()  # noqa: E711
     assert ((values == "NaN") == finding).all()
     counted = http_json(
-        frozen_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
+        fits_tensorboard["base"], "layers", run="frozen", stat="nonfinite_grads"
     )["heatmap"]["values"]
     np.testing.assert_array_equal(np.array(counted, dtype=float).T, counts.values)
 
-    with open_tab(browser, frozen_tensorboard["base"]) as t:
+    with open_tab(browser, fits_tensorboard["base"]) as t:
         t.select_run("frozen")
         t.show("layers")
         drawn = t.series("heatmap")
@@ -931,9 +1041,9 @@ def test_not_updated_cells_are_grey_and_nonfinite_cells_red(
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
 
 
-def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard):
+def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, fits_tensorboard):
     """Ratios at the last step leave out the frozen base, with no NaN/Inf fallback."""
-    body = http_json(frozen_tensorboard["base"], "layers", run="head")
+    body = http_json(fits_tensorboard["base"], "layers", run="head")
     ratio = body["update_ratio"]
     assert ratio["step"] == 16
     frozen = [i for i, v in enumerate(ratio["values"]) if v == "NaN"]
@@ -943,7 +1053,7 @@ def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard
         for i, row in enumerate(body["heatmap"]["values"])
         if i in frozen
     )
-    with open_tab(browser, frozen_tensorboard["base"]) as t:
+    with open_tab(browser, fits_tensorboard["base"]) as t:
         t.select_run("head")
         t.show("layers")
         chart = t.eval(
@@ -960,11 +1070,48 @@ def test_a_layer_frozen_to_the_end_is_not_a_nan_step(browser, frozen_tensorboard
         assert [p[0] is None for p in drawn] == [i in frozen for i in range(len(drawn))]
 
 
+def line_flag_areas(tab) -> list[list]:
+    """The overview lines' flag areas as [kind, first step, last step]."""
+    return tab.eval(
+        """() => window.__gradHealth.charts.overview.getOption().series
+          .filter((s) => s.type === 'line' && s.markArea)
+          .flatMap((s) => s.markArea.data
+            .map(([a, b]) => [a.name, a.xAxis, b.xAxis]))"""
+    )
+
+
+def test_a_flag_over_every_step_is_named_not_shaded(browser, fits_tensorboard):
+    """The vanishing run's flags over all its steps are named, not shaded over all."""
+    base = fits_tensorboard["base"]
+    flags = http_json(base, "flags", run="vanishing")["flags"]
+    every = [f["kind"] for f in flags if f["first_step"] <= 1 and f["last_step"] >= 160]
+    assert "vanishing_gradient" in every
+    partial = [
+        [f["kind"], f["first_step"], f["last_step"]]
+        for f in http_json(base, "flags", run="frozen")["flags"]
+    ]
+    assert partial and all(first > 1 for _, first, _ in partial)
+    with open_tab(browser, base) as t:
+        t.select_run("vanishing")
+        assert line_flag_areas(t) == []
+        named = t.eval(
+            """() => document.querySelector('[data-whole-run-flags]')
+              .dataset.wholeRunFlags"""
+        )
+        assert named.split(",") == every
+        t.select_run("frozen")  # a flag from a later step on is still shaded
+        assert line_flag_areas(t) == partial
+        assert t.eval("() => document.querySelector('[data-whole-run-flags]')") is None
+
+
 GAN_OPTIMIZERS = ("d_optimizer", "g_optimizer")
+GAN_LOSSES = ["d_loss", "g_loss"]  # what the GAN's train_step returns
 
 
-def train_gan(logdir: str) -> None:
-    """Fits the keras.io-style GAN (its own train_step, two optimizers) 36 steps."""
+def train_gan(
+    logdir: str, name: str = "gan", loss_components=None, epochs: int = 3
+) -> None:
+    """Fits the keras.io-style GAN (two optimizers of its own), 12 steps an epoch."""
     import keras
 
     from tb_gradplugin import GradientHealthCallback
@@ -978,9 +1125,12 @@ def train_gan(logdir: str) -> None:
         keras.losses.BinaryCrossentropy(from_logits=True),
     )
     callback = GradientHealthCallback(
-        os.path.join(logdir, "gan"), update_freq=1, on_flag=None
+        os.path.join(logdir, name),
+        update_freq=1,
+        on_flag=None,
+        loss_components=loss_components,
     )
-    gan.fit(x, batch_size=8, epochs=3, verbose=0, callbacks=[callback])
+    gan.fit(x, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback])
     callback.close()
 
 
@@ -1009,10 +1159,14 @@ def logged_scalars(run_dir: str) -> dict[str, tuple[list, list]]:
 def gan_tensorboard(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("gan_logs"))
     train_gan(root)
+    train_gan(root, "gan_parts", loss_components=GAN_LOSSES, epochs=1)
+
+    def grad_points(base, run):
+        body = http_json(base, "export", run=run, key="step/grad_norm", format="json")
+        return len(body["steps"])
 
     def ready(base):
-        body = http_json(base, "export", run="gan", key="step/grad_norm", format="json")
-        return len(body["steps"]) == 36
+        return grad_points(base, "gan") == 36 and grad_points(base, "gan_parts") == 12
 
     with serving(root, ready) as base:
         yield {"base": base, "root": root}
@@ -1104,4 +1258,40 @@ def test_overview_draws_one_line_per_optimizer_of_a_gan(browser, gan_tensorboard
         assert len(cards) == 1, cards
         assert cards[0].startswith("Flags of gan (last step ")
         assert "No pathology flags for this run." in cards[0]
+        assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors
+
+
+def test_a_run_without_loss_says_so_and_names_its_loss_components(
+    browser, gan_tensorboard
+):
+    """A GAN logging d_loss/g_loss but no loss gets a hint naming its components."""
+    base = gan_tensorboard["base"]
+    with open_tab(browser, base) as t:
+        for run, components in (("gan", []), ("gan_parts", GAN_LOSSES)):
+            tags = http_json(base, "tags", run=run)["scalars"]
+            assert "step/loss" not in tags
+            assert (
+                sorted(
+                    k.split("/", 1)[1] for k in tags if k.startswith("loss_component/")
+                )
+                == components
+            )
+            t.select_run(run)
+            t.show("overview")
+            assert "loss" not in t.series("overview")
+            hint = t.eval(
+                """() => { const p = document.querySelector('[data-no-loss]');
+                  return p && {components: p.dataset.lossComponents,
+                    text: p.textContent}; }"""
+            )
+            assert hint is not None, run
+            assert hint["components"] == ",".join(components)
+            assert 'no "loss" entry' in hint["text"]
+            if components:
+                assert "d_loss, g_loss" in hint["text"]
+            else:
+                assert "loss_components=" in hint["text"]
+        t.select_run("gan_parts")
+        t.show("loss_components")
+        assert set(t.series("loss_d_loss")) == {"gan_parts"}
         assert t.eval("() => window.__gradHealth.errors") == [] and not t.errors

@@ -48,6 +48,27 @@ export function createCharts(app) {
   };
 }
 
+/**
+ * The series colours of a chart's theme (ECharts' own palette, light or dark)
+ * less its reds: red marks NaN/Inf findings. For charts whose series are
+ * quantities of one run rather than runs.
+ */
+export function themePalette(chart) {
+  // A chart holds its theme's palette once it has an option.
+  if (!chart.getOption()) chart.setOption({});
+  return chart.getOption().color.filter((c) => !isReddish(c));
+}
+
+/** Whether a '#rrggbb' colour's hue is within 15° of red. */
+function isReddish(color) {
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(color.slice(i, i + 2), 16));
+  const max = Math.max(r, g, b);
+  const spread = max - Math.min(r, g, b);
+  if (max !== r || spread < 40) return false;
+  const hue = (60 * (g - b)) / spread;
+  return Math.abs(hue) < 15;
+}
+
 /** A step axis zoom (slider + wheel) starting at the remembered range. */
 export function stepZoom(app, key, xAxisIndex = 0) {
   const z = app.state.zoom[key];
@@ -174,16 +195,30 @@ export function lineWithMarkers(name, steps, values, {
   return out;
 }
 
-/** Flag ranges as a markArea on a step axis. */
-export function flagAreas(report) {
-  if (!report || report.error || !report.flags || !report.flags.length) return undefined;
-  return {
+/**
+ * Flag ranges as a markArea on a step axis drawn from step `first` to `last`.
+ * A flag over all of them (a vanishing gradient from the first step on) is
+ * left out of the areas: shading every step says nothing of where and hides the
+ * lines; the caller names it instead.
+ *
+ * @return {{markArea: (Object|undefined), whole: Array<Object>}} the areas and
+ *     the flags over every drawn step.
+ */
+export function flagAreas(report, first, last) {
+  if (!report || report.error || !report.flags || !report.flags.length) {
+    return {markArea: undefined, whole: []};
+  }
+  const whole = report.flags.filter((f) => (f.first_step ?? 0) <= first
+    && (f.last_step ?? f.first_step ?? 0) >= last);
+  const local = report.flags.filter((f) => !whole.includes(f));
+  const markArea = local.length ? {
     silent: true,
-    data: report.flags.map((f) => [
+    data: local.map((f) => [
       {xAxis: f.first_step ?? 0, itemStyle: {color: SEVERITY_COLOR[f.severity] || SEVERITY_COLOR.info},
         name: f.kind},
       {xAxis: f.last_step ?? f.first_step ?? 0},
     ]),
     label: {show: false},
-  };
+  } : undefined;
+  return {markArea, whole};
 }

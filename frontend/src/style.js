@@ -53,6 +53,7 @@ select, input[type=search] { background: var(--gh-input-bg); border: 1px solid v
 .gh-empty p { color: var(--gh-muted); }
 .gh-muted { color: var(--gh-muted); }
 .gh-warn { color: var(--gh-warn); }
+.gh-hint { margin: 4px 0 8px; padding: 4px 8px; border-left: 3px solid var(--gh-accent); }
 .gh-export { margin: 8px 0; display: flex; flex-wrap: wrap; gap: 4px 12px; }
 .gh-table { border-collapse: collapse; }
 .gh-table td, .gh-table th { border: 1px solid var(--gh-border); padding: 3px 8px; text-align: right; }

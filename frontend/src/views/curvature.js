@@ -2,7 +2,9 @@
 // and over training (with its range), the spectral density, the gradient noise
 // scale, and the parameter trajectories of every shown run in one PCA.
 import {el, fmt} from '../util.js';
-import {baseOption, lineWithMarkers, stepAxis, stepTooltip, stepZoom, valueAxis} from '../charts.js';
+import {
+  baseOption, lineWithMarkers, stepAxis, stepTooltip, stepZoom, themePalette, valueAxis,
+} from '../charts.js';
 import {comparedRuns, emptyState, seriesOptions} from './common.js';
 import {spectralDensity} from './spectral_density.js';
 
@@ -85,26 +87,33 @@ function minRatioRangeAt(hs) {
   return out;
 }
 
-/** The curvature shares (left axis) and the sharpness (right axis) over training. */
-function curvatureOverTraining(app, run, hs, main, color) {
+/**
+ * The curvature shares (left axis) and the sharpness (right axis) over training.
+ * The series are quantities of one run, not runs: each has a colour of its own
+ * from the theme's palette (the minimal ratio's range that of the ratio).
+ */
+function curvatureOverTraining(app, run, hs, main) {
   const s = app.state;
+  const overTime = app.charts.get('curv_time', main, {height: 300,
+    title: `Curvature over training — ${run}`});
+  const palette = themePalette(overTime);
   const out = [];
-  const curve = (name, key, extra) => {
+  const curve = (name, key, color, extra) => {
     const series = hs[key];
     if (series) {
       out.push(...lineWithMarkers(name, series.steps, series.values,
         seriesOptions(app, run, key, series, {smoothing: 0, color, ...extra})));
     }
   };
-  out.push(...minRatioRange(app, run, hs, color));
-  curve('min ratio', 'hessian/min_ratio', {symbol: 'circle'});
-  curve('negative ratio', 'hessian/negative_ratio', {symbol: 'triangle', dashed: true});
-  curve('band min ratio', 'hessian/band_min_ratio', {symbol: 'diamond'});
-  curve('near-zero ratio', 'hessian/near_zero_ratio', {symbol: 'emptyCircle', dashed: true});
-  curve('top eigenvalue (sharpness)', 'hessian/top_eigenvalue',
+  out.push(...minRatioRange(app, run, hs, palette[0]));
+  curve('min ratio', 'hessian/min_ratio', palette[0], {symbol: 'circle'});
+  curve('negative ratio', 'hessian/negative_ratio', palette[1],
+    {symbol: 'triangle', dashed: true});
+  curve('band min ratio', 'hessian/band_min_ratio', palette[2], {symbol: 'diamond'});
+  curve('near-zero ratio', 'hessian/near_zero_ratio', palette[3],
+    {symbol: 'emptyCircle', dashed: true});
+  curve('top eigenvalue (sharpness)', 'hessian/top_eigenvalue', palette[4],
     {yAxisIndex: 1, symbol: 'rect', log: s.log, dashed: true});
-  const overTime = app.charts.get('curv_time', main, {height: 300,
-    title: `Curvature over training — ${run}`});
   overTime.setOption(baseOption({
     tooltip: stepTooltip(run),
     xAxis: stepAxis(),
@@ -184,7 +193,7 @@ export const curvature = {
       if (curv.min_ratio_vs_loss.x.length) {
         minRatioVsLoss(app, run, curv.min_ratio_vs_loss, hs, main, color);
       }
-      curvatureOverTraining(app, run, hs, main, color);
+      curvatureOverTraining(app, run, hs, main);
       if (curv.spectral_density) spectralDensity(app, run, curv, main);
     }
     if (hs['window/noise_scale']) noiseScale(app, run, hs['window/noise_scale'], main, color);

@@ -87,9 +87,11 @@ function heatmapChart(app, data, main) {
     grid: {left: 160, right: 90, top: 28, bottom: 60},
     xAxis: {type: 'category', data: heat.steps, name: 'step'},
     yAxis: {type: 'category', data: heat.variables, axisLabel: {width: 150, overflow: 'truncate'}},
+    // The handles of a calculable bar carry its end labels: `text` would label the
+    // ends a second time. They name the logged value, not its log10.
     visualMap: {type: 'continuous', min: lo, max: hi === lo ? lo + 1 : hi, dimension: 2,
       seriesIndex: 0, calculable: true, orient: 'vertical', right: 0, top: 20,
-      text: [s.log ? `10^${fmt(hi)}` : fmt(hi), s.log ? `10^${fmt(lo)}` : fmt(lo)],
+      formatter: (v) => fmt(s.log ? 10 ** v : v),
       // Viridis: perceptually even, and free of the red that marks NaN/Inf.
       inRange: {color: ['#440154', '#3b528b', '#21918c', '#5ec962', '#fde725']}},
     dataZoom: [{type: 'slider', xAxisIndex: 0, height: 18, bottom: 6},

@@ -10,6 +10,7 @@ import {HEALTHY_UPDATE_RATIO, emptyState, exportLinks, seriesOptions} from './co
 
 // `optimizer/<attribute>/<stat>` keys (metadata.OPTIMIZER_STATS) the overview draws.
 const OPTIMIZER_KEY = /^optimizer\/(.+)\/(grad_norm|update_ratio)$/;
+const LOSS_COMPONENT = 'loss_component/';
 
 /**
  * The per-optimizer series of a run, by the optimizer's attribute name:
@@ -51,6 +52,32 @@ function optimizerLines(app, run, optimizers, dashes, stat, label, extra) {
 }
 
 /**
+ * Says, above the chart, that the run logs no `loss` (a custom train_step that
+ * returns only its parts, as the keras.io GAN's d_loss and g_loss) and names the
+ * loss components it records, or how to record them.
+ */
+function noLossHint(chart, components) {
+  const box = chart.getDom();
+  const why = 'No loss is drawn: this run\'s Keras logs have no "loss" entry';
+  const text = components.length
+    ? `${why}. Its loss components ${components.join(', ')} are drawn in the Loss components view.`
+    : `${why} (a custom train_step that returns only its parts, e.g. d_loss and g_loss) and it `
+      + 'records no loss component. Pass loss_components=["d_loss", "g_loss"] (the names '
+      + 'your train_step returns) to GradientHealthCallback to record them.';
+  box.parentElement.insertBefore(el('p', {class: 'gh-hint', 'data-no-loss': '',
+    'data-loss-components': components.join(','), text}), box);
+}
+
+/** Names, above the chart, the flags that hold over every step it draws. */
+function wholeRunFlags(chart, flags) {
+  const box = chart.getDom();
+  const kinds = flags.map((f) => f.kind);
+  box.parentElement.insertBefore(el('p', {class: 'gh-muted', 'data-whole-run-flags': kinds.join(','),
+    text: `Flagged over every step, so not shaded: ${flags.map((f) => `${f.kind} (${f.severity})`)
+      .join(', ')} (see Flags).`}), box);
+}
+
+/**
  * Loss (left axis) and global gradient norm (right axis, dashed) with the flags'
  * ranges, and each optimizer's gradient norm on the right axis.
  */
@@ -65,7 +92,10 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   const chart = app.charts.get('overview', main, {height: 360,
     title: `${what[0].toUpperCase()}${what.slice(1)} vs step — ${run}`});
   const out = [];
-  const areas = flagAreas(data.flags);
+  const steps = (loss || grad).steps;
+  const {markArea: areas, whole} = flagAreas(data.flags, steps[0], steps.at(-1));
+  if (whole.length) wholeRunFlags(chart, whole);
+  if (!loss) noLossHint(chart, data.lossComponents);
   if (loss) {
     out.push(...lineWithMarkers('loss', loss.steps, loss.values, seriesOptions(app, run,
       'step/loss', loss, {yAxisIndex: 0, log: s.log, color, markArea: areas})));
@@ -80,10 +110,36 @@ function lossAndGradNorm(app, data, main, color, dashes) {
   chart.setOption(baseOption({
     tooltip: stepTooltip(run),
     xAxis: stepAxis(),
-    yAxis: [valueAxis('loss', s.log), valueAxis('grad norm', s.log, {splitLine: {show: false}})],
+    yAxis: [valueAxis(loss ? 'loss' : 'loss (none logged)', s.log),
+      valueAxis('grad norm', s.log, {splitLine: {show: false}})],
     dataZoom: stepZoom(app, 'overview'),
     series: out,
   }));
+}
+
+/**
+ * The range both axes of the norms scatter span: [lo, hi] widened to ticks, so
+ * that each end is labelled as a tick is. Ends at the raw norms (0.68 beside the
+ * tick 1) printed their labels over the nearest tick's. ECharts ticks a log axis
+ * every decade up to 10 decades and every 10 decades beyond; a linear axis here
+ * every `interval` (1, 2 or 5 × 10^k, about five of them).
+ */
+function tickedRange(lo, hi, log) {
+  // Decimal strings give the nearest doubles (10 ** -7 is not quite 1e-7).
+  const round = (v) => Number(v.toPrecision(12));
+  if (log) {
+    let a = Math.floor(Math.log10(lo));
+    let b = Math.max(Math.ceil(Math.log10(hi)), a + 1);
+    const decades = b - a < 10 ? 1 : 10;
+    a = Math.floor(a / decades) * decades;
+    b = Math.ceil(b / decades) * decades;
+    return {lo: Number(`1e${a}`), hi: Number(`1e${b}`)};
+  }
+  const rough = (hi - lo) / 5;
+  const unit = 10 ** Math.floor(Math.log10(rough));
+  const interval = round([1, 2, 5, 10].map((m) => m * unit).find((step) => step >= rough));
+  return {lo: round(Math.floor(lo / interval) * interval),
+    hi: round(Math.ceil(hi / interval) * interval), interval};
 }
 
 /** Gradient norm against parameter norm, one dot per step, with the diagonal ‖g‖ = ‖w‖. */
@@ -103,20 +159,22 @@ function normsScatter(app, run, norms, main, color) {
   const xs = pts.map((p) => p[0]).concat(pts.map((p) => p[1]));
   const lo = Math.min(...xs);
   const hi = Math.max(...xs);
-  const range = lo < hi ? {lo, hi} : {lo: 'dataMin', hi: 'dataMax'};
+  const range = lo < hi ? tickedRange(lo, hi, s.log) : {lo: 'dataMin', hi: 'dataMax'};
+  const [first, last] = lo < hi ? [range.lo, range.hi] : [lo, hi];
   chart.setOption(baseOption({
     tooltip: {trigger: 'item', renderMode: 'richText', formatter: (p) =>
       `${run} · step ${p.value[2]}\nparameter norm ${p.value[0]}\ngrad norm ${p.value[1]}`},
     // Both axes span the same range, so the diagonal is drawn whatever the norms
     // (a vanishing run's ‖g‖ lies far below its ‖w‖, an exploding one's far above).
     xAxis: valueAxis('parameter norm', s.log, {min: range.lo, max: range.hi,
-      nameLocation: 'middle', nameGap: 24}),
-    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi}),
+      interval: range.interval, nameLocation: 'middle', nameGap: 24}),
+    yAxis: valueAxis('grad norm', s.log, {min: range.lo, max: range.hi, interval: range.interval}),
     series: [{
       name: 'grad norm vs param norm', type: 'scatter', symbolSize: 4, data: pts,
       itemStyle: {color},
       markLine: pts.length ? {silent: true, symbol: 'none', lineStyle: {type: 'dashed'},
-        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [lo, lo]}, {coord: [hi, hi]}]]} : undefined,
+        label: {formatter: '‖g‖ = ‖w‖'}, data: [[{coord: [first, first]}, {coord: [last, last]}]]}
+        : undefined,
     }],
   }));
   if (bad.length) {
@@ -155,7 +213,11 @@ export const overview = {
     const [data, flags, , tags] = await Promise.all([
       app.fetch('overview', {run}, fresh), app.flagsOf(run, fresh), app.healthOf([run], fresh),
       app.fetch('tags', {run}, fresh)]);
-    return {...data, flags, optimizers: await optimizerSeries(app, run, tags, fresh)};
+    const lossComponents = Object.keys(tags.scalars || {})
+      .filter((k) => k.startsWith(LOSS_COMPONENT)).map((k) => k.slice(LOSS_COMPONENT.length))
+      .sort();
+    return {...data, flags, lossComponents,
+      optimizers: await optimizerSeries(app, run, tags, fresh)};
   },
   draw(app, data, main) {
     const series = data.series;
