@@ -57,7 +57,9 @@ def deferred_tensors(
 
     Args:
         tensors: Key -> ``(PluginData content bytes, last step)`` from a listing.
-        summaries: ``block/<key>`` -> block series, as read.
+        summaries: ``block/<key>`` -> block series; looked up only when a
+            rule first asks about the series' blocks (a
+            :class:`LazySummaries` then reads it).
         grad: The run's ``step/grad_norm``, or ``None``.
         read: Reads every step of one key.
 
@@ -70,15 +72,55 @@ def deferred_tensors(
             content = metadata.parse_plugin_content(raw)
         except ValueError:
             content = {}
-        summary = summaries.get(blocks.block_key(key))
-        rows = _rows_of(summary, grad, max_step)
-        block_rows = None
-        if rows is not None:
-            block_rows = {n: blocks.row(summary, n) for n in BLOCK_ROWS_USED}
+
+        def block_view(key=key, max_step=max_step):
+            summary = summaries.get(blocks.block_key(key))
+            rows = _rows_of(summary, grad, max_step)
+            if rows is None:
+                return None, None
+            return {n: blocks.row(summary, n) for n in BLOCK_ROWS_USED}, rows
+
         out[key] = diagnosis.DeferredTensor(
-            lambda key=key: read(key), content, block_rows, rows=rows
+            lambda key=key: read(key), content, block_view
         )
     return out
+
+
+class LazySummaries(Mapping):
+    """Block summaries read one key at a time, when a rule first asks about it.
+
+    The rules ask about the blocks of some per-variable series only (a healthy
+    run's diagnosis never asks about ``layer/nonfinite_grads``): each block
+    series of a 100,000-step, 100-variable run is ~4 MB on the data server's
+    wire.
+
+    Args:
+        keys: The ``block/<key>`` keys the run has.
+        read: Reads one of them (``None`` when it cannot).
+
+    Example:
+        >>> lazy = LazySummaries(["block/layer/grad_norm"], lambda key: None)
+        >>> list(lazy), lazy.get("block/layer/grad_norm")
+        (['block/layer/grad_norm'], None)
+    """
+
+    def __init__(self, keys, read: Callable[[str], reader.Series | None]):
+        self._keys = list(keys)
+        self._read = read
+
+    def __getitem__(self, key: str) -> reader.Series:
+        if key not in self._keys:
+            raise KeyError(key)
+        found = self._read(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 def _rows_of(
@@ -125,7 +167,7 @@ def run_report(provider, run: str) -> dict:
         return reader.read_run(provider, run, listed={k: listing[k][:2] for k in keys})
 
     data = read(scalars)
-    summaries = read(block_keys).tensors
+    summaries = LazySummaries(block_keys, lambda key: read([key]).tensors.get(key))
     deferred = deferred_tensors(
         {k: (listing[k][1], listing[k][2]) for k in tensors},
         summaries,

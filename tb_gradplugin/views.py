@@ -152,7 +152,12 @@ class ViewData(compare_views.CompareViews, export_views.PointViews):
             data = self._reader.read_run_data(
                 ctx, eid, run, {k: versions[k] for k in scalars}
             )
-            summaries = self._reader.read_series(ctx, eid, run, block_keys, versions)
+            summaries = flag_reads.LazySummaries(
+                block_keys,
+                lambda key: self._reader.read_series(
+                    ctx, eid, run, [key], versions
+                ).get(key),
+            )
             deferred = flag_reads.deferred_tensors(
                 {k: (versions[k].content, versions[k].max_step) for k in tensors},
                 summaries,

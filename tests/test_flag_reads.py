@@ -76,3 +76,31 @@ def test_blocks_are_handed_on_only_when_they_cover_every_row(provider):
     found = flag_reads.deferred_tensors(specs_live, live, grad, reads.append)[key]
     assert found.blocks is not None and found.rows == 1150 and not reads
     assert blocks.block_key(key) in summaries
+
+
+def test_a_healthy_run_reads_only_the_blocks_the_rules_ask_about(provider):
+    """Block summaries are read on first use: never those of the NaN counts."""
+    listing = reader.listing(provider, "big")
+    scalars, tensors, block_keys = flag_reads.split_keys(listing)
+    data = reader.read_run(provider, "big", listed={k: listing[k][:2] for k in scalars})
+    asked = []
+
+    def read_summary(key):
+        asked.append(key)
+        return reader.read_run(provider, "big", listed={key: listing[key][:2]}).tensor(
+            key
+        )
+
+    deferred = flag_reads.deferred_tensors(
+        {k: (listing[k][1], listing[k][2]) for k in tensors},
+        flag_reads.LazySummaries(block_keys, read_summary),
+        data.scalar(flag_reads.GRAD_KEY),
+        lambda key: pytest.fail(f"read every step of {key}"),
+    )
+    assert not asked  # nothing read before a rule asks
+    report = diagnosis.run_report(data, last_step=1200, deferred=deferred)
+    whole = reader.read_run(provider, "big", keys=diagnosis.SERIES_KEYS)
+    assert report == diagnosis.run_report(whole, last_step=1200)
+    assert "block/layer/nonfinite_grads" in block_keys
+    assert "block/layer/nonfinite_grads" not in asked and asked
+    assert len(asked) == len(set(asked))  # each read once

@@ -70,8 +70,10 @@ class DeferredTensor:
         blocks: Rows of the series' block summaries as
             :func:`tb_gradplugin.blocks.row` gives them, by name (``"count"``,
             ``"min"``, ``"max"``, ``"nonfinite"``: float ``[n_blocks, k]``), for
-            blocks that summarise the series' first rows. Defaults to
-            ``None``: no blocks, every question reads the steps.
+            blocks that summarise the series' first rows; or a function that
+            returns ``(blocks, rows)``, called on the first use of either (a
+            rule that never asks about this series reads no block of it).
+            Defaults to ``None``: no blocks, every question reads the steps.
         rows: The series' number of rows when the blocks summarise only its
             first ones. Defaults to ``None``: the blocks cover every row.
     """
@@ -80,16 +82,39 @@ class DeferredTensor:
         self,
         load: Callable[[], Series | None],
         content: dict,
-        blocks: Mapping[str, np.ndarray] | None = None,
+        blocks: (
+            Mapping[str, np.ndarray]
+            | Callable[[], tuple[Mapping[str, np.ndarray] | None, int | None]]
+            | None
+        ) = None,
         rows: int | None = None,
     ):
         self._load = load
         self.content = content
-        self.blocks = blocks
-        self.rows = rows
+        self._blocks = blocks
+        self._rows = rows
+        self._blocks_resolved = not callable(blocks)
         self._lock = threading.Lock()
         self._loaded = False
         self._series: Series | None = None
+
+    def _resolve_blocks(self) -> None:
+        with self._lock:
+            if not self._blocks_resolved:
+                self._blocks, self._rows = self._blocks()
+                self._blocks_resolved = True
+
+    @property
+    def blocks(self) -> Mapping[str, np.ndarray] | None:
+        """The block rows by name, or ``None`` (read on first use)."""
+        self._resolve_blocks()
+        return self._blocks
+
+    @property
+    def rows(self) -> int | None:
+        """The rows when the blocks cover only the first ones, else ``None``."""
+        self._resolve_blocks()
+        return self._rows
 
     @classmethod
     def of(cls, series: Series | None) -> DeferredTensor:
