@@ -252,7 +252,7 @@ class HealthTable:
         now = time.monotonic()
         with self._lock:
             hit = self._listings.get(key)
-        if hit is not None and now - hit[0] < cached_reader.LISTING_TTL_S:
+        if hit is not None and cached_reader.listing_is_fresh(hit[0], now):
             return hit[1]
         out = self._list_versions(ctx, eid, runs)
         with self._lock:

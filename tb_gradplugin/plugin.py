@@ -125,7 +125,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def __init__(self, context: base_plugin.TBContext):
         self._reader = cached_reader.CachedReader(context.data_provider)
         self.data = views.ViewData(self._reader)
-        self._refresher = view_refresh.ViewRefresher()
+        self._refresher = view_refresh.ViewRefresher(
+            around_pass=cached_reader.fresh_listings
+        )
 
     # -- TBPlugin interface -------------------------------------------------
 

@@ -215,3 +215,24 @@ def test_the_cache_keeps_series_within_its_byte_budget():
     assert [cache.get(("s", i)) is not None for i in range(5)] == [0, 0, 1, 1, 1]
     assert all(cache.get(("payload", i)) == {"small": i} for i in range(2, 5))
     assert len(cache) == 7  # 3 series and the payloads put after the evicted ones
+
+
+def test_fresh_listings_lists_again_once_within_the_block(tmp_path, monkeypatch):
+    """In the block a listing made before it is not reused; one made in it is."""
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 600.0)
+    eventfiles.write_run(tmp_path, "r", steps=np.arange(1, 11), loss=np.ones(10))
+    multiplexer, provider = _live_provider(tmp_path)
+    cached = cached_reader.CachedReader(provider)
+    ctx = tb_context.RequestContext()
+    assert cached.known_run(ctx, "", "r")["step/loss"].max_step == 10
+    time.sleep(1.1)  # the next file's name sorts after: TensorBoard reads in order
+    eventfiles.write_run(
+        tmp_path, "r", steps=np.arange(11, 16), loss=np.ones(5), filename_suffix=".b"
+    )
+    multiplexer.Reload()
+    # Within the TTL the old listing is reused outside the block...
+    assert cached.known_run(ctx, "", "r")["step/loss"].max_step == 10
+    with cached_reader.fresh_listings():
+        assert cached.known_run(ctx, "", "r")["step/loss"].max_step == 15
+    # ...and the fresh one serves the requests after it.
+    assert cached.known_run(ctx, "", "r")["step/loss"].max_step == 15

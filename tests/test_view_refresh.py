@@ -90,8 +90,9 @@ def _get(gh_plugin, route: str, query: str):
 
 
 def test_a_watched_runs_report_is_ready_before_the_next_request(tmp_path, monkeypatch):
-    """A pass after the run grew computes the report the next request gets."""
-    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+    """A pass lists afresh and computes the report the next request gets."""
+    # Requests reuse listings for a long time here: only the pass lists anew.
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 600.0)
     steps = np.arange(1, 201)
     eventfiles.write_run(
         tmp_path, "r", steps=steps, loss=np.exp(-steps / 50.0), grad_norm=np.ones(200)
@@ -101,6 +102,7 @@ def test_a_watched_runs_report_is_ready_before_the_next_request(tmp_path, monkey
     assert first.status_code == 200 and first.json["last_step"] == 200
 
     more = np.arange(201, 301)
+    time.sleep(1.1)  # the next file's name sorts after: TensorBoard reads in order
     eventfiles.write_run(
         tmp_path,
         "r",
@@ -110,8 +112,10 @@ def test_a_watched_runs_report_is_ready_before_the_next_request(tmp_path, monkey
         filename_suffix=".b",
     )
     multiplexer.Reload()
+    assert _get(gh_plugin, "/flags", "run=r").json["last_step"] == 200  # stale
     reader = gh_plugin.data._reader
-    ctx_versions = reader.known_run(tb_context.RequestContext(), "", "r")
+    with cached_reader.fresh_listings():
+        ctx_versions = reader.known_run(tb_context.RequestContext(), "", "r")
     key = ("flags", "", "r", cached_reader.version_stamp(ctx_versions))
     assert reader._cache.get(key) is None
     gh_plugin._refresher.run_once()
@@ -135,19 +139,21 @@ def test_a_request_for_an_unknown_run_is_not_watched(tmp_path):
 
 def test_the_health_table_is_kept_current_too(tmp_path, monkeypatch):
     """A pass after a run grew recomputes the health table's row of that run."""
-    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 600.0)
     steps = np.arange(1, 101)
     for run in ("a", "b"):
         eventfiles.write_run(tmp_path, run, steps=steps, loss=np.ones(100))
     multiplexer, gh_plugin = _live_plugin(tmp_path)
     first = _get(gh_plugin, "/health", "").json
     assert [row["last_step"] for row in first["runs"]] == [100, 100]
+    time.sleep(1.1)  # the next file's name sorts after: TensorBoard reads in order
     eventfiles.write_run(
         tmp_path, "b", steps=np.arange(101, 151), loss=np.ones(50), filename_suffix=".b"
     )
     multiplexer.Reload()
     table = gh_plugin.data._health
-    b_versions = table.versions(tb_context.RequestContext(), "", ["b"])["b"]
+    with cached_reader.fresh_listings():
+        b_versions = table.versions(tb_context.RequestContext(), "", ["b"])["b"]
     stamp = tuple(sorted((k, v[1], v[2]) for k, v in b_versions.items()))
     assert ("", "b", stamp) not in table._rows
     gh_plugin._refresher.run_once()
