@@ -229,8 +229,9 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def tags_route(self, request):
         """Answers ``tags?run=RUN``."""
         run = _required_param(request.args, "run")
-        return self._respond(
-            request, self.data.tags_impl(*_request_scope(request), run)
+        ctx, eid = _request_scope(request)
+        return self._respond_view(
+            request, ("tags", run), lambda: self.data.tags_impl(ctx, eid, run)
         )
 
     @wrappers.Request.application
