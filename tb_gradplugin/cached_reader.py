@@ -24,11 +24,11 @@ from tb_gradplugin import metadata
 from tb_gradplugin.metadata import tag_key
 from tb_gradplugin.reader import RunData, Series, list_runs, read_run, read_runs
 
-LISTING_TTL_S = 2.5
+LISTING_TTL_S = 5.0
 """Seconds a run's tag listing is reused. A listing costs 13-110 ms on the Rust
 data server (measured, TensorBoard 2.21, 2-core machine) and the data changes at
 most every ``--reload_interval`` (5 s by default). The background refresh of the
-views a user looks at lists their runs afresh every 2 s
+views a user looks at lists their runs afresh at each pass, every 2 s or more
 (:func:`fresh_listings`), so their requests find a listing and list nothing."""
 
 _FRESH = threading.local()

@@ -9,7 +9,7 @@ training should not wait for that at every reload. :class:`ViewRefresher`
 remembers the views requested in the last :data:`WATCH_S` seconds and, every
 :data:`INTERVAL_S`, on one daemon thread, recomputes each through the plugin's
 versioned cache: a view whose series did not grow costs a listing (shared by
-the views of a run for a second) and a cache hit; one whose series grew is
+the views of a run until the next pass) and a cache hit; one whose series grew is
 read and computed here, so the user's next request finds it (or waits for the
 computation under way, :meth:`tb_gradplugin.cached_reader.LRUCache.memo`,
 instead of starting another). Imports no TensorFlow.
