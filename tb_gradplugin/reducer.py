@@ -129,7 +129,7 @@ class BlockReducer:
 
     @property
     def writer(self):
-        """The summary writer in use."""
+        """The event writer in use."""
         return self.output.writer
 
     @property
@@ -139,10 +139,10 @@ class BlockReducer:
 
     # -- input -------------------------------------------------------------------
     def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
-        """Sets the summary writer and what makes the tags' metadata (lazily).
+        """Sets the event writer and what makes the tags' metadata (lazily).
 
         Args:
-            writer: A ``tf.summary`` writer.
+            writer: The run's ``event_writer.EventWriter``.
             tags_fn: Returns ``{tag: serialized metadata}``; called at the
                 first write, once the step has been traced.
         """
