@@ -42,11 +42,18 @@ def _updated(grad_sq: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
     return ~(np.isnan(grad_sq) & (nonfinite == 0))
 
 
-def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.floating:
-    """The L2 norm over the updated variables; NaN when the step updated none."""
-    if not present.any():
-        return np.float32(np.nan)
-    return np.sqrt(np.sum(squares[present]))
+def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per row, the L2 norm over the updated variables; NaN where it updated none.
+
+    Args:
+        squares: ``[..., n_variables]`` sums of squares.
+        present: Which variables each row updated, the same shape.
+
+    Returns:
+        ``squares.shape[:-1]`` norms.
+    """
+    total = np.sum(np.where(present, squares, 0.0), axis=-1)
+    return np.where(present.any(axis=-1), np.sqrt(total), np.nan)
 
 
 class BlockReducer:
@@ -101,6 +108,8 @@ class BlockReducer:
         self.last_valid: Held | None = None
         # (loss known, [loss, components]) of the batches of the open update.
         self.batches: list[tuple[bool, np.ndarray]] = []
+        index = packing.index
+        self._loss_columns = np.r_[index["loss"], index["components"]]
         self.run_last_step = 0
         self.step_offset: int | None = None
         self.last_step = 0
@@ -183,13 +192,33 @@ class BlockReducer:
         if len(steps):
             self.last_step = max(self.last_step, int(steps.max()))
         now = time.monotonic()
+        block = block.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            for r, step in zip(block.astype(np.float64), steps.tolist(), strict=True):
-                self.recorder.hold(self._take_row(r, step, now))
+            # What every row needs, for the whole block at once (a numpy call
+            # per row costs more than its arithmetic here).
+            nonfinite = block[:, idx["grad_nonfinite"]]
+            present = _updated(block[:, idx["grad_sq"]], nonfinite)
+            norms = _global_norm(block[:, idx["grad_sq"]], present).tolist()
+            bad = nonfinite.any(axis=1).tolist()
+            for i, step in enumerate(steps.tolist()):
+                held = self._take_row(block[i], step, now, present[i], norms[i], bad[i])
+                self.recorder.hold(held)
         self.release(final=False)
 
-    def _take_row(self, r: np.ndarray, step: int, now: float) -> Held:
-        """One step's row: its counts, logged statistics and closed window."""
+    def _take_row(
+        self,
+        r: np.ndarray,
+        step: int,
+        now: float,
+        present: np.ndarray,
+        norm: float,
+        bad: bool,
+    ) -> Held:
+        """One step's row: its counts, logged statistics and closed window.
+
+        ``present`` (the variables it updated), ``norm`` (its global gradient
+        norm) and ``bad`` (a NaN/Inf gradient entry) come from the block.
+        """
         idx = self.packing.index
         valid = r[idx["skipped"]][0] == 0.0
         # An unknown loss (no metric named "loss" updated) is no NaN.
@@ -211,13 +240,10 @@ class BlockReducer:
         # CPU with training.
         held.row = r
         held.full = self.recorder.in_range(step)
-        grad_sq = r[idx["grad_sq"]]
-        present = _updated(grad_sq, nonfinite)
-        norm = float(_global_norm(grad_sq, present))
-        finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
+        finite = math.isfinite(loss) and not bad and math.isfinite(norm)
         self.recorder.watch(held, norm, finite)
         self.window_sums.add(
-            grad_sq,
+            r[idx["grad_sq"]],
             r[idx["grad_abs"]],
             r[idx["slice_grad_sq"]],
             r[idx["slice_grad_abs"]],
@@ -249,8 +275,10 @@ class BlockReducer:
             ``(row, known)``: the row with the means in place, and whether
             the update's loss is known.
         """
+        if valid and not self.batches:
+            return r, known  # an update of one batch: nothing to average
         idx = self.packing.index
-        columns = np.r_[idx["loss"], idx["components"]]
+        columns = self._loss_columns
         values = r[columns].copy()
         if not known:
             values[0] = np.nan
@@ -305,28 +333,38 @@ class BlockReducer:
         self.release(final=False)
 
     # -- per step -----------------------------------------------------------------
-    def _log_row(self, r: np.ndarray) -> np.ndarray:
+    def _log_rows(self, r: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The packed logged rows of step rows ``[n, K]``, all at once.
+
+        Args:
+            r: The step rows (float64).
+            counts: Per row, the NaN/Inf and skipped-step counts since the
+                previous logged step, ``[n, n_variables + 2]``.
+
+        Returns:
+            ``[n, self.rows.width]`` float32.
+        """
         idx = self.packing.index
         sizes = self.layout.sizes_array
-        grad_sq, param_sq = r[idx["grad_sq"]], r[idx["param_sq"]]
-        update_sq = r[idx["update_sq"]]
-        present = _updated(grad_sq, r[idx["grad_nonfinite"]])
+        grad_sq, param_sq = r[:, idx["grad_sq"]], r[:, idx["param_sq"]]
+        update_sq = r[:, idx["update_sq"]]
+        present = _updated(grad_sq, r[:, idx["grad_nonfinite"]])
         fields = {
-            "loss": r[idx["loss"]],
-            "loss_known": r[idx["loss_known"]],
+            "loss": r[:, idx["loss"]],
+            "loss_known": r[:, idx["loss_known"]],
             # Over the variables updated at the step; a NaN or Inf gradient of an
             # updated variable makes the global norms non-finite, as it should.
             "grad_norm": _global_norm(grad_sq, present),
             "param_norm": _global_norm(param_sq, present),
             "update_norm": _global_norm(update_sq, present),
-            "learning_rate": r[idx["learning_rate"]],
-            "loss_scale": r[idx["loss_scale"]],
-            "components": r[idx["components"]],
+            "learning_rate": r[:, idx["learning_rate"]],
+            "loss_scale": r[:, idx["loss_scale"]],
+            "components": r[:, idx["components"]],
             "v_grad_norm": np.sqrt(grad_sq),
-            "v_grad_mean_abs": r[idx["grad_abs"]] / sizes,
+            "v_grad_mean_abs": r[:, idx["grad_abs"]] / sizes,
             "v_param_norm": np.sqrt(param_sq),
             "v_update_norm": np.sqrt(update_sq),
-            "v_zero_fraction": r[idx["grad_zero"]] / sizes,
+            "v_zero_fraction": r[:, idx["grad_zero"]] / sizes,
         }
         fields["update_ratio"] = window_stats.safe_ratio(
             fields["update_norm"], fields["param_norm"]
@@ -336,21 +374,30 @@ class BlockReducer:
         fields["v_update_ratio"] = window_stats.safe_ratio(
             fields["v_update_norm"], fields["v_param_norm"]
         )
-        return self.rows.pack(fields, 1)[0]
+        rows = self.rows.pack(fields, len(r))
+        # The counts since the last logged step.
+        v = self.layout.num_variables
+        index = self.rows.index
+        rows[:, index["nonfinite_grads"]] = counts[:, :v].sum(axis=1, keepdims=True)
+        rows[:, index["v_nonfinite_grads"]] = counts[:, :v]
+        rows[:, index["nonfinite_loss"]] = counts[:, v : v + 1]
+        rows[:, index["skipped_steps"]] = counts[:, v + 1 : v + 2]
+        return rows
 
     def _optimizer_norms(self, present, grad_sq, param_sq, update_sq) -> dict:
-        """Each optimizer's global norms over the variables it updated at the step."""
+        """Each optimizer's global norms over the variables it updated, per row."""
         out = {f"o_{stat}": [] for stat in summary.OPTIMIZER_STATS}
         for indices in self.optimizer_indices:
-            mine = np.zeros_like(present)
+            mine = np.zeros(present.shape[-1], bool)
             mine[indices] = True
-            mine &= present
+            mine = mine & present
             norms = [_global_norm(sq, mine) for sq in (grad_sq, param_sq, update_sq)]
             out["o_grad_norm"].append(norms[0])
             out["o_param_norm"].append(norms[1])
             out["o_update_norm"].append(norms[2])
             out["o_update_ratio"].append(window_stats.safe_ratio(norms[2], norms[1]))
-        return {k: np.array(v, np.float64) for k, v in out.items()}
+        # [optimizers, n] -> [n, optimizers]
+        return {k: np.array(v, np.float64).T for k, v in out.items()}
 
     def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
         out = window_stats.window_statistics(
@@ -393,13 +440,12 @@ class BlockReducer:
         return not self.epoch_mode and (held.step == 1 or held.step % self.freq == 0)
 
     def _write_entries(self, entries: Sequence[Held]) -> None:
-        rows, row_steps, windows, window_steps = [], [], [], []
+        logged, counts, row_steps, windows, window_steps = [], [], [], [], []
         for held in entries:
             self.pending = self.pending + held.counts
             if self._due(held):
-                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                    row = self._log_row(held.row)
-                rows.append(self._with_counts(row, self.pending))
+                logged.append(held.row)
+                counts.append(self.pending)
                 row_steps.append(held.step)
                 self.pending = np.zeros_like(self.pending)
                 self.last_logged = held.step
@@ -407,21 +453,15 @@ class BlockReducer:
                 windows.append(held.window)
                 window_steps.append(held.step)
                 held.window = None
-        if rows or windows:
+        if logged:
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                rows = self._log_rows(np.array(logged), np.array(counts))
+        else:
+            rows = np.zeros([0, self.rows.width], np.float32)
+        if logged or windows:
             self.output.write(
-                np.array(rows, np.float32).reshape([-1, self.rows.width]),
+                rows,
                 np.array(row_steps, np.int64),
                 np.array(windows, np.float32).reshape([-1, self.windows.width]),
                 np.array(window_steps, np.int64),
             )
-
-    def _with_counts(self, row: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Puts the counts since the last logged step into a packed row."""
-        v = self.layout.num_variables
-        row = row.copy()
-        index = self.rows.index
-        row[index["nonfinite_grads"]] = counts[:v].sum()
-        row[index["v_nonfinite_grads"]] = counts[:v]
-        row[index["nonfinite_loss"]] = counts[v]
-        row[index["skipped_steps"]] = counts[v + 1]
-        return row
