@@ -193,69 +193,87 @@ class BlockReducer:
             self.last_step = max(self.last_step, int(steps.max()))
         now = time.monotonic()
         block = block.astype(np.float64)
+        loss_column = idx["loss"].start
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            # What every row needs, for the whole block at once (a numpy call
-            # per row costs more than its arithmetic here).
+            # What every row needs, for the whole block at once: a numpy call
+            # per row costs more than its arithmetic here, and this runs for
+            # every step whatever update_freq is.
+            valid = (block[:, idx["skipped"].start] == 0.0).tolist()
+            known = block[:, idx["loss_known"].start] > 0
+            # An unknown loss (no metric named "loss" updated) is no NaN.
+            raw_loss = np.where(known, block[:, loss_column], 0.0)
             nonfinite = block[:, idx["grad_nonfinite"]]
+            counts = np.concatenate(
+                [
+                    nonfinite,
+                    ~np.isfinite(raw_loss)[:, None],
+                    np.logical_not(valid)[:, None],
+                ],
+                axis=1,
+                dtype=np.float64,
+            )
             present = _updated(block[:, idx["grad_sq"]], nonfinite)
             norms = _global_norm(block[:, idx["grad_sq"]], present).tolist()
             bad = nonfinite.any(axis=1).tolist()
+            closed = (block[:, idx["closed"].start] != 0).tolist()
+            known = known.tolist()
+            window = []  # rows of the open window not yet in its sums
             for i, step in enumerate(steps.tolist()):
-                held = self._take_row(block[i], step, now, present[i], norms[i], bad[i])
+                held = Held(step, valid[i], counts[i], None, None, now)
+                r, loss_known = block[i], known[i]
+                if not self.mixed_precision:
+                    # Without a loss scale a skipped row is a batch only
+                    # accumulated.
+                    r, loss_known = self._mean_over_batches(r, valid[i], loss_known)
+                if valid[i]:
+                    # The logged statistics are made only for the rows written
+                    # (every update_freq-th, or around an anomaly).
+                    held.row = r
+                    held.full = self.recorder.in_range(step)
+                    loss = r[loss_column] if loss_known else 0.0
+                    finite = (
+                        math.isfinite(loss) and not bad[i] and math.isfinite(norms[i])
+                    )
+                    self.recorder.watch(held, norms[i], finite)
+                    window.append(i)
+                    if closed[i]:
+                        self._add_to_window(block[window], present[window])
+                        window = []
+                        held.window = self._close_window(
+                            r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
+                        )
+                    self.last_valid = held
                 self.recorder.hold(held)
+            self._add_to_window(block[window], present[window])
         self.release(final=False)
 
-    def _take_row(
-        self,
-        r: np.ndarray,
-        step: int,
-        now: float,
-        present: np.ndarray,
-        norm: float,
-        bad: bool,
-    ) -> Held:
-        """One step's row: its counts, logged statistics and closed window.
+    def _add_to_window(self, rows: np.ndarray, present: np.ndarray) -> None:
+        """Adds applied steps' rows to the open window's sums.
 
-        ``present`` (the variables it updated), ``norm`` (its global gradient
-        norm) and ``bad`` (a NaN/Inf gradient entry) come from the block.
+        Summed one row after the other (``cumsum``), as adding each row to the
+        sums would: the window variance subtracts two close sums, so the
+        rounding stays that of a row at a time.
+
+        Args:
+            rows: The steps' rows ``[k, K]`` (float64).
+            present: Per row, the variables the step updated ``[k, V]``.
         """
+        if not len(rows):
+            return
         idx = self.packing.index
-        valid = r[idx["skipped"]][0] == 0.0
-        # An unknown loss (no metric named "loss" updated) is no NaN.
-        known = r[idx["loss_known"]][0] > 0
-        loss = r[idx["loss"]][0] if known else 0.0
-        nonfinite = r[idx["grad_nonfinite"]]
-        counts = np.concatenate(
-            [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
-        )
-        held = Held(step, valid, counts, None, None, now)
-        if not self.mixed_precision:
-            # Without a loss scale a skipped row is a batch only accumulated.
-            r, known = self._mean_over_batches(r, valid, known)
-            loss = r[idx["loss"]][0] if known else 0.0
-        if not valid:
-            return held
-        # The logged statistics are made only for the rows written (every
-        # update_freq-th, or around an anomaly): the writer thread shares the
-        # CPU with training.
-        held.row = r
-        held.full = self.recorder.in_range(step)
-        finite = math.isfinite(loss) and not bad and math.isfinite(norm)
-        self.recorder.watch(held, norm, finite)
-        self.window_sums.add(
-            r[idx["grad_sq"]],
-            r[idx["grad_abs"]],
-            r[idx["slice_grad_sq"]],
-            r[idx["slice_grad_abs"]],
-            r[idx["batch_size"]][0],
-            absent=~present,
-        )
-        if r[idx["closed"]][0]:
-            held.window = self._close_window(
-                r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
-            )
-        self.last_valid = held
-        return held
+        sums = self.window_sums
+
+        def added(total, column):
+            return np.cumsum(np.vstack([total, rows[:, column]]), axis=0)[-1]
+
+        sums.grad_sq = added(sums.grad_sq, idx["grad_sq"])
+        sums.grad_abs = added(sums.grad_abs, idx["grad_abs"])
+        sums.slice_sq = added(sums.slice_sq, idx["slice_grad_sq"])
+        sums.slice_abs = added(sums.slice_abs, idx["slice_grad_abs"])
+        sums.batch = float(added(np.array([sums.batch]), idx["batch_size"])[0])
+        sums.count += float(len(rows))
+        absent = (~present).any(axis=0)
+        sums.absent = absent if sums.absent is None else sums.absent | absent
 
     def _mean_over_batches(self, r: np.ndarray, valid: bool, known: bool):
         """Under gradient accumulation: an update's loss over all its batches.
