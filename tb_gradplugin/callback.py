@@ -247,8 +247,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         """Writes what is left, flushes the writer and reports the last flags.
 
         The writer stays open for the next ``fit`` with this callback (one
-        event file per run, and the writer functions need no new trace); call
-        :meth:`close` to release it earlier.
+        event file per run); call :meth:`close` to release it earlier.
         """
         mon = self._monitor
         if mon is not None and mon.active:

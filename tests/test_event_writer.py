@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import threading
 
 import numpy as np
 import pytest
@@ -14,8 +15,16 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.data import server_ingester
 from tensorboard.util import tensor_util
 
-from tb_gradplugin import data_server, metadata, reader, stats, summary
+from tb_gradplugin import (
+    GradientHealthCallback,
+    data_server,
+    metadata,
+    reader,
+    stats,
+    summary,
+)
 from tb_gradplugin.event_writer import EventWriter, TensorTag, tensor_value
+from tests.test_callback import BATCH, compiled, data, read, tiny
 
 _CTX = tb_context.RequestContext()
 
@@ -280,3 +289,54 @@ def _same_runs(want: reader.RunData, got: reader.RunData) -> None:
         np.testing.assert_array_equal(a.steps, b.steps)
         np.testing.assert_array_equal(a.values, b.values)
         assert a.content == b.content, key
+
+
+def test_concurrent_writes_keep_every_event_whole(tmp_path):
+    """Two threads writing at once leave every event whole and readable."""
+    writer = EventWriter(tmp_path / "run")
+
+    def write(tag):
+        for step in range(1, 301):
+            writer.write(step, [tensor_value(tag, [float(step)] * 50)])
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.close()
+    values = _values_by_step_and_tag(tmp_path / "run")
+    assert len(values) == 600
+    for (step, _), (tensor, _) in values.items():
+        assert tensor_util.make_ndarray(tensor).tolist() == [float(step)] * 50
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(1, [])
+
+
+def test_a_fit_writes_every_family_into_one_event_file(tmp_path):
+    """Steps, windows, blocks, curvature and trajectory of a fit share one file."""
+    x, y = data()
+    model = compiled(tiny)
+    logdir = tmp_path / "run"
+    cb = GradientHealthCallback(
+        str(logdir),
+        update_freq=1,
+        hessian_freq=1,
+        trajectory_freq=1,
+        variance_window=2,
+        on_flag=None,
+    )
+    model.fit(
+        x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    assert len(os.listdir(logdir)) == 1
+    run = read(str(logdir))
+    for key in (
+        "step/loss",
+        "window/grad_variance",
+        "hessian/min_ratio",
+    ):
+        assert len(run.scalars[key]), key
+    for key in ("layer/grad_norm", "block/layer/grad_norm", "trajectory/projection"):
+        assert len(run.tensors[key]), key
+    assert run.tensors["trajectory/projection"].steps.tolist() == [0, 4, 8]
