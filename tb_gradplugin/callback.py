@@ -26,12 +26,12 @@ import tensorflow as tf
 
 from tb_gradplugin import epoch_probes, live, run_state, summary
 from tb_gradplugin.curvature import DEFAULT_MAX_EXACT_PARAMS
+from tb_gradplugin.event_writer import EventWriter
 from tb_gradplugin.host_pipeline import Monitor
 
 logger = logging.getLogger(__name__)
 
 _FLUSH_SECS = 10.0  # s between host flushes; TensorBoard reloads every 5 s.
-_MAX_QUEUE = 10_000  # events held before the writer flushes by itself.
 
 
 class GradientHealthCallback(keras.callbacks.Callback):
@@ -247,8 +247,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         """Writes what is left, flushes the writer and reports the last flags.
 
         The writer stays open for the next ``fit`` with this callback (one
-        event file per run, and the writer functions need no new trace); call
-        :meth:`close` to release it earlier.
+        event file per run); call :meth:`close` to release it earlier.
         """
         mon = self._monitor
         if mon is not None and mon.active:
@@ -288,8 +287,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         monitor.set_writer(self._writer)
         if first is not None:
             step, values = first
-            with self._writer.as_default():
-                summary.write_loss_components(values, step, monitor.tags())
+            summary.write_loss_components(self._writer, values, step, monitor.tags())
         monitor.active = True
         monitor.start()
 
@@ -336,13 +334,11 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     def _open_writer(self):
         if self._writer is None:
-            existing = set(run_state.event_files(self.log_dir))
-            self._writer = tf.summary.create_file_writer(
-                self.log_dir, max_queue=_MAX_QUEUE, flush_millis=int(_FLUSH_SECS * 1000)
-            )
-            self._writer.flush()
-            new = sorted(set(run_state.event_files(self.log_dir)) - existing)
-            self._event_file = os.path.join(self.log_dir, new[-1]) if new else None
+            # Every summary of the run goes through this one writer (one
+            # file): TensorBoard's Python loader reads a directory's files one
+            # after the other and would miss what an older one still gets.
+            self._writer = EventWriter(self.log_dir)
+            self._event_file = self._writer.path
         if self._monitor.writer is not self._writer:
             self._monitor.set_writer(self._writer)
 
@@ -384,8 +380,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def _flush(self):
         self._last_flush = time.monotonic()
         self._writer.flush()
-        # TensorFlow's writer reports nothing when its file is gone (directory
-        # removed or replaced): check, so that the loss is reported.
+        # Writing to a file that is gone (directory removed or replaced) raises
+        # nothing: check, so that the loss is reported.
         if self._event_file is not None and not os.path.isfile(self._event_file):
             raise OSError(f"the event file {self._event_file} has disappeared")
 

@@ -1,8 +1,8 @@
 """Writes a curvature result as summaries: ``hessian/*``, ``hessian_layer/*``, density.
 
 The tags, their texts and content keys are named in :mod:`tb_gradplugin.metadata`;
-the plugin reads them back (``views.curvature_impl``). Written eagerly on the
-host, once per curvature computation, to the default summary writer.
+the plugin reads them back (``views.curvature_impl``). Written on the host,
+once per curvature computation, as one event through the run's event writer.
 """
 
 from __future__ import annotations
@@ -11,18 +11,21 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import tensorflow as tf
 
 from tb_gradplugin import metadata, spectrum
+from tb_gradplugin.event_writer import tensor_value
 
 if TYPE_CHECKING:
     from tb_gradplugin.curvature import CurvatureResult
+    from tb_gradplugin.event_writer import EventWriter
 
 __all__ = ["write_summary"]
 
 
-def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
-    """Writes a curvature result to the default summary writer.
+def write_summary(
+    result: CurvatureResult, step: int, probe_size: int, writer: EventWriter
+) -> None:
+    """Writes a curvature result through the run's event writer, in one event.
 
     Tags: ``hessian/<stat>`` scalars (:data:`metadata.HESSIAN_SCALARS`),
     ``hessian_layer/<stat>`` tensors ``[n_variables]``
@@ -35,6 +38,7 @@ def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
         result: The result of :func:`tb_gradplugin.curvature.compute_curvature`.
         step: The optimizer step the curvature belongs to.
         probe_size: Examples in the probe batch.
+        writer: The run's event writer.
     """
     content = {
         "method": result.method,
@@ -45,21 +49,23 @@ def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
         "n_params": int(result.n_params),
     }
 
+    values: list[bytes] = []
+
     def write(tag: str, value: Any, text: str, extra: dict, tensor: bool) -> None:
         meta = metadata.create_summary_metadata(
             text, {**content, **extra}, tensor=tensor
         )
-        tf.summary.write(tag, value, step=step, metadata=meta.SerializeToString())
+        values.append(tensor_value(tag, value, meta.SerializeToString()))
 
     for stat, text in metadata.HESSIAN_SCALARS.items():
-        value = tf.constant(float(getattr(result, stat)), tf.float32)
+        value = np.float32(float(getattr(result, stat)))
         write(metadata.hessian_tag(stat), value, text, {}, tensor=False)
     names = {
         "variables": list(result.variables),
         "layer_method": list(result.layer_method),
     }
     for stat, text in metadata.HESSIAN_LAYER_STATS.items():
-        value = tf.constant(np.asarray(getattr(result, "layer_" + stat), np.float32))
+        value = np.asarray(getattr(result, "layer_" + stat), np.float32)
         write(metadata.hessian_layer_tag(stat), value, text, names, tensor=True)
     points = int(result.density_grid.size)
     hist = result.histogram
@@ -75,8 +81,9 @@ def write_summary(result: CurvatureResult, step: int, probe_size: int) -> None:
     ).astype(np.float32)
     write(
         metadata.HESSIAN_SPECTRUM_TAG,
-        tf.constant(row),
+        row,
         metadata.HESSIAN_SPECTRUM_TEXT,
         {"points": points},
         tensor=True,
     )
+    writer.write(step, values)

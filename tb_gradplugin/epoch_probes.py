@@ -90,7 +90,7 @@ def write_curvature(
     Args:
         model: The model.
         batch: ``(x, y, sample_weight)``.
-        writer: The run's summary writer.
+        writer: The run's event writer (``event_writer.EventWriter``).
         max_exact_params: Largest Hessian block computed exactly.
         guarded: Runs the write so that a write failure never breaks training.
     """
@@ -112,8 +112,7 @@ def write_curvature(
     size = int(tf.nest.flatten(x)[0].shape[0])
 
     def write():
-        with writer.as_default():
-            curvature.write_summary(result, step, size)
+        curvature.write_summary(result, step, size, writer)
 
     guarded(write)
 
@@ -123,7 +122,7 @@ def write_trajectory(model: keras.Model, writer, dim: int, seed: int) -> None:
 
     Args:
         model: The model.
-        writer: The run's summary writer.
+        writer: The run's event writer (``event_writer.EventWriter``).
         dim: Dimension of the projection.
         seed: Seed of the projection (the same for every run).
     """
@@ -134,5 +133,4 @@ def write_trajectory(model: keras.Model, writer, dim: int, seed: int) -> None:
     vector = project_parameters(variables, dim=dim, seed=seed)
     n_params = int(sum(np.prod(v.shape) for v in variables))
     step = int(model.optimizer.iterations.numpy())
-    with writer.as_default():
-        summary.write_trajectory(vector, step, seed, n_params)
+    summary.write_trajectory(writer, vector, step, seed, n_params)

@@ -259,8 +259,7 @@ class Monitor(StepShim):
         self.reducer.epoch_end(running)
         if values:
             tags = self.reducer.tags or self.tags()
-            with self.writer.as_default():
-                summary.write_loss_components(values, step, tags)
+            summary.write_loss_components(self.writer, values, step, tags)
         self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True)
 
     def _final_task(self):
@@ -276,7 +275,7 @@ class Monitor(StepShim):
         return found
 
     def set_writer(self, writer):
-        """Sets the summary writer (the tags are made at the first write)."""
+        """Sets the event writer (the tags are made at the first write)."""
         self.writer = writer
         if self.reducer is not None:
             self.reducer.set_writer(writer, self.tags)

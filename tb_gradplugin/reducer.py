@@ -42,11 +42,18 @@ def _updated(grad_sq: np.ndarray, nonfinite: np.ndarray) -> np.ndarray:
     return ~(np.isnan(grad_sq) & (nonfinite == 0))
 
 
-def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.floating:
-    """The L2 norm over the updated variables; NaN when the step updated none."""
-    if not present.any():
-        return np.float32(np.nan)
-    return np.sqrt(np.sum(squares[present]))
+def _global_norm(squares: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Per row, the L2 norm over the updated variables; NaN where it updated none.
+
+    Args:
+        squares: ``[..., n_variables]`` sums of squares.
+        present: Which variables each row updated, the same shape.
+
+    Returns:
+        ``squares.shape[:-1]`` norms.
+    """
+    total = np.sum(np.where(present, squares, 0.0), axis=-1)
+    return np.where(present.any(axis=-1), np.sqrt(total), np.nan)
 
 
 class BlockReducer:
@@ -101,6 +108,8 @@ class BlockReducer:
         self.last_valid: Held | None = None
         # (loss known, [loss, components]) of the batches of the open update.
         self.batches: list[tuple[bool, np.ndarray]] = []
+        index = packing.index
+        self._loss_columns = np.r_[index["loss"], index["components"]]
         self.run_last_step = 0
         self.step_offset: int | None = None
         self.last_step = 0
@@ -129,7 +138,7 @@ class BlockReducer:
 
     @property
     def writer(self):
-        """The summary writer in use."""
+        """The event writer in use."""
         return self.output.writer
 
     @property
@@ -139,10 +148,10 @@ class BlockReducer:
 
     # -- input -------------------------------------------------------------------
     def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
-        """Sets the summary writer and what makes the tags' metadata (lazily).
+        """Sets the event writer and what makes the tags' metadata (lazily).
 
         Args:
-            writer: A ``tf.summary`` writer.
+            writer: The run's ``event_writer.EventWriter``.
             tags_fn: Returns ``{tag: serialized metadata}``; called at the
                 first write, once the step has been traced.
         """
@@ -183,53 +192,88 @@ class BlockReducer:
         if len(steps):
             self.last_step = max(self.last_step, int(steps.max()))
         now = time.monotonic()
+        block = block.astype(np.float64)
+        loss_column = idx["loss"].start
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            for r, step in zip(block.astype(np.float64), steps.tolist(), strict=True):
-                self.recorder.hold(self._take_row(r, step, now))
+            # What every row needs, for the whole block at once: a numpy call
+            # per row costs more than its arithmetic here, and this runs for
+            # every step whatever update_freq is.
+            valid = (block[:, idx["skipped"].start] == 0.0).tolist()
+            known = block[:, idx["loss_known"].start] > 0
+            # An unknown loss (no metric named "loss" updated) is no NaN.
+            raw_loss = np.where(known, block[:, loss_column], 0.0)
+            nonfinite = block[:, idx["grad_nonfinite"]]
+            counts = np.concatenate(
+                [
+                    nonfinite,
+                    ~np.isfinite(raw_loss)[:, None],
+                    np.logical_not(valid)[:, None],
+                ],
+                axis=1,
+                dtype=np.float64,
+            )
+            present = _updated(block[:, idx["grad_sq"]], nonfinite)
+            norms = _global_norm(block[:, idx["grad_sq"]], present).tolist()
+            bad = nonfinite.any(axis=1).tolist()
+            closed = (block[:, idx["closed"].start] != 0).tolist()
+            known = known.tolist()
+            window = []  # rows of the open window not yet in its sums
+            for i, step in enumerate(steps.tolist()):
+                held = Held(step, valid[i], counts[i], None, None, now)
+                r, loss_known = block[i], known[i]
+                if not self.mixed_precision:
+                    # Without a loss scale a skipped row is a batch only
+                    # accumulated.
+                    r, loss_known = self._mean_over_batches(r, valid[i], loss_known)
+                if valid[i]:
+                    # The logged statistics are made only for the rows written
+                    # (every update_freq-th, or around an anomaly).
+                    held.row = r
+                    held.full = self.recorder.in_range(step)
+                    loss = r[loss_column] if loss_known else 0.0
+                    finite = (
+                        math.isfinite(loss) and not bad[i] and math.isfinite(norms[i])
+                    )
+                    self.recorder.watch(held, norms[i], finite)
+                    window.append(i)
+                    if closed[i]:
+                        self._add_to_window(block[window], present[window])
+                        window = []
+                        held.window = self._close_window(
+                            r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
+                        )
+                    self.last_valid = held
+                self.recorder.hold(held)
+            self._add_to_window(block[window], present[window])
         self.release(final=False)
 
-    def _take_row(self, r: np.ndarray, step: int, now: float) -> Held:
-        """One step's row: its counts, logged statistics and closed window."""
+    def _add_to_window(self, rows: np.ndarray, present: np.ndarray) -> None:
+        """Adds applied steps' rows to the open window's sums.
+
+        Summed one row after the other (``cumsum``), as adding each row to the
+        sums would: the window variance subtracts two close sums, so the
+        rounding stays that of a row at a time.
+
+        Args:
+            rows: The steps' rows ``[k, K]`` (float64).
+            present: Per row, the variables the step updated ``[k, V]``.
+        """
+        if not len(rows):
+            return
         idx = self.packing.index
-        valid = r[idx["skipped"]][0] == 0.0
-        # An unknown loss (no metric named "loss" updated) is no NaN.
-        known = r[idx["loss_known"]][0] > 0
-        loss = r[idx["loss"]][0] if known else 0.0
-        nonfinite = r[idx["grad_nonfinite"]]
-        counts = np.concatenate(
-            [nonfinite, [float(not np.isfinite(loss)), float(not valid)]]
-        )
-        held = Held(step, valid, counts, None, None, now)
-        if not self.mixed_precision:
-            # Without a loss scale a skipped row is a batch only accumulated.
-            r, known = self._mean_over_batches(r, valid, known)
-            loss = r[idx["loss"]][0] if known else 0.0
-        if not valid:
-            return held
-        # The logged statistics are made only for the rows written (every
-        # update_freq-th, or around an anomaly): the writer thread shares the
-        # CPU with training.
-        held.row = r
-        held.full = self.recorder.in_range(step)
-        grad_sq = r[idx["grad_sq"]]
-        present = _updated(grad_sq, nonfinite)
-        norm = float(_global_norm(grad_sq, present))
-        finite = bool(np.isfinite(loss)) and not nonfinite.any() and math.isfinite(norm)
-        self.recorder.watch(held, norm, finite)
-        self.window_sums.add(
-            grad_sq,
-            r[idx["grad_abs"]],
-            r[idx["slice_grad_sq"]],
-            r[idx["slice_grad_abs"]],
-            r[idx["batch_size"]][0],
-            absent=~present,
-        )
-        if r[idx["closed"]][0]:
-            held.window = self._close_window(
-                r[idx["sum_sq"]], r[idx["sum_zero"]], r[idx["slice_sum_sq"]]
-            )
-        self.last_valid = held
-        return held
+        sums = self.window_sums
+
+        def added(total, column):
+            return np.cumsum(np.vstack([total, rows[:, column]]), axis=0)[-1]
+
+        sums.grad_sq = added(sums.grad_sq, idx["grad_sq"])
+        sums.grad_abs = added(sums.grad_abs, idx["grad_abs"])
+        sums.slice_sq = added(sums.slice_sq, idx["slice_grad_sq"])
+        sums.slice_abs = added(sums.slice_abs, idx["slice_grad_abs"])
+        sums.batch = float(added(np.array([sums.batch]), idx["batch_size"])[0])
+        sums.count += float(len(rows))
+        absent = (~present).any(axis=0)
+        sums.absent = absent if sums.absent is None else sums.absent | absent
 
     def _mean_over_batches(self, r: np.ndarray, valid: bool, known: bool):
         """Under gradient accumulation: an update's loss over all its batches.
@@ -249,8 +293,10 @@ class BlockReducer:
             ``(row, known)``: the row with the means in place, and whether
             the update's loss is known.
         """
+        if valid and not self.batches:
+            return r, known  # an update of one batch: nothing to average
         idx = self.packing.index
-        columns = np.r_[idx["loss"], idx["components"]]
+        columns = self._loss_columns
         values = r[columns].copy()
         if not known:
             values[0] = np.nan
@@ -305,28 +351,38 @@ class BlockReducer:
         self.release(final=False)
 
     # -- per step -----------------------------------------------------------------
-    def _log_row(self, r: np.ndarray) -> np.ndarray:
+    def _log_rows(self, r: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The packed logged rows of step rows ``[n, K]``, all at once.
+
+        Args:
+            r: The step rows (float64).
+            counts: Per row, the NaN/Inf and skipped-step counts since the
+                previous logged step, ``[n, n_variables + 2]``.
+
+        Returns:
+            ``[n, self.rows.width]`` float32.
+        """
         idx = self.packing.index
         sizes = self.layout.sizes_array
-        grad_sq, param_sq = r[idx["grad_sq"]], r[idx["param_sq"]]
-        update_sq = r[idx["update_sq"]]
-        present = _updated(grad_sq, r[idx["grad_nonfinite"]])
+        grad_sq, param_sq = r[:, idx["grad_sq"]], r[:, idx["param_sq"]]
+        update_sq = r[:, idx["update_sq"]]
+        present = _updated(grad_sq, r[:, idx["grad_nonfinite"]])
         fields = {
-            "loss": r[idx["loss"]],
-            "loss_known": r[idx["loss_known"]],
+            "loss": r[:, idx["loss"]],
+            "loss_known": r[:, idx["loss_known"]],
             # Over the variables updated at the step; a NaN or Inf gradient of an
             # updated variable makes the global norms non-finite, as it should.
             "grad_norm": _global_norm(grad_sq, present),
             "param_norm": _global_norm(param_sq, present),
             "update_norm": _global_norm(update_sq, present),
-            "learning_rate": r[idx["learning_rate"]],
-            "loss_scale": r[idx["loss_scale"]],
-            "components": r[idx["components"]],
+            "learning_rate": r[:, idx["learning_rate"]],
+            "loss_scale": r[:, idx["loss_scale"]],
+            "components": r[:, idx["components"]],
             "v_grad_norm": np.sqrt(grad_sq),
-            "v_grad_mean_abs": r[idx["grad_abs"]] / sizes,
+            "v_grad_mean_abs": r[:, idx["grad_abs"]] / sizes,
             "v_param_norm": np.sqrt(param_sq),
             "v_update_norm": np.sqrt(update_sq),
-            "v_zero_fraction": r[idx["grad_zero"]] / sizes,
+            "v_zero_fraction": r[:, idx["grad_zero"]] / sizes,
         }
         fields["update_ratio"] = window_stats.safe_ratio(
             fields["update_norm"], fields["param_norm"]
@@ -336,21 +392,30 @@ class BlockReducer:
         fields["v_update_ratio"] = window_stats.safe_ratio(
             fields["v_update_norm"], fields["v_param_norm"]
         )
-        return self.rows.pack(fields, 1)[0]
+        rows = self.rows.pack(fields, len(r))
+        # The counts since the last logged step.
+        v = self.layout.num_variables
+        index = self.rows.index
+        rows[:, index["nonfinite_grads"]] = counts[:, :v].sum(axis=1, keepdims=True)
+        rows[:, index["v_nonfinite_grads"]] = counts[:, :v]
+        rows[:, index["nonfinite_loss"]] = counts[:, v : v + 1]
+        rows[:, index["skipped_steps"]] = counts[:, v + 1 : v + 2]
+        return rows
 
     def _optimizer_norms(self, present, grad_sq, param_sq, update_sq) -> dict:
-        """Each optimizer's global norms over the variables it updated at the step."""
+        """Each optimizer's global norms over the variables it updated, per row."""
         out = {f"o_{stat}": [] for stat in summary.OPTIMIZER_STATS}
         for indices in self.optimizer_indices:
-            mine = np.zeros_like(present)
+            mine = np.zeros(present.shape[-1], bool)
             mine[indices] = True
-            mine &= present
+            mine = mine & present
             norms = [_global_norm(sq, mine) for sq in (grad_sq, param_sq, update_sq)]
             out["o_grad_norm"].append(norms[0])
             out["o_param_norm"].append(norms[1])
             out["o_update_norm"].append(norms[2])
             out["o_update_ratio"].append(window_stats.safe_ratio(norms[2], norms[1]))
-        return {k: np.array(v, np.float64) for k, v in out.items()}
+        # [optimizers, n] -> [n, optimizers]
+        return {k: np.array(v, np.float64).T for k, v in out.items()}
 
     def _close_window(self, sum_sq, sum_zero, slice_sum_sq) -> np.ndarray:
         out = window_stats.window_statistics(
@@ -393,13 +458,12 @@ class BlockReducer:
         return not self.epoch_mode and (held.step == 1 or held.step % self.freq == 0)
 
     def _write_entries(self, entries: Sequence[Held]) -> None:
-        rows, row_steps, windows, window_steps = [], [], [], []
+        logged, counts, row_steps, windows, window_steps = [], [], [], [], []
         for held in entries:
             self.pending = self.pending + held.counts
             if self._due(held):
-                with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                    row = self._log_row(held.row)
-                rows.append(self._with_counts(row, self.pending))
+                logged.append(held.row)
+                counts.append(self.pending)
                 row_steps.append(held.step)
                 self.pending = np.zeros_like(self.pending)
                 self.last_logged = held.step
@@ -407,21 +471,15 @@ class BlockReducer:
                 windows.append(held.window)
                 window_steps.append(held.step)
                 held.window = None
-        if rows or windows:
+        if logged:
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                rows = self._log_rows(np.array(logged), np.array(counts))
+        else:
+            rows = np.zeros([0, self.rows.width], np.float32)
+        if logged or windows:
             self.output.write(
-                np.array(rows, np.float32).reshape([-1, self.rows.width]),
+                rows,
                 np.array(row_steps, np.int64),
                 np.array(windows, np.float32).reshape([-1, self.windows.width]),
                 np.array(window_steps, np.int64),
             )
-
-    def _with_counts(self, row: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        """Puts the counts since the last logged step into a packed row."""
-        v = self.layout.num_variables
-        row = row.copy()
-        index = self.rows.index
-        row[index["nonfinite_grads"]] = counts[:v].sum()
-        row[index["v_nonfinite_grads"]] = counts[:v]
-        row[index["nonfinite_loss"]] = counts[v]
-        row[index["skipped_steps"]] = counts[v + 1]
-        return row

@@ -1,13 +1,14 @@
-"""Writing the gradient-health summaries (TensorFlow, on the writer thread).
+"""Writing the gradient-health summaries (on the writer thread, no TensorFlow op).
 
 * :class:`StepSummaryWriter` writes the logged steps' rows and the closed
-  windows packed by ``reducer.py``, in step order, from one graph function per
-  writer, and every block of logged steps the block summaries
-  (``block_summaries.py``);
+  windows packed by ``reducer.py``, in step order, one event per step, and
+  every block of logged steps the block summaries (``block_summaries.py``);
 * :func:`tag_metadata` makes every per-step and window tag's metadata;
 * :func:`write_loss_components` and :func:`write_trajectory` write the rare
-  values (per-epoch components, a first step's) eagerly; the curvature's are
-  written by ``curvature.write_summary``.
+  values (per-epoch components, a first step's); the curvature's are written
+  by ``curvature.write_summary``.
+
+All of them write through the run's one :class:`~event_writer.EventWriter`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from tb_gradplugin import blocks, metadata, ring, stats
 from tb_gradplugin.block_summaries import BlockSummaries
+from tb_gradplugin.event_writer import EventWriter, TensorTag, tensor_value
 
 # Column orders: the tag families of metadata.py, in their order. The loss scale
 # and skipped steps are written only under mixed precision.
@@ -61,6 +62,10 @@ def window_packing(num_variables: int, num_slices: int) -> ring.Packing:
 class StepSummaryWriter:
     """Writes packed logged rows and closed windows as summaries, oldest first.
 
+    Each logged step is one event holding its row's values and the window it
+    closes, if any, encoded from the packed float32 bytes
+    (``event_writer.py``): no TensorFlow op per value.
+
     Args:
         layout: The variables' layout.
         components: Names of the per-step loss components in the rows.
@@ -77,12 +82,14 @@ class StepSummaryWriter:
         self.rows = row_packing(layout.num_variables, len(self.components))
         self.blocks = self._block_summaries()
         self.windows = window_packing(layout.num_variables, len(layout.slices))
-        self.writer = None
+        self.writer: EventWriter | None = None
         self._tags_fn: Callable[[], Mapping[str, bytes]] | None = None
         self.tags: dict[str, bytes] = {}
-        self._write_fn = None
-        self._meta: dict[str, tf.Tensor] = {}
-        self._described = {"rows": False, "windows": False}
+        # (tag, first byte, last byte) of each value in a packed row's bytes.
+        self._row_plan: list[tuple[TensorTag, int, int]] | None = None
+        self._window_plan: list[tuple[TensorTag, int, int]] = []
+        self._loss_tag: TensorTag | None = None
+        self._loss_column = self.rows.index["loss"]
         self._blocks_described: set[str] = set()
 
     def _block_summaries(self) -> BlockSummaries:
@@ -96,11 +103,13 @@ class StepSummaryWriter:
             columns[f"layer/{stat}"] = index["v_" + stat]
         return BlockSummaries(columns, {"step/loss": index["loss_known"].start})
 
-    def set_writer(self, writer, tags_fn: Callable[[], Mapping[str, bytes]]) -> None:
-        """Sets the summary writer and what makes the tags' metadata (lazily).
+    def set_writer(
+        self, writer: EventWriter | None, tags_fn: Callable[[], Mapping[str, bytes]]
+    ) -> None:
+        """Sets the event writer and what makes the tags' metadata (lazily).
 
         Args:
-            writer: A ``tf.summary`` writer.
+            writer: The run's event writer.
             tags_fn: Returns ``{tag: serialized metadata}``; called at the
                 first write, once the step has been traced.
         """
@@ -108,8 +117,7 @@ class StepSummaryWriter:
             self.writer = writer
             self._tags_fn = tags_fn
             self.tags = {}
-            self._write_fn = None
-            self._described = {"rows": False, "windows": False}
+            self._row_plan = None
             self._blocks_described = set()
 
     def set_optimizers(self, names: Sequence[str]) -> None:
@@ -123,10 +131,12 @@ class StepSummaryWriter:
             self.layout.num_variables, len(self.components), len(self.optimizers)
         )
         # The optimizers' columns come last: the blocks' columns stay as they are.
-        self._write_fn = None
+        self._row_plan = None
 
     def write(self, rows, row_steps, windows, window_steps) -> None:
         """Writes packed logged rows and closed windows, oldest first.
+
+        A step's row and window go in one event.
 
         Args:
             rows: ``[n, self.rows.width]`` float32.
@@ -138,29 +148,73 @@ class StepSummaryWriter:
             return
         if not self.tags:
             self.tags = dict(self._tags_fn())
-        if self._write_fn is None:
-            self._write_fn = tf.function(
-                self._write_all, autograph=False
-            ).get_concrete_function(
-                tf.TensorSpec([None, self.rows.width], tf.float32),
-                tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([None, self.windows.width], tf.float32),
-                tf.TensorSpec([None], tf.int64),
-                tf.TensorSpec([], tf.bool),
-                tf.TensorSpec([], tf.bool),
-            )
-        self._write_fn(
-            tf.constant(rows, tf.float32),
-            tf.constant(row_steps, tf.int64),
-            tf.constant(windows, tf.float32),
-            tf.constant(window_steps, tf.int64),
-            tf.constant(not self._described["rows"]),
-            tf.constant(not self._described["windows"]),
-        )
-        self._described["rows"] |= bool(len(row_steps))
-        self._described["windows"] |= bool(len(window_steps))
+        if self._row_plan is None:
+            self._make_plans()
+        rows = np.asarray(rows, np.float32)
+        known = rows[:, self.rows.index["loss_known"].start] > 0
+        events: dict[int, list[bytes]] = {}
+        for step, row, loss_known in zip(
+            np.asarray(row_steps).tolist(), rows, known.tolist(), strict=True
+        ):
+            events[step] = self._values(self._row_plan, row.tobytes())
+            if loss_known:
+                # No value where the step's loss is unknown (a custom step
+                # with no metric named "loss"): no point rather than a 0.
+                loss = self._loss_tag
+                events[step].append(loss.value(row[self._loss_column].tobytes()))
+        windows = np.asarray(windows, np.float32)
+        for step, row in zip(np.asarray(window_steps).tolist(), windows, strict=True):
+            values = self._values(self._window_plan, row.tobytes())
+            events.setdefault(step, []).extend(values)
+        for step in sorted(events):
+            self.writer.write(step, events[step])
         if len(row_steps):
-            self._write_blocks(self.blocks.add(np.asarray(rows), row_steps))
+            self._write_blocks(self.blocks.add(rows, np.asarray(row_steps)))
+
+    @staticmethod
+    def _values(plan, data: bytes) -> list[bytes]:
+        return [tag.value(data[start:stop]) for tag, start, stop in plan]
+
+    def _make_plans(self) -> None:
+        """Encodes every row and window tag once, with its columns' bytes."""
+        v = (self.layout.num_variables,)
+
+        def tag(name: str, shape=()) -> TensorTag:
+            return TensorTag(name, shape, self.tags[name])
+
+        index = self.rows.index
+        plan = []
+        for stat in STEP_STATS:
+            if stat != "loss" and (
+                self.mixed_precision or stat not in MIXED_PRECISION_ONLY
+            ):
+                plan.append((tag(metadata.step_tag(stat)), index[stat]))
+        for i, name in enumerate(self.components):
+            column = index["components"].start + i
+            plan.append((tag(metadata.loss_component_tag(name)), column))
+        for stat in LAYER_STATS:
+            plan.append((tag(metadata.layer_tag(stat), v), index["v_" + stat]))
+        for stat in OPTIMIZER_STATS:
+            for i, name in enumerate(self.optimizers):
+                column = index["o_" + stat].start + i
+                plan.append((tag(metadata.optimizer_tag(name, stat)), column))
+        self._row_plan = _byte_plan(plan)
+        self._loss_tag = tag(metadata.step_tag("loss"))
+        self._loss_column = index["loss"]
+        index = self.windows.index
+        plan = [
+            (tag(metadata.window_tag(stat)), index[stat])
+            for stat in metadata.WINDOW_SCALARS
+        ]
+        for stat in WINDOW_LAYER_STATS:
+            plan.append(
+                (tag(metadata.window_layer_tag(stat), v), index["layer_" + stat])
+            )
+        for stat in metadata.SLICE_STATS:
+            start = index["slice_" + stat].start
+            for i, sl in enumerate(self.layout.slices):
+                plan.append((tag(metadata.slice_tag(sl.name, stat)), start + i))
+        self._window_plan = _byte_plan(plan)
 
     def flush_blocks(self) -> None:
         """Writes the summary of the unfinished block (at the end of a ``fit``)."""
@@ -168,17 +222,17 @@ class StepSummaryWriter:
             self._write_blocks(self.blocks.flush())
 
     def _write_blocks(self, done) -> None:
-        """Writes finished block summaries, eagerly: a few events per block."""
-        if not done:
-            return
-        with self.writer.as_default():
-            for key, step, value in done:
-                tag = metadata.key_tag(blocks.block_key(key))
-                meta = b""
-                if tag not in self._blocks_described:
-                    self._blocks_described.add(tag)
-                    meta = self._block_metadata(key)
-                tf.summary.write(tag, tf.constant(value), step=step, metadata=meta)
+        """Writes finished block summaries: one event per step, a few per block."""
+        events: dict[int, list[bytes]] = {}
+        for key, step, value in done:
+            tag = metadata.key_tag(blocks.block_key(key))
+            meta = b""
+            if tag not in self._blocks_described:
+                self._blocks_described.add(tag)
+                meta = self._block_metadata(key)
+            events.setdefault(step, []).append(tensor_value(tag, value, meta))
+        for step in sorted(events):
+            self.writer.write(step, events[step])
 
     def _block_metadata(self, key: str) -> bytes:
         content: dict[str, Any] = {"key": key, "block_steps": self.blocks.block_steps}
@@ -190,104 +244,14 @@ class StepSummaryWriter:
             tensor=True,
         ).SerializeToString()
 
-    def _write_all(
-        self, rows, row_steps, windows, window_steps, describe_rows, describe_windows
-    ):
-        # A tag's metadata goes with its first event only, as TF1's FileWriter
-        # does; both TensorBoard loaders keep the first (parsing it again for
-        # every event measured ~1 µs per scalar write, more per layer tensor).
-        self._meta = {
-            tag: tf.where(
-                describe_windows
-                if metadata.is_window_key(metadata.tag_key(tag) or "")
-                else describe_rows,
-                tf.constant(meta),
-                tf.constant(b""),
-            )
-            for tag, meta in self.tags.items()
-        }
-        with self.writer.as_default():
-            done = self._write_each(rows, row_steps, self._write_row)
-            with tf.control_dependencies([done]):
-                return self._write_each(windows, window_steps, self._write_window)
 
-    def _write_each(self, rows, steps, write):
-        """Writes each packed row at its step, oldest first, in a graph loop."""
-
-        def body(i):
-            write(rows[i], steps[i])
-            return (i + 1,)
-
-        loop = tf.while_loop(lambda i: i < tf.shape(rows)[0], body, (tf.constant(0),))
-        return loop[0]
-
-    def _summary(self, tag, value, step):
-        tf.summary.write(tag, value, step=step, metadata=self._meta[tag])
-
-    def _summary_op(self, tag, value, step):
-        # Written at some steps only: its first event, whichever it is, must
-        # carry the metadata, so every event does.
-        return tf.summary.write(tag, value, step=step, metadata=self.tags[tag])
-
-    def _write_row(self, row, step):
-        # One unstack per part rather than one slice op per tag.
-        width = self.rows.index["loss_known"].stop
-        scalars = tf.unstack(row[:width], num=width)
-        count, v = len(LAYER_STATS), self.layout.num_variables
-        layers = tf.unstack(
-            tf.reshape(row[width : width + count * v], [count, v]), num=count
-        )
-        known = scalars[self.rows.index["loss_known"].start] > 0
-        for i, stat in enumerate(STEP_STATS):
-            if stat == "loss":
-                # No value where the step's loss is unknown (a custom step
-                # with no metric named "loss"): no point rather than a 0.
-                tf.cond(
-                    known,
-                    lambda v=scalars[i]: self._summary_op(
-                        metadata.step_tag("loss"), v, step
-                    ),
-                    lambda: tf.constant(False),
-                )
-            elif self.mixed_precision or stat not in MIXED_PRECISION_ONLY:
-                self._summary(metadata.step_tag(stat), scalars[i], step)
-        first = self.rows.index["components"].start
-        for i, name in enumerate(self.components):
-            self._summary(metadata.loss_component_tag(name), scalars[first + i], step)
-        for stat, value in zip(LAYER_STATS, layers, strict=True):
-            self._summary(metadata.layer_tag(stat), value, step)
-        if self.optimizers:
-            start = width + count * v
-            values = tf.unstack(row[start:], num=self.rows.width - start)
-            for j, stat in enumerate(OPTIMIZER_STATS):
-                for i, name in enumerate(self.optimizers):
-                    value = values[j * len(self.optimizers) + i]
-                    self._summary(metadata.optimizer_tag(name, stat), value, step)
-
-    def _write_window(self, row, step):
-        index = self.windows.index
-        v, s = self.layout.num_variables, len(self.layout.slices)
-        width = len(metadata.WINDOW_SCALARS)
-        scalars = tf.unstack(row[:width], num=width)
-        for stat, value in zip(metadata.WINDOW_SCALARS, scalars, strict=True):
-            self._summary(metadata.window_tag(stat), value, step)
-        start = index["layer_" + next(iter(WINDOW_LAYER_STATS))].start
-        count = len(WINDOW_LAYER_STATS)
-        layers = tf.unstack(
-            tf.reshape(row[start : start + count * v], [count, v]), num=count
-        )
-        for stat, value in zip(WINDOW_LAYER_STATS, layers, strict=True):
-            self._summary(metadata.window_layer_tag(stat), value, step)
-        if not s:
-            return
-        start = index["slice_" + next(iter(metadata.SLICE_STATS))].start
-        count = len(metadata.SLICE_STATS)
-        values = tf.unstack(row[start : start + count * s], num=count * s)
-        for j, stat in enumerate(metadata.SLICE_STATS):
-            for i, sl in enumerate(self.layout.slices):
-                self._summary(
-                    metadata.slice_tag(sl.name, stat), values[j * s + i], step
-                )
+def _byte_plan(plan) -> list[tuple[TensorTag, int, int]]:
+    """``(tag, column or column slice)`` as ``(tag, first byte, last byte)``."""
+    out = []
+    for tag, column in plan:
+        start = column.start if isinstance(column, slice) else column
+        out.append((tag, 4 * start, 4 * start + tag.nbytes))
+    return out
 
 
 def tag_metadata(
@@ -369,20 +333,25 @@ def tag_metadata(
 
 
 def write_loss_components(
-    values: Mapping[str, float], step: int, tags: Mapping[str, bytes]
+    writer: EventWriter,
+    values: Mapping[str, float],
+    step: int,
+    tags: Mapping[str, bytes],
 ) -> None:
-    """Writes loss components at one step, eagerly (under the default writer).
+    """Writes loss components at one step, in one event.
 
     Args:
+        writer: The run's event writer.
         values: ``{component name: value}``, e.g. from the epoch's logs.
         step: The step they belong to.
         tags: :func:`tag_metadata`'s result.
     """
+    encoded = []
     for name, value in values.items():
         tag = metadata.loss_component_tag(name)
-        tf.summary.write(
-            tag, tf.constant(value, tf.float32), step=step, metadata=tags[tag]
-        )
+        encoded.append(tensor_value(tag, value, tags[tag]))
+    if encoded:
+        writer.write(step, encoded)
 
 
 def _meta(text: str, content: dict[str, Any], tensor: bool = False) -> bytes:
@@ -391,23 +360,22 @@ def _meta(text: str, content: dict[str, Any], tensor: bool = False) -> bytes:
     ).SerializeToString()
 
 
-def write_trajectory(vector: np.ndarray, step: int, seed: int, n_params: int) -> None:
+def write_trajectory(
+    writer: EventWriter, vector: np.ndarray, step: int, seed: int, n_params: int
+) -> None:
     """Writes one projected parameter snapshot as ``trajectory/projection``.
 
     Args:
+        writer: The run's event writer.
         vector: The projection, shape ``[dim]``.
         step: The optimizer step of the snapshot.
         seed: The projection's seed (the same for every run).
         n_params: Number of projected parameters.
     """
     vector = np.asarray(vector, np.float32).reshape(-1)
-    tf.summary.write(
-        metadata.TRAJECTORY_TAG,
-        tf.constant(vector),
-        step=step,
-        metadata=_meta(
-            "random projection of the trainable parameters",
-            {"seed": int(seed), "dim": int(vector.size), "n_params": int(n_params)},
-            tensor=True,
-        ),
+    meta = _meta(
+        "random projection of the trainable parameters",
+        {"seed": int(seed), "dim": int(vector.size), "n_params": int(n_params)},
+        tensor=True,
     )
+    writer.write(step, [tensor_value(metadata.TRAJECTORY_TAG, vector, meta)])

@@ -8,17 +8,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 from tb_gradplugin import curvature, curvature_summary, metadata, reader  # noqa: E402
+from tb_gradplugin.event_writer import EventWriter  # noqa: E402
 from tests.test_curvature import EPS32, _small_regression  # noqa: E402
 
 
 def _read_back(tmp_path, result, step, probe_size):
     """Writes a result with write_summary and reads the run back from disk."""
-    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
-    with writer.as_default():
-        curvature_summary.write_summary(result, step=step, probe_size=probe_size)
+    writer = EventWriter(tmp_path / "run")
+    curvature_summary.write_summary(result, step, probe_size, writer)
     writer.close()
     return reader.read_run(reader.provider_for_logdir(tmp_path), "run")
 

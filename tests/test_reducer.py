@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from tb_gradplugin import reader, reducer, ring, stats, summary
+from tb_gradplugin.event_writer import EventWriter
 
 
 def _rows(packing, steps, grad_sq, loss=None):
@@ -27,7 +27,7 @@ def _reducer(tmp_path, update_freq, flight=4):
     red = reducer.BlockReducer(
         layout, packing, [], update_freq, "epoch", False, flight_steps=flight
     )
-    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
+    writer = EventWriter(tmp_path / "run")
     red.set_writer(
         writer, lambda: summary.tag_metadata(layout, update_freq, "epoch", [], [])
     )

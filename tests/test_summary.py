@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from tb_gradplugin import reader, summary, trajectory
+from tb_gradplugin.event_writer import EventWriter
 
 
 def test_trajectory_round_trip(tmp_path):
@@ -14,9 +14,8 @@ def test_trajectory_round_trip(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     vector = trajectory.project_parameters(model.trainable_variables, dim=16, seed=1)
-    writer = tf.summary.create_file_writer(str(tmp_path / "run"))
-    with writer.as_default():
-        summary.write_trajectory(vector, step=7, seed=1, n_params=8)
+    writer = EventWriter(tmp_path / "run")
+    summary.write_trajectory(writer, vector, step=7, seed=1, n_params=8)
     writer.close()
     run = reader.read_run(reader.provider_for_logdir(tmp_path), "run")
     traj = run.tensor("trajectory/projection")
