@@ -8,17 +8,17 @@ file written at the same time would lose data.
 Why not ``tf.summary``: each ``tf.summary.write`` is an eager op (~4 µs on the
 host, more with its ``tf.constant`` conversions), and a logged step writes ~20
 series, each one event of its own. Here a logged step is one ``Event`` holding
-all its values, encoded by hand from the float32 bytes of its packed row, and
-framed by TensorFlow's C++ record writer (``tf.io.TFRecordWriter``). Not
-TensorBoard's own ``EventFileWriter``: its record checksum is a Python loop,
-~200 µs for a 1.4 KB event (measured here), as dear as the writes it replaces.
+all its values: each tag's ``Summary.Value`` is built once with the protocol
+buffers library and only its ``tensor_content`` (the float32 bytes of the packed
+row) changes; the record is framed by TensorFlow's C++ record writer
+(``tf.io.TFRecordWriter``). Not TensorBoard's own ``EventFileWriter``: its
+record checksum is a Python loop, ~200 µs for a 1.4 KB event (measured here),
+as dear as the writes it replaces.
 
-The values are encoded exactly as ``tf.summary.write`` encodes a float32
-tensor (dtype, shape, ``tensor_content``; the tag's metadata after the
-tensor), so both TensorBoard loaders read the same tags, steps, values and
-metadata (``tests/test_event_writer.py`` compares them). The encoding follows
-the protocol buffers wire format: a field is its number and wire type in one
-varint, then a varint length and the bytes for a length-delimited field.
+The values are what ``tf.summary.write`` writes for a float32 tensor (dtype,
+shape, ``tensor_content``, the tag's metadata on its first value), so both
+TensorBoard loaders read the same tags, steps, values and metadata
+(``tests/test_event_writer.py`` compares them).
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ import itertools
 import math
 import os
 import socket
-import struct
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 
 FILE_VERSION = "brain.Event:2"
 """The event file version TensorBoard expects; with ``brain.Event:1`` its Python
@@ -42,37 +42,17 @@ loader would drop points at a step written again (its out-of-order purge)."""
 SOURCE_WRITER = "tb_gradplugin"
 """Names this writer in the file's first event (``source_metadata.writer``)."""
 
-_DT_FLOAT = 1  # tensorflow.DataType.DT_FLOAT
 _uid = itertools.count()
-
-
-def _varint(value: int) -> bytes:
-    """The base-128 varint of an int64 (a negative one as its two's complement)."""
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (strings, bytes, messages)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def _shape(shape: Sequence[int]) -> bytes:
-    """A ``TensorShapeProto``: one ``dim`` per axis, a size 0 left out (proto3)."""
-    return b"".join(_field(2, _varint(8) + _varint(n) if n else b"") for n in shape)
 
 
 class TensorTag:
     """Encodes one tag's float32 values of a fixed shape as summary values.
 
-    Everything but the values' bytes is encoded once. The tag's metadata goes
-    with its first value only, as with ``tf.summary`` writers (TensorBoard
-    keeps a tag's first metadata); :attr:`described` says whether it went.
+    The ``Summary.Value`` is built once with the protocol buffers library; a
+    value only sets its ``tensor_content``. The tag's metadata goes with its
+    first value only, as with ``tf.summary`` writers (TensorBoard keeps a
+    tag's first metadata); :attr:`described` says whether it went. One
+    instance is used by one thread at a time.
 
     Args:
         tag: The summary tag.
@@ -90,18 +70,14 @@ class TensorTag:
         self.shape = tuple(int(n) for n in shape)
         self.nbytes = 4 * math.prod(self.shape)
         self.described = not metadata
-        self._meta = _field(9, metadata) if metadata else b""
-        content = _varint(4 << 3 | 2) + _varint(self.nbytes) if self.nbytes else b""
-        tensor = _varint(1 << 3) + _varint(_DT_FLOAT) + _field(2, _shape(self.shape))
-        tensor_len = len(tensor) + len(content) + self.nbytes
-        head = _field(1, tag.encode()) + _varint(8 << 3 | 2) + _varint(tensor_len)
-        head += tensor + content
-        size = len(head) + self.nbytes
-        # The Summary.value field around it: with and without the metadata.
-        self._lead = _varint(1 << 3 | 2) + _varint(size) + head
-        self._lead_described = (
-            _varint(1 << 3 | 2) + _varint(size + len(self._meta)) + head
-        )
+        self._summary = summary_pb2.Summary()
+        value = self._summary.value.add(tag=tag)
+        value.tensor.dtype = types_pb2.DT_FLOAT
+        value.tensor.tensor_shape.SetInParent()  # a scalar's empty shape, as TF's
+        for n in self.shape:
+            value.tensor.tensor_shape.dim.add(size=n)
+        self._value = value
+        self._metadata = summary_pb2.SummaryMetadata.FromString(metadata)
 
     def value(self, content: bytes) -> bytes:
         """The encoded value, with the metadata the first time.
@@ -111,12 +87,19 @@ class TensorTag:
                 (``ndarray.tobytes()``), :attr:`nbytes` long.
 
         Returns:
-            The ``Summary.value`` field: one item of :meth:`EventWriter.write`.
+            A serialized ``Summary`` of this one value: the items of
+            :meth:`EventWriter.write` concatenate into one ``Summary`` (the
+            protocol buffers encoding of a repeated field).
         """
+        self._value.tensor.tensor_content = content
         if self.described:
-            return self._lead + content
+            return self._summary.SerializeToString()
         self.described = True
-        return self._lead_described + content + self._meta
+        self._value.metadata.CopyFrom(self._metadata)
+        try:
+            return self._summary.SerializeToString()
+        finally:
+            self._value.ClearField("metadata")
 
 
 def tensor_value(tag: str, values, metadata: bytes = b"") -> bytes:
@@ -129,7 +112,8 @@ def tensor_value(tag: str, values, metadata: bytes = b"") -> bytes:
         metadata: The serialized ``SummaryMetadata``. Defaults to none.
 
     Returns:
-        The ``Summary.value`` field: one item of :meth:`EventWriter.write`.
+        A serialized ``Summary`` of this one value: one item of
+        :meth:`EventWriter.write`.
     """
     array = np.asarray(values, np.float32)
     return TensorTag(tag, array.shape, metadata).value(array.tobytes())
@@ -166,10 +150,9 @@ class EventWriter:
         self._records = tf.io.TFRecordWriter(self.path)
         # Flushes and closes the file if the writer is never closed.
         self._finalizer = weakref.finalize(self, self._records.close)
-        first = _varint(9) + struct.pack("<d", time.time())
-        first += _field(3, FILE_VERSION.encode())
-        first += _field(10, _field(1, SOURCE_WRITER.encode()))
-        self._records.write(first)
+        first = event_pb2.Event(wall_time=time.time(), file_version=FILE_VERSION)
+        first.source_metadata.writer = SOURCE_WRITER
+        self._records.write(first.SerializeToString())
         self.flush()
 
     def write(self, step: int, values: Iterable[bytes]) -> None:
@@ -178,20 +161,18 @@ class EventWriter:
         Args:
             step: The event's step.
             values: Encoded values (:meth:`TensorTag.value`,
-                :func:`tensor_value`).
+                :func:`tensor_value`), in order.
 
         Raises:
             ValueError: When the writer is closed.
         """
-        summary = b"".join(values)
-        event = _varint(9) + struct.pack("<d", time.time())
-        if step:
-            event += _varint(2 << 3) + _varint(int(step))
-        event += _varint(5 << 3 | 2) + _varint(len(summary)) + summary
+        event = event_pb2.Event(wall_time=time.time(), step=int(step))
+        event.summary.MergeFromString(b"".join(values))
+        record = event.SerializeToString()
         with self._lock:
             if not self._finalizer.alive:
                 raise ValueError(f"the event writer of {self.path} is closed")
-            self._records.write(event)
+            self._records.write(record)
 
     def flush(self) -> None:
         """Makes every event written so far readable from the file."""
