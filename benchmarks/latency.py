@@ -349,6 +349,23 @@ def routes(base: str) -> dict[str, str]:
     }
 
 
+def start_tensorboard(root: str, load_fast: str) -> tuple[str, subprocess.Popen]:
+    """A real TensorBoard on ``root`` that reloads every second: (base URL, process).
+
+    ``--samples_per_plugin scalars=0`` makes TensorBoard's scalars route read from
+    as many stored points as the plugin's routes.
+    """
+    port = gh_logdirs.free_port()
+    proc = gh_logdirs.start_tensorboard(
+        root,
+        port,
+        f"--load_fast={load_fast}",
+        "--samples_per_plugin=scalars=0",
+        "--reload_interval=1",
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
 def runs_served_to(base: str, runs: list[str], step: int) -> bool:
     """Whether TensorBoard serves every one of ``runs`` up to ``step``.
 
@@ -392,15 +409,7 @@ def health_table_times(args) -> dict[str, float]:
             shutil.copytree(part, os.path.join(root, name), dirs_exist_ok=True)
 
     write_everywhere(1, steps)
-    port = gh_logdirs.free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = gh_logdirs.start_tensorboard(
-        root,
-        port,
-        f"--load_fast={args.load_fast}",
-        "--samples_per_plugin=scalars=0",
-        "--reload_interval=1",
-    )
+    base, proc = start_tensorboard(root, args.load_fast)
     url = f"{base}/data/plugin/gradient_health/health"
 
     def wait_all(step: int) -> None:
@@ -501,15 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         write_run(run_dir, 1, args.steps, args.vars, args.window, args.block, False)
     size = sum(e.stat().st_size for e in os.scandir(run_dir)) / 1e6
     print(f"run: {size:.0f} MB of event files; load average {os.getloadavg()[0]:.1f}")
-    port = gh_logdirs.free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = gh_logdirs.start_tensorboard(
-        root,
-        port,
-        f"--load_fast={args.load_fast}",
-        "--samples_per_plugin=scalars=0",
-        "--reload_interval=1",
-    )
+    base, proc = start_tensorboard(root, args.load_fast)
     urls = routes(base)
     try:
         print(f"loaded in {wait_for_step(base, args.steps, proc):.0f} s")

@@ -28,13 +28,18 @@ def _live_provider(logdir):
     )
 
 
-def test_cached_reader_rereads_a_series_only_when_it_grows(tmp_path, monkeypatch):
-    """A series comes from the cache until its last step changes, then is re-read."""
-    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+def _ten_step_run(tmp_path):
+    """Run ``r`` of 10 steps: (its multiplexer, a CachedReader over it, a context)."""
     eventfiles.write_run(tmp_path, "r", steps=np.arange(1, 11), loss=np.ones(10))
     multiplexer, provider = _live_provider(tmp_path)
     cached = cached_reader.CachedReader(provider)
-    ctx = tb_context.RequestContext()
+    return multiplexer, cached, tb_context.RequestContext()
+
+
+def test_cached_reader_rereads_a_series_only_when_it_grows(tmp_path, monkeypatch):
+    """A series comes from the cache until its last step changes, then is re-read."""
+    monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 0.0)
+    multiplexer, cached, ctx = _ten_step_run(tmp_path)
     versions = cached.known_run(ctx, "", "r", keys=["step/loss"])
     first = cached.read_series(ctx, "", "r", ["step/loss"], versions)["step/loss"]
     again = cached.read_series(ctx, "", "r", ["step/loss"], versions)["step/loss"]
@@ -220,10 +225,7 @@ def test_the_cache_keeps_series_within_its_byte_budget():
 def test_fresh_listings_lists_again_once_within_the_block(tmp_path, monkeypatch):
     """In the block a listing made before it is not reused; one made in it is."""
     monkeypatch.setattr(cached_reader, "LISTING_TTL_S", 600.0)
-    eventfiles.write_run(tmp_path, "r", steps=np.arange(1, 11), loss=np.ones(10))
-    multiplexer, provider = _live_provider(tmp_path)
-    cached = cached_reader.CachedReader(provider)
-    ctx = tb_context.RequestContext()
+    multiplexer, cached, ctx = _ten_step_run(tmp_path)
     assert cached.known_run(ctx, "", "r")["step/loss"].max_step == 10
     time.sleep(1.1)  # the next file's name sorts after: TensorBoard reads in order
     eventfiles.write_run(
