@@ -1,21 +1,25 @@
 """The adaptive default of ``update_freq``: cheap on tiny steps, every step on big.
 
-Writing one logged step costs a few summary events on the host (~4 µs each)
-and some bytes on disk. The default logs every N steps, N the smallest of 1,
-2, 5, 10, 20, 50, ... that keeps the events under :data:`EVENT_SHARE` of the
-measured step time and the event file under :data:`DISK_BYTES_PER_STEP` per
-step. It is decided once, from the first block of steps.
+Writing one logged step costs the writer thread ~4 µs a series on the host
+(reducing and encoding; 50-75 µs for the ~17 series of the 16 k MLP, measured by
+``benchmarks/writer_cost.py``) and some bytes on disk. The default logs every N
+steps, N the smallest of 1, 2, 5, 10, 20, 50, ... that keeps that work under
+:data:`EVENT_SHARE` of the measured step time and the event file under
+:data:`DISK_BYTES_PER_STEP` per step. It is decided once, from the first block
+of steps.
 """
 
 from __future__ import annotations
 
-EVENT_SECONDS = 4e-6  # one tf.summary event on the host, measured on 2 CPU cores.
+EVENT_SECONDS = 4e-6  # one series of a logged step on the host (2 CPU cores).
 EVENT_SHARE = 0.01  # events may take this share of the step time.
 DISK_BYTES_PER_STEP = 1000.0  # a 1,000,000-step run stays under ~1 GB.
 _FREQ_LADDER = (1, 2, 5)
 
-# Measured sizes of one event in the event file (tag, step, wall time, framing),
-# metadata excluded (it goes with a tag's first event only).
+# Bytes of one series of a logged step in the event file, metadata excluded (it
+# goes with a tag's first value only): measured when each series was an event of
+# its own; one event a step now takes ~1 KB for the 16 k MLP's ~17 series, so
+# these bound the disk from above.
 SCALAR_EVENT_BYTES = 80
 TENSOR_EVENT_BYTES = 90
 
