@@ -10,9 +10,12 @@ model's size leaves the step.
 On a CPU Keras runs the step without XLA, one kernel per op, and each op
 costs a few µs whatever its size: so small variables (under
 :data:`GROUP_MAX_SIZE` entries: biases, normalisation scales) are reduced
-together, their entries concatenated and each quantity one segment sum, with
-one running-sum variable for all of them; a large variable has its own
-reductions, one pass each, where the op's fixed cost is negligible.
+together, their entries concatenated, the six quantities of every entry
+stacked and one sorted segment sum for all, with one running-sum variable for
+all of them; a large variable has its own reductions, one pass each, where
+the op's fixed cost is negligible, finished together with the other large
+variables' in two ops; their NaN/Inf entries are counted in one branch taken
+only on a step whose ``Σg²`` is not finite.
 """
 
 from __future__ import annotations
@@ -36,17 +39,15 @@ class _Group(NamedTuple):
     """One update's small variables, reduced together."""
 
     members: list[int]  # variable indices, in concatenation order
-    sums: Any  # [5, n]: Σg², Σ|g|, zero entries, Σw², Σ(Δw)²
+    sums: Any  # [6 n], quantity-major: SUM_COLUMNS per member
     values: Any  # [N] float32 gradients (zeros where absent)
-    segment_ids: Any  # [N] int32
     absent: frozenset  # members the update gave no gradient
-    grad_sq: Any  # Σg² over the members with a gradient (finite or not)
 
 
 class _Large(NamedTuple):
     """One large variable's sums in an update."""
 
-    sums: list  # five float32 scalars, as in _Group.sums
+    raw: list  # five float32 scalars, stats.variable_sums
     values: Any  # its float32 gradient entries, or None
 
 
@@ -111,10 +112,7 @@ class StepReduction:
         for i in (i for i in before if i not in small):
             g = by_index.get(i)
             values = indices = None
-            if g is None:
-                # Updated without a gradient: nothing was seen, so no value.
-                sums = [tf.constant(_NAN)] * 3
-            else:
+            if g is not None:
                 if stats.is_sparse(g):
                     self.sparse_paths.add(layout.paths[i])
                     # Under XLA the distinct rows have no static shape: densify.
@@ -123,10 +121,10 @@ class StepReduction:
                 values = stats.as_float32(tf.convert_to_tensor(g))
                 if inv is not None:
                     values = values * inv
-                sums = stats.gradient_sums(values, layout.sizes[i])
                 adds.append((self.running[i], values, indices))
-            sums += stats.parameter_sums(before[i], after[i])
-            collected[i] = _Large(sums, values)
+            # Updated without a gradient: nothing was seen, NaN sums.
+            raw = stats.variable_sums(values, before[i], after[i], layout.sizes[i])
+            collected[i] = _Large(raw, values)
         if members:
             group = self._group(members, by_index, before, after, inv)
             for i in members:
@@ -169,23 +167,22 @@ class StepReduction:
         values = tf.concat(flat, 0)
         if inv is not None:
             values = values * inv
-        ids = tf.constant(np.repeat(np.arange(len(members)), sizes).astype(np.int32))
         sums = stats.group_sums(
             values,
             _flat_float32([before[i] for i in members]),
             _flat_float32([after[i] for i in members]),
-            ids,
-            len(members),
+            sizes,
+            self.jit,
         )
-        grad_sq = tf.reduce_sum(sums[0])
         absent = [k for k, i in enumerate(members) if by_index.get(i) is None]
         if absent:
-            # No gradient, no gradient sums: NaN, never a zero not seen.
-            mask = np.zeros([5, len(members)], bool)
+            # No gradient, no gradient sums: NaN, never a zero not seen
+            # (its NaN/Inf count stays 0: none was seen either).
+            mask = np.zeros([6, len(members)], bool)
             mask[:3, absent] = True
-            sums = tf.where(tf.constant(mask), tf.constant(_NAN), sums)
+            sums = tf.where(tf.constant(mask.reshape(-1)), tf.constant(_NAN), sums)
         absent = frozenset(members[k] for k in absent)
-        return _Group(members, sums, values, ids, absent, grad_sq)
+        return _Group(members, sums, values, absent)
 
     def _group_add(self, members, present, values):
         """What adds the group's gradients to its running sum."""
@@ -227,34 +224,32 @@ class StepReduction:
                 groups.append(item)
             elif isinstance(item, _Large):
                 large.append(i)
-        # One [5, columns] matrix: the groups' sums, the large variables',
-        # and a NaN column for the variables no update reached.
-        pieces, column, where = [], 0, {}
+        # One flat vector of every piece, then one gather puts each figure at
+        # its place in the row: where[(column, variable)] is its position.
+        pieces, where, start = [], {}, 0
         for group in groups:
+            n = len(group.members)
             pieces.append(group.sums)
-            where.update((i, column + k) for k, i in enumerate(group.members))
-            column += len(group.members)
+            for q in range(6):
+                where.update(
+                    ((q, i), start + q * n + k) for k, i in enumerate(group.members)
+                )
+            start += 6 * n
         if large:
-            scalars = [collected[i].sums[q] for q in range(5) for i in large]
-            pieces.append(tf.reshape(tf.stack(scalars), [5, len(large)]))
-            where.update((i, column + k) for k, i in enumerate(large))
-            column += len(large)
-        pieces.append(tf.fill([5, 1], _NAN))
-        order = [where.get(i, column) for i in range(v)]
-        sums = tf.gather(tf.concat(pieces, 1), order, axis=1)
-        checked = [g.grad_sq for g in groups]
-        checked += [
-            collected[i].sums[0] for i in large if collected[i].values is not None
-        ]
-        total = tf.add_n(checked) if checked else tf.constant(0.0)
-        # NaN/Inf entries make the step's Σg² non-finite: count them per
-        # variable on such a step only, one branch for the whole step.
-        nonfinite = tf.cond(
-            tf.math.is_finite(total),
-            lambda: tf.zeros([v], tf.float32),
-            lambda: tf.gather(self._nonfinite(groups, large, collected), order),
-        )
-        vector = tf.concat([sums[0], sums[1], sums[2], nonfinite, sums[3], sums[4]], 0)
+            pieces.append(self._large_sums(large, collected))
+            columns = [stats.SUM_COLUMNS.index(c) for c in stats.RAW_COLUMNS]
+            for k, i in enumerate(large):
+                where.update(((q, i), start + 5 * k + r) for r, q in enumerate(columns))
+            nonfinite = stats.SUM_COLUMNS.index("grad_nonfinite")
+            start += 5 * len(large)
+            where.update(((nonfinite, i), start + k) for k, i in enumerate(large))
+            start += len(large)
+        order = [where.get((q, i), start) for q in range(6) for i in range(v)]
+        if order == list(range(6 * v)) and len(pieces) == 1:
+            vector = pieces[0]
+        else:
+            pieces.append(tf.constant([_NAN]))
+            vector = tf.gather(tf.concat(pieces, 0), order)
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         for pos, spec in enumerate(layout.slices):
             values = self._values_of(spec.var_index, collected)
@@ -265,28 +260,46 @@ class StepReduction:
             for column_values, value in zip(slice_columns, part, strict=True):
                 column_values[pos] = value
         parts = [vector] + [tf.stack(c) for c in slice_columns if c]
-        return parts, tf.reduce_sum(nonfinite)
+        return parts, tf.reduce_sum(vector[3 * v : 4 * v])
 
-    @staticmethod
-    def _nonfinite(groups, large, collected):
-        """NaN/Inf entries per column of :meth:`step_parts`'s matrix."""
-        found = [
-            stats.group_nonfinite_counts(g.values, g.segment_ids, len(g.members))
-            for g in groups
+    def _large_sums(self, large, collected):
+        """The large variables' sums: ``[5 L]`` variable-major, then ``[L]`` NaN/Inf.
+
+        NaN/Inf entries make their ``Σg²`` non-finite: counted on such a step
+        only, one branch for the step, which also recounts the zeros exactly
+        (the one-pass count assumes finite entries). A small variable's
+        NaN/Inf count is one more column of its group's segment sum.
+        """
+        sizes = [self.layout.sizes[i] for i in large]
+        raw = tf.stack([x for i in large for x in collected[i].raw])
+        finished = stats.finish_variable_sums(raw, sizes)
+        values = [collected[i].values for i in large]
+        checked = [
+            collected[i].raw[0] for i in large if collected[i].values is not None
         ]
-        if large:
-            found.append(
-                tf.stack(
-                    [
-                        tf.zeros([], tf.float32)
-                        if collected[i].values is None
-                        else stats.nonfinite_count(collected[i].values)
-                        for i in large
-                    ]
-                )
-            )
-        found.append(tf.zeros([1], tf.float32))
-        return tf.concat(found, 0)
+        n = len(large)
+        if not checked:
+            return tf.concat([finished, tf.zeros([n], tf.float32)], 0)
+
+        def finite():
+            return tf.concat([finished, tf.zeros([n], tf.float32)], 0)
+
+        def counted():
+            zeros, bad = [], []
+            for v, size in zip(values, sizes, strict=True):
+                if v is None:
+                    zeros.append(tf.constant(_NAN))
+                    bad.append(tf.zeros([], tf.float32))
+                else:
+                    zeros.append(size - stats.nonzero_count(v))
+                    bad.append(stats.nonfinite_count(v))
+            # The finished sums with their zero counts replaced by the exact ones.
+            index = np.concatenate([np.arange(5 * n), 6 * n + np.arange(n)])
+            index[2 : 5 * n : 5] = 5 * n + np.arange(n)
+            return tf.gather(tf.concat([finished, tf.stack(zeros + bad)], 0), index)
+
+        total = tf.add_n(checked) if len(checked) > 1 else checked[0]
+        return tf.cond(tf.math.is_finite(total), finite, counted)
 
     def _values_of(self, i, collected):
         """Variable ``i``'s float32 gradient entries in its shape, or ``None``."""

@@ -48,21 +48,50 @@ def _flat(arrays):
     return np.concatenate([t.ravel() for t in arrays])
 
 
-def test_gradient_and_parameter_sums_match_numpy():
-    """Σg², Σ|g|, zeros, NaN/Inf per variable, Σw², Σ(Δw)² equal numpy's counts."""
+def test_variable_sums_match_numpy():
+    """A variable reduced alone: Σg², Σ|g|, zeros, NaN/Inf, Σw², Σ(Δw)² as numpy's."""
     g, before, after = _arrays(0)[0], _arrays(1)[0], _arrays(2)[0]
     g[0, :2] = 0.0
-    out = [float(v) for v in stats.gradient_sums(tf.constant(g), g.size)]
-    np.testing.assert_allclose(out[:2], [np.sum(g**2), np.abs(g).sum()], rtol=1e-6)
+    raw = stats.variable_sums(tf.constant(g), tf.constant(before), after, g.size)
+    absent = stats.variable_sums(None, tf.constant(before), after, g.size)
+    out = stats.finish_variable_sums(tf.stack(raw + absent), [g.size] * 2).numpy()
+    want = [
+        np.sum(g**2),
+        np.abs(g).sum(),
+        2.0,
+        np.sum(after**2),
+        np.sum((after - before) ** 2),
+    ]
+    np.testing.assert_allclose(out[:5], want, rtol=1e-6)
     assert out[2] == 2.0
+    assert np.isnan(out[5:8]).all()
+    np.testing.assert_allclose(out[8:], want[3:], rtol=1e-6)
     bad = g.copy()
     bad[1, 1], bad[2, 2] = np.nan, np.inf
     counts = [float(stats.nonfinite_count(tf.constant(t))) for t in (g, bad)]
     assert counts == [0.0, 2.0]
-    w = [float(v) for v in stats.parameter_sums(tf.constant(before), after)]
-    np.testing.assert_allclose(
-        w, [np.sum(after**2), np.sum((after - before) ** 2)], rtol=1e-6
-    )
+
+
+def test_group_sums_match_numpy_per_variable():
+    """One segment sum gives each grouped variable's six sums, empty ones included."""
+    sizes = [3, 0, 5]
+    rng = np.random.default_rng(7)
+    g, before, after = (rng.normal(size=8).astype(np.float32) for _ in range(3))
+    g[1], g[4], g[6] = 0.0, np.nan, -np.inf
+    for used, xla in ((sizes, False), ([3, 5], False), ([3, 5], True)):
+        out = stats.group_sums(g, before, after, used, xla).numpy()
+        out = out.reshape(6, len(used))
+        bounds = np.cumsum([0] + used)
+        for k in range(len(used)):
+            a, b = bounds[k], bounds[k + 1]
+            gk, wk, dk = g[a:b], after[a:b], after[a:b] - before[a:b]
+            np.testing.assert_allclose(
+                out[[0, 1, 4, 5], k],
+                [np.sum(gk**2), np.abs(gk).sum(), np.sum(wk**2), np.sum(dk**2)],
+                rtol=1e-6,
+            )
+            assert out[2, k] == np.sum(gk == 0)
+            assert out[3, k] == np.sum(~np.isfinite(gk))
 
 
 def test_slice_and_running_sums_match_numpy():
