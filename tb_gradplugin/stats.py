@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from keras import ops
@@ -172,12 +173,32 @@ def nonfinite_count(values):
     return ops.sum(_f32(ops.logical_not(ops.isfinite(values))))
 
 
-# A variable reduced alone yields raw sums (:func:`variable_sums`), finished
-# for all such variables at once (:func:`finish_variable_sums`): the halving
-# of ``l2_loss`` and the zero count are undone with one multiply and one add
-# on a small vector rather than a few scalar ops per variable.
-RAW_COLUMNS = ("grad_sq", "grad_abs", "grad_zero", "param_sq", "update_sq")
-_RAW_SCALE = np.array([2.0, 1.0, -2.0, 2.0, 2.0], np.float32)
+# Up to this many entries a variable reduced alone has its zeros and NaN/Inf
+# entries counted exactly at every step (a few passes over it cost less than
+# a branch); a larger one has them counted in a branch taken only on a step
+# whose Σg² is not finite.
+COUNTED_MAX_SIZE = 2**16
+
+
+class RawSums(NamedTuple):
+    """One variable's sums before finishing: ``raw * scale + offset``.
+
+    The factor 2 of ``l2_loss`` and the counts' complements are applied with
+    one multiply and one add for all the variables reduced alone
+    (:func:`finish_variable_sums`), not a few scalar ops per variable.
+
+    Attributes:
+        raw: Six float32 scalars, one per :data:`SUM_COLUMNS`.
+        scale: Their six factors.
+        offset: Their six offsets.
+        counted: Whether the zero and NaN/Inf counts are exact at every step;
+            if not, they are valid on a step whose ``Σg²`` is finite.
+    """
+
+    raw: list
+    scale: tuple
+    offset: tuple
+    counted: bool
 
 
 def half_nonzero_count(values, size: int):
@@ -200,54 +221,60 @@ def half_nonzero_count(values, size: int):
     return 0.5 * nonzero_count(values)
 
 
-def variable_sums(values, before, after, size: int) -> list:
-    """Raw sums of one variable reduced alone, five float32 scalars.
+def variable_sums(values, before, after, size: int) -> RawSums:
+    """The sums of one variable reduced alone, to be finished.
+
+    Each sum of squares is one pass (``l2_loss``, half the sum). A dense
+    gradient under :data:`COUNTED_MAX_SIZE` entries has its zeros and NaN/Inf
+    entries counted exactly; another has its zeros counted in one pass valid
+    when every entry is finite (:func:`half_nonzero_count`) and no NaN/Inf
+    count (0): the step recounts both on a step whose ``Σg²`` is not finite.
 
     Args:
         values: The gradient's entries that may be non-zero (the dense
             gradient, or a sparse gradient's summed rows), float32; ``None``
             when the update gave the variable no gradient (NaN sums: nothing
-            was seen).
+            was seen, and no NaN/Inf entry either).
         before: The parameters before the update.
         after: The parameters after the update.
         size: The variable's entries.
-
-    Returns:
-        ``[Σg²/2, Σ|g|, non-zero entries of g / 2, Σw²/2, Σ(Δw)²/2]``, each
-        sum of squares one pass (``l2_loss``), the count valid when every
-        entry is finite (:func:`half_nonzero_count`);
-        :func:`finish_variable_sums` turns them into :data:`RAW_COLUMNS`.
     """
     import tensorflow as tf
 
     after = _f32(after)
+    params = [tf.nn.l2_loss(after), tf.nn.l2_loss(after - _f32(before))]
+    zero = ops.convert_to_tensor(0.0)
     if values is None:
-        grads = [ops.convert_to_tensor(float("nan"))] * 3
-    else:
-        grads = [
-            tf.nn.l2_loss(values),
-            ops.sum(ops.abs(values)),
-            half_nonzero_count(values, size),
-        ]
-    return grads + [tf.nn.l2_loss(after), tf.nn.l2_loss(after - _f32(before))]
+        nan = ops.convert_to_tensor(float("nan"))
+        raw = [nan, nan, nan, zero, *params]
+        return RawSums(raw, (2, 1, 1, 1, 2, 2), (0,) * 6, True)
+    grads = [tf.nn.l2_loss(values), ops.sum(ops.abs(values))]
+    if size <= COUNTED_MAX_SIZE and values.shape.num_elements() == size:
+        zeros = ops.sum(_f32(ops.equal(values, 0)))
+        finite = ops.sum(_f32(ops.isfinite(values)))
+        raw = [*grads, zeros, finite, *params]
+        return RawSums(raw, (2, 1, 1, -1, 2, 2), (0, 0, 0, size, 0, 0), True)
+    raw = [*grads, half_nonzero_count(values, size), zero, *params]
+    return RawSums(raw, (2, 1, -2, 1, 2, 2), (0, 0, size, 0, 0, 0), False)
 
 
-def finish_variable_sums(raw, sizes: Sequence[int]):
+def finish_variable_sums(sums: Sequence[RawSums]):
     """:func:`variable_sums` of several variables finished, in two ops.
 
     Args:
-        raw: Their raw sums stacked, ``[5 n]``, variable-major.
-        sizes: The variables' entries (their zero counts are the entries
-            not counted non-zero).
+        sums: Their raw sums.
 
     Returns:
-        ``[5 n]`` float32, variable-major: :data:`RAW_COLUMNS` per variable
-        (doubling a float32 is exact, and so is the zero count below
-        :data:`EXACT_FLOAT_COUNT` entries).
+        ``[6 n]`` float32, variable-major: :data:`SUM_COLUMNS` per variable
+        (doubling a float32 is exact, and so are the counts' complements
+        below :data:`EXACT_FLOAT_COUNT` entries).
     """
-    offset = np.zeros([len(sizes), 5], np.float32)
-    offset[:, 2] = sizes
-    return raw * np.tile(_RAW_SCALE, len(sizes)) + offset.reshape(-1)
+    import tensorflow as tf
+
+    raw = tf.stack([x for s in sums for x in s.raw])
+    scale = np.array([x for s in sums for x in s.scale], np.float32)
+    offset = np.array([x for s in sums for x in s.offset], np.float32)
+    return raw * scale + offset
 
 
 def group_sums(values, before, after, sizes: Sequence[int], xla: bool = False):

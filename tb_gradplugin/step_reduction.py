@@ -47,7 +47,7 @@ class _Group(NamedTuple):
 class _Large(NamedTuple):
     """One large variable's sums in an update."""
 
-    raw: list  # five float32 scalars, stats.variable_sums
+    raw: stats.RawSums  # its sums, to be finished
     values: Any  # its float32 gradient entries, or None
 
 
@@ -237,13 +237,9 @@ class StepReduction:
             start += 6 * n
         if large:
             pieces.append(self._large_sums(large, collected))
-            columns = [stats.SUM_COLUMNS.index(c) for c in stats.RAW_COLUMNS]
             for k, i in enumerate(large):
-                where.update(((q, i), start + 5 * k + r) for r, q in enumerate(columns))
-            nonfinite = stats.SUM_COLUMNS.index("grad_nonfinite")
-            start += 5 * len(large)
-            where.update(((nonfinite, i), start + k) for k, i in enumerate(large))
-            start += len(large)
+                where.update(((q, i), start + 6 * k + q) for q in range(6))
+            start += 6 * len(large)
         order = [where.get((q, i), start) for q in range(6) for i in range(v)]
         if order == list(range(6 * v)) and len(pieces) == 1:
             vector = pieces[0]
@@ -263,42 +259,41 @@ class StepReduction:
         return parts, tf.reduce_sum(vector[3 * v : 4 * v])
 
     def _large_sums(self, large, collected):
-        """The large variables' sums: ``[5 L]`` variable-major, then ``[L]`` NaN/Inf.
+        """The large variables' sums, ``[6 L]`` variable-major.
 
-        NaN/Inf entries make their ``Σg²`` non-finite: counted on such a step
-        only, one branch for the step, which also recounts the zeros exactly
-        (the one-pass count assumes finite entries). A small variable's
-        NaN/Inf count is one more column of its group's segment sum.
+        A variable whose zeros and NaN/Inf entries are not counted at every
+        step (over :data:`stats.COUNTED_MAX_SIZE` entries, or sparse) has them
+        counted on a step whose ``Σg²`` is not finite only (NaN/Inf entries
+        make it so): one branch for the step.
         """
-        sizes = [self.layout.sizes[i] for i in large]
-        raw = tf.stack([x for i in large for x in collected[i].raw])
-        finished = stats.finish_variable_sums(raw, sizes)
-        values = [collected[i].values for i in large]
-        checked = [
-            collected[i].raw[0] for i in large if collected[i].values is not None
+        finished = stats.finish_variable_sums([collected[i].raw for i in large])
+        later = [
+            (k, collected[i])
+            for k, i in enumerate(large)
+            if not collected[i].raw.counted
         ]
-        n = len(large)
-        if not checked:
-            return tf.concat([finished, tf.zeros([n], tf.float32)], 0)
+        if not later:
+            return finished
+        n = len(later)
 
         def finite():
-            return tf.concat([finished, tf.zeros([n], tf.float32)], 0)
+            return finished
 
         def counted():
-            zeros, bad = [], []
-            for v, size in zip(values, sizes, strict=True):
-                if v is None:
-                    zeros.append(tf.constant(_NAN))
-                    bad.append(tf.zeros([], tf.float32))
-                else:
-                    zeros.append(size - stats.nonzero_count(v))
-                    bad.append(stats.nonfinite_count(v))
-            # The finished sums with their zero counts replaced by the exact ones.
-            index = np.concatenate([np.arange(5 * n), 6 * n + np.arange(n)])
-            index[2 : 5 * n : 5] = 5 * n + np.arange(n)
-            return tf.gather(tf.concat([finished, tf.stack(zeros + bad)], 0), index)
+            found = [
+                self.layout.sizes[large[k]] - stats.nonzero_count(item.values)
+                for k, item in later
+            ]
+            found += [stats.nonfinite_count(item.values) for _, item in later]
+            # The finished sums with those counts replaced by the exact ones.
+            index = np.arange(6 * len(large))
+            for j, (k, _) in enumerate(later):
+                index[6 * k + 2] = 6 * len(large) + j
+                index[6 * k + 3] = 6 * len(large) + n + j
+            return tf.gather(tf.concat([finished, tf.stack(found)], 0), index)
 
-        total = tf.add_n(checked) if len(checked) > 1 else checked[0]
+        checked = [item.raw.raw[0] for _, item in later]
+        total = tf.add_n(checked) if n > 1 else checked[0]
         return tf.cond(tf.math.is_finite(total), finite, counted)
 
     def _values_of(self, i, collected):

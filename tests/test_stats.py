@@ -52,24 +52,29 @@ def test_variable_sums_match_numpy():
     """A variable reduced alone: Σg², Σ|g|, zeros, NaN/Inf, Σw², Σ(Δw)² as numpy's."""
     g, before, after = _arrays(0)[0], _arrays(1)[0], _arrays(2)[0]
     g[0, :2] = 0.0
-    raw = stats.variable_sums(tf.constant(g), tf.constant(before), after, g.size)
-    absent = stats.variable_sums(None, tf.constant(before), after, g.size)
-    out = stats.finish_variable_sums(tf.stack(raw + absent), [g.size] * 2).numpy()
-    want = [
-        np.sum(g**2),
-        np.abs(g).sum(),
-        2.0,
-        np.sum(after**2),
-        np.sum((after - before) ** 2),
-    ]
-    np.testing.assert_allclose(out[:5], want, rtol=1e-6)
-    assert out[2] == 2.0
-    assert np.isnan(out[5:8]).all()
-    np.testing.assert_allclose(out[8:], want[3:], rtol=1e-6)
     bad = g.copy()
     bad[1, 1], bad[2, 2] = np.nan, np.inf
-    counts = [float(stats.nonfinite_count(tf.constant(t))) for t in (g, bad)]
-    assert counts == [0.0, 2.0]
+    params = [np.sum(after**2), np.sum((after - before) ** 2)]
+    grads = [np.sum(g**2), np.abs(g).sum()]
+    sums = [
+        stats.variable_sums(t if t is None else tf.constant(t), before, after, g.size)
+        for t in (g, bad, None)
+    ]
+    assert [s.counted for s in sums] == [True, True, True]
+    out = stats.finish_variable_sums(sums).numpy().reshape(3, 6)
+    np.testing.assert_allclose(out[0], [*grads, 2.0, 0.0, *params], rtol=1e-6)
+    assert out[1, 2:4].tolist() == [2.0, 2.0]
+    assert np.isnan(out[2, :3]).all() and out[2, 3] == 0.0
+    np.testing.assert_allclose(out[1:, 4:], [params, params], rtol=1e-6)
+    # Over the bound: the zeros from one pass, valid while all are finite.
+    big = np.zeros(stats.COUNTED_MAX_SIZE + 1, np.float32)
+    big[:10] = np.arange(1, 11)
+    alone = stats.variable_sums(tf.constant(big), big, big, big.size)
+    assert not alone.counted
+    assert stats.finish_variable_sums([alone]).numpy()[2:4].tolist() == [
+        big.size - 10.0,
+        0.0,
+    ]
 
 
 def test_group_sums_match_numpy_per_variable():
