@@ -14,8 +14,9 @@ together, their entries concatenated, the six quantities of every entry
 stacked and one sorted segment sum for all, with one running-sum variable for
 all of them; a large variable has its own reductions, one pass each, where
 the op's fixed cost is negligible, finished together with the other large
-variables' in two ops; their NaN/Inf entries are counted in one branch taken
-only on a step whose ``Σg²`` is not finite.
+variables' in two ops. Up to :data:`stats.COUNTED_MAX_SIZE` entries its zeros
+and NaN/Inf entries are counted every step; a larger one's, in one branch for
+the step taken only when their ``Σg²`` is not finite.
 """
 
 from __future__ import annotations
