@@ -166,9 +166,9 @@ def nonzero_count(values):
 def nonfinite_count(values):
     """NaN/Inf entries of one gradient, a float32 scalar.
 
-    For a variable reduced alone the step counts them only when its ``Σg²``
-    is not finite (a NaN/Inf entry makes it so): one branch per step costs
-    less than a count per variable.
+    A variable reduced alone over :data:`COUNTED_MAX_SIZE` entries (or
+    sparse) has them counted only when its ``Σg²`` is not finite (a NaN/Inf
+    entry makes it so): one branch per step costs less than a pass over it.
     """
     return ops.sum(_f32(ops.logical_not(ops.isfinite(values))))
 
@@ -206,7 +206,7 @@ def half_nonzero_count(values, size: int):
 
     ``Σ sign(g)²/2`` in one ``l2_loss`` pass, exact below
     :data:`EXACT_FLOAT_COUNT` entries (every partial sum is a multiple of 1/2
-    that float32 holds); measured on a CPU it costs a fifth of comparing,
+    that float32 holds); measured on a CPU it costs a quarter of comparing,
     casting and summing. A NaN entry makes it wrong: the step then takes the
     exact count instead (its ``Σg²`` is NaN too).
 
@@ -225,7 +225,7 @@ def variable_sums(values, before, after, size: int) -> RawSums:
     """The sums of one variable reduced alone, to be finished.
 
     Each sum of squares is one pass (``l2_loss``, half the sum). A dense
-    gradient under :data:`COUNTED_MAX_SIZE` entries has its zeros and NaN/Inf
+    gradient of up to :data:`COUNTED_MAX_SIZE` entries has its zeros and NaN/Inf
     entries counted exactly; another has its zeros counted in one pass valid
     when every entry is finite (:func:`half_nonzero_count`) and no NaN/Inf
     count (0): the step recounts both on a step whose ``Σg²`` is not finite.
