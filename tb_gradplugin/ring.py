@@ -117,9 +117,10 @@ def ring_rows(steps_per_execution: int) -> tuple[int, int]:
 
 def step_words(step) -> tf.Tensor:
     """The int64 step as two float32 words (bitcast: exact), shape ``[2]``."""
-    return tf.reshape(
-        tf.bitcast(tf.reshape(tf.cast(step, tf.int64), [1]), tf.float32), [2]
-    )
+    step = tf.cast(step, tf.int64)
+    if step.shape.rank:
+        step = tf.reshape(step, [])
+    return tf.bitcast(step, tf.float32)
 
 
 def steps_of(rows: np.ndarray, packing: Packing) -> np.ndarray:
@@ -165,9 +166,10 @@ class StepRing:
         Returns:
             The grouped update ops.
         """
-        slot = tf.reshape(self.count % self.rows, [1])
+        # A scalar index writes the row as it is: no reshapes around the op.
+        slot = self.count % self.rows
         ops = [
-            self.data.scatter_update(tf.IndexedSlices(row[None], slot)),
+            self.data.scatter_update(tf.IndexedSlices(row, slot)),
             self.count.assign_add(1),
         ]
         if bad is not None:

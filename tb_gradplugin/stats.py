@@ -3,9 +3,9 @@
 In the step (``keras.ops``, except TensorFlow's one-pass ``l2_loss`` for the
 sums of squares and the ``tf.IndexedSlices`` helpers): each variable's
 gradient, parameters before and after the update are reduced to a few sums
-(:func:`gradient_sums`, :func:`parameter_sums`, :func:`slice_sums`; several
-small variables at once with :func:`group_sums`), and a running sum of the
-gradient over the open window (one float32 slot per parameter, like one
+(:func:`variable_sums` and :func:`finish_variable_sums`, :func:`slice_sums`;
+several small variables at once with :func:`group_sums`), and a running sum of
+the gradient over the open window (one float32 slot per parameter, like one
 optimizer moment) is reduced when the window closes (:func:`running_sum_sums`,
 :func:`group_running_sums`). Nothing of size ``P`` leaves the step; the host
 finishes the window's figures from these sums (:mod:`tb_gradplugin.window_stats`).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from keras import ops
@@ -144,82 +145,178 @@ def square_sum(x):
     return 2.0 * tf.nn.l2_loss(x)
 
 
+# Below this many entries a float32 count of 0/1 values is exact (every partial
+# sum is an integer float32 holds), so it needs no int32 sum and cast back.
+EXACT_FLOAT_COUNT = 2**24
+
+
 def nonzero_count(values):
     """Entries of ``values`` other than 0 (NaN counts), a float32 scalar.
 
-    Counted in int32 (exact up to 2**31 entries; int64 would double the
-    temporary's size).
+    Counted in float32 when the size is static and below
+    :data:`EXACT_FLOAT_COUNT` (exact, one op fewer), else in int32 (exact up
+    to 2**31 entries; int64 would double the temporary's size).
     """
+    size = values.shape.num_elements()
+    if size is not None and size < EXACT_FLOAT_COUNT:
+        return ops.sum(_f32(ops.not_equal(values, 0)))
     return _f32(ops.sum(ops.cast(ops.not_equal(values, 0), "int32")))
-
-
-def gradient_sums(values, size: int) -> list:
-    """Sums of one gradient's entries: ``Σg²``, ``Σ|g|`` and the count of zeros.
-
-    Args:
-        values: The gradient's entries that may be non-zero (the dense
-            gradient, or a sparse gradient's summed rows), float32.
-        size: Entries of the whole variable (the rest are zero).
-
-    Returns:
-        Three float32 scalars, the first three of :data:`SUM_COLUMNS`.
-    """
-    return [square_sum(values), ops.sum(ops.abs(values)), size - nonzero_count(values)]
 
 
 def nonfinite_count(values):
     """NaN/Inf entries of one gradient, a float32 scalar.
 
-    The step counts them only when its ``Σg²`` is not finite (a NaN/Inf entry
-    makes it so): one branch per step costs less than a count per variable.
+    A variable reduced alone over :data:`COUNTED_MAX_SIZE` entries (or
+    sparse) has them counted only when its ``Σg²`` is not finite (a NaN/Inf
+    entry makes it so): one branch per step costs less than a pass over it.
     """
     return ops.sum(_f32(ops.logical_not(ops.isfinite(values))))
 
 
-def parameter_sums(before, after) -> list:
-    """``Σw²`` after the update and ``Σ(Δw)²`` of one variable (float32 scalars)."""
+# Up to this many entries a variable reduced alone has its zeros and NaN/Inf
+# entries counted exactly at every step (a few passes over it cost less than
+# a branch); a larger one has them counted in a branch taken only on a step
+# whose Σg² is not finite.
+COUNTED_MAX_SIZE = 2**16
+
+
+class RawSums(NamedTuple):
+    """One variable's sums before finishing: ``raw * scale + offset``.
+
+    The factor 2 of ``l2_loss`` and the counts' complements are applied with
+    one multiply and one add for all the variables reduced alone
+    (:func:`finish_variable_sums`), not a few scalar ops per variable.
+
+    Attributes:
+        raw: Six float32 scalars, one per :data:`SUM_COLUMNS`.
+        scale: Their six factors.
+        offset: Their six offsets.
+        counted: Whether the zero and NaN/Inf counts are exact at every step;
+            if not, they are valid on a step whose ``Σg²`` is finite.
+    """
+
+    raw: list
+    scale: tuple
+    offset: tuple
+    counted: bool
+
+
+def half_nonzero_count(values, size: int):
+    """Half the entries of ``values`` other than 0, when they are all finite.
+
+    ``Σ sign(g)²/2`` in one ``l2_loss`` pass, exact below
+    :data:`EXACT_FLOAT_COUNT` entries (every partial sum is a multiple of 1/2
+    that float32 holds); measured on a CPU it costs a quarter of comparing,
+    casting and summing. A NaN entry makes it wrong: the step then takes the
+    exact count instead (its ``Σg²`` is NaN too).
+
+    Args:
+        values: The gradient's entries that may be non-zero, float32.
+        size: A bound on their number (the variable's entries).
+    """
+    import tensorflow as tf
+
+    if size < EXACT_FLOAT_COUNT:
+        return tf.nn.l2_loss(tf.sign(values))
+    return 0.5 * nonzero_count(values)
+
+
+def variable_sums(values, before, after, size: int) -> RawSums:
+    """The sums of one variable reduced alone, to be finished.
+
+    Each sum of squares is one pass (``l2_loss``, half the sum). A dense
+    gradient of up to :data:`COUNTED_MAX_SIZE` entries has its zeros and NaN/Inf
+    entries counted exactly; another has its zeros counted in one pass valid
+    when every entry is finite (:func:`half_nonzero_count`) and no NaN/Inf
+    count (0): the step recounts both on a step whose ``Σg²`` is not finite.
+
+    Args:
+        values: The gradient's entries that may be non-zero (the dense
+            gradient, or a sparse gradient's summed rows), float32; ``None``
+            when the update gave the variable no gradient (NaN sums: nothing
+            was seen, and no NaN/Inf entry either).
+        before: The parameters before the update.
+        after: The parameters after the update.
+        size: The variable's entries.
+    """
+    import tensorflow as tf
+
     after = _f32(after)
-    return [square_sum(after), square_sum(after - _f32(before))]
+    params = [tf.nn.l2_loss(after), tf.nn.l2_loss(after - _f32(before))]
+    zero = ops.convert_to_tensor(0.0)
+    if values is None:
+        nan = ops.convert_to_tensor(float("nan"))
+        raw = [nan, nan, nan, zero, *params]
+        return RawSums(raw, (2, 1, 1, 1, 2, 2), (0,) * 6, True)
+    grads = [tf.nn.l2_loss(values), ops.sum(ops.abs(values))]
+    if size <= COUNTED_MAX_SIZE and values.shape.num_elements() == size:
+        zeros = ops.sum(_f32(ops.equal(values, 0)))
+        finite = ops.sum(_f32(ops.isfinite(values)))
+        raw = [*grads, zeros, finite, *params]
+        return RawSums(raw, (2, 1, 1, -1, 2, 2), (0, 0, 0, size, 0, 0), True)
+    raw = [*grads, half_nonzero_count(values, size), zero, *params]
+    return RawSums(raw, (2, 1, -2, 1, 2, 2), (0, 0, size, 0, 0, 0), False)
 
 
-def group_sums(values, before, after, segment_ids, num_segments: int):
-    """Per-variable sums of several small variables, one op per quantity.
+def finish_variable_sums(sums: Sequence[RawSums]):
+    """:func:`variable_sums` of several variables finished, in two ops.
 
-    Per step, each reduction op has a fixed cost (a few µs on a CPU) that
-    dwarfs the arithmetic of a small variable; here the variables' entries
-    are concatenated and each quantity is one segment sum over all of them.
+    Args:
+        sums: Their raw sums.
+
+    Returns:
+        ``[6 n]`` float32, variable-major: :data:`SUM_COLUMNS` per variable
+        (doubling a float32 is exact, and so are the counts' complements
+        below :data:`EXACT_FLOAT_COUNT` entries).
+    """
+    import tensorflow as tf
+
+    raw = tf.stack([x for s in sums for x in s.raw])
+    scale = np.array([x for s in sums for x in s.scale], np.float32)
+    offset = np.array([x for s in sums for x in s.offset], np.float32)
+    return raw * scale + offset
+
+
+def group_sums(values, before, after, sizes: Sequence[int], xla: bool = False):
+    """Per-variable sums of several small variables, one segment sum for all.
+
+    Per step, each op has a fixed cost (a few µs on a CPU) that dwarfs the
+    arithmetic of a small variable; here the variables' entries are
+    concatenated, the six quantities of every entry stacked, and one sorted
+    segment sum (cheaper per entry than an unsorted one) reduces them all.
 
     Args:
         values: The variables' gradients, flattened and concatenated,
             float32 ``[N]`` (zeros where a variable has no gradient).
         before: Their parameters before the update, likewise ``[N]``.
         after: Their parameters after the update, likewise ``[N]``.
-        segment_ids: The variable (``0 .. num_segments - 1``) of each entry,
-            int32 ``[N]``.
-        num_segments: Number of variables ``n``.
+        sizes: The variables' entries, in concatenation order (``n`` of them).
+        xla: Whether the step is XLA-compiled (which has no sorted segment
+            sum; it fuses the unsorted one). Defaults to ``False``.
 
     Returns:
-        ``[5, n]`` float32: per variable ``Σg²``, ``Σ|g|``, entries with
-        ``g`` exactly 0, ``Σw²`` after and ``Σ(Δw)²``.
+        ``[6 n]`` float32, quantity-major: per variable each of
+        :data:`SUM_COLUMNS` (``Σg²``, ``Σ|g|``, entries with ``g`` exactly 0,
+        NaN/Inf entries, ``Σw²`` after, ``Σ(Δw)²``).
     """
     after = _f32(after)
-    delta = after - _f32(before)
-    columns = [
-        ops.square(values),
-        ops.abs(values),
-        _f32(ops.equal(values, 0)),
-        ops.square(after),
-        ops.square(delta),
-    ]
-    return ops.stack(
-        [ops.segment_sum(c, segment_ids, num_segments=num_segments) for c in columns]
+    columns = ops.concatenate(
+        [
+            ops.square(values),
+            ops.abs(values),
+            _f32(ops.equal(values, 0)),
+            _f32(ops.logical_not(ops.isfinite(values))),
+            ops.square(after),
+            ops.square(after - _f32(before)),
+        ],
+        0,
     )
-
-
-def group_nonfinite_counts(values, segment_ids, num_segments: int):
-    """NaN/Inf entries per variable of a group (see :func:`group_sums`), ``[n]``."""
-    bad = _f32(ops.logical_not(ops.isfinite(values)))
-    return ops.segment_sum(bad, segment_ids, num_segments=num_segments)
+    n = len(sizes)
+    ids = np.repeat(np.arange(6 * n, dtype=np.int32), np.tile(sizes, 6))
+    if min(sizes) > 0 and not xla:
+        # Every segment has entries: the sorted sum's output has all 6 n.
+        return ops.segment_sum(columns, ids, sorted=True)
+    return ops.segment_sum(columns, ids, num_segments=6 * n)
 
 
 def group_running_sums(running, segment_ids, num_segments: int):

@@ -102,7 +102,21 @@ class StepLoss:
             ``(loss, known, components)``: float32 scalars and a list of them.
         """
         ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
+        replicas = ctx is not None and ctx.num_replicas_in_sync > 1
+        value = logs.get("loss") if isinstance(logs, Mapping) else None
+        if value is None or not tf.is_tensor(value) or value.shape.rank != 0:
+            value = None
+        n_loss = len(self.loss_metrics)
+        source = None
+        if value is not None and not replicas:
+            source = _result_of(value, before[:n_loss])
+            if source is not None:
+                # The logged loss is that metric's result: its step value
+                # needs no comparison, and the reads the result was computed
+                # from are the metric's state after the step.
+                after = list(after)
+                after[source[0]] = source[1]
+        if replicas:
             # Metric variables sync on read: each replica sees its own sums.
             deltas = ctx.all_reduce(
                 tf.distribute.ReduceOp.SUM,
@@ -117,46 +131,106 @@ class StepLoss:
             tf.cast(tf.math.divide_no_nan(t1 - t0, c1 - c0), tf.float32)
             for (t0, c0), (t1, c1) in zip(before, after, strict=True)
         ]
-        counted = [
-            tf.cast(c1 > c0, tf.float32)
-            for (_, c0), (_, c1) in zip(before, after, strict=True)
-        ]
-        n_loss = len(self.loss_metrics)
-        loss, known = self._loss(
-            logs, after[:n_loss], means[:n_loss], counted[:n_loss], ctx
-        )
+        seen = [c1 > c0 for (_, c0), (_, c1) in zip(before, after, strict=True)]
+        if value is None:
+            loss, known = tf.constant(float("nan")), tf.constant(0.0)
+        else:
+            loss, known = self._loss(
+                tf.cast(value, tf.float32),
+                after[:n_loss],
+                means[:n_loss],
+                seen[:n_loss],
+                replicas,
+                None if source is None else source[0],
+            )
         return loss, known, means[n_loss:]
 
-    def _loss(self, logs, after, means, counted, ctx):
+    def _loss(self, value, after, means, seen, replicas, source):
         """The step's value of what Keras logs as ``loss``, and whether known.
 
         ``logs["loss"]`` is either a Mean metric's running result (the
         compiled tracker, a custom step's ``total_loss`` tracker): then the
         step's value is that metric's mean over this step, known when the
-        step updated it; or a plain tensor, the step's loss itself. No
-        ``loss`` in the logs, or one from a metric this step left unchanged:
-        unknown, a NaN marked so, never a filled-in 0.
+        step updated it; or a plain tensor, the step's loss itself. A
+        ``loss`` from a metric this step left unchanged: unknown, a NaN
+        marked so, never a filled-in 0.
+
+        Args:
+            value: The logged loss, float32.
+            after: :meth:`state` of the loss metrics after the step.
+            means: Their means over the step.
+            seen: Whether the step updated each (bool).
+            replicas: Whether the step runs on several replicas.
+            source: The index of the metric whose result ``value`` is, by
+                the graph, or ``None``: then the metric is found by value.
         """
-        nan, zero = tf.constant(float("nan")), tf.constant(0.0)
-        value = logs.get("loss") if isinstance(logs, Mapping) else None
-        if value is None or not tf.is_tensor(value) or value.shape.rank != 0:
-            return nan, zero
-        value = tf.cast(value, tf.float32)
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
+        nan = tf.constant(float("nan"))
+        if replicas:
             # Replica-local results do not match the synced logs: follow
             # the metrics named "loss" that the step updated.
-            loss, known = nan, zero
-            for m, mean, seen in zip(self.loss_metrics, means, counted, strict=True):
+            loss, known = nan, tf.constant(False)
+            for m, mean, hit in zip(self.loss_metrics, means, seen, strict=True):
                 if m.name == "loss":
-                    loss = tf.where(seen > 0, mean, loss)
-                    known = tf.maximum(known, seen)
-            return loss, known
-        loss, known = value, tf.constant(1.0)
-        for (total, count), mean, seen in zip(after, means, counted, strict=True):
+                    loss = tf.where(hit, mean, loss)
+                    known = tf.logical_or(known, hit)
+            return loss, tf.cast(known, tf.float32)
+        if source is None:
+            loss, known, later = value, tf.constant(True), range(len(after))
+        else:
+            # A later metric whose result equals it would be the one found by
+            # value: those are still compared.
+            loss, known = means[source], seen[source]
+            later = range(source + 1, len(after))
+        for k in later:
+            total, count = after[k]
             result = tf.cast(
                 tf.math.divide_no_nan(total, tf.cast(count, total.dtype)), tf.float32
             )
             hit = tf.equal(result, value)
-            loss = tf.where(hit, mean, loss)
-            known = tf.where(hit, seen, known)
-        return tf.where(known > 0, loss, nan), known
+            loss = tf.where(hit, means[k], loss)
+            known = tf.where(hit, seen[k], known)
+        return tf.where(known, loss, nan), tf.cast(known, tf.float32)
+
+
+def _read_of(tensor):
+    """The variable read a tensor is, through identities and casts, or ``None``."""
+    while tensor.op.type in ("Identity", "Cast"):
+        tensor = tensor.op.inputs[0]
+    return tensor if tensor.op.type == "ReadVariableOp" else None
+
+
+def _handle_of(tensor):
+    """The name of the resource a tensor reads, or ``None`` (see :func:`_read_of`)."""
+    read = _read_of(tensor)
+    return None if read is None else read.op.inputs[0].name
+
+
+def _result_of(value, before):
+    """Which metric's ``total / count`` ``value`` is, by the graph.
+
+    Args:
+        value: The logged loss.
+        before: :meth:`StepLoss.state` of the loss metrics (reads of their
+            variables in this graph).
+
+    Returns:
+        ``(index, (total, count))``, the reads ``value`` divides, or ``None``
+        when ``value`` is not such a result (then it is matched by value).
+    """
+    op = value.op
+    while op.type in ("Identity", "Cast"):
+        op = op.inputs[0].op
+    if op.type not in ("DivNoNan", "RealDiv") or len(op.inputs) != 2:
+        return None
+    reads = [_read_of(t) for t in op.inputs]
+    if None in reads:
+        return None
+    handles = tuple(r.op.inputs[0].name for r in reads)
+    matches = [
+        k
+        for k, (t0, c0) in enumerate(before)
+        if (_handle_of(t0), _handle_of(c0)) == handles
+    ]
+    if len(matches) != 1:
+        return None
+    return matches[0], tuple(reads)

@@ -10,9 +10,13 @@ model's size leaves the step.
 On a CPU Keras runs the step without XLA, one kernel per op, and each op
 costs a few µs whatever its size: so small variables (under
 :data:`GROUP_MAX_SIZE` entries: biases, normalisation scales) are reduced
-together, their entries concatenated and each quantity one segment sum, with
-one running-sum variable for all of them; a large variable has its own
-reductions, one pass each, where the op's fixed cost is negligible.
+together, their entries concatenated, the six quantities of every entry
+stacked and one sorted segment sum for all, with one running-sum variable for
+all of them; a large variable has its own reductions, one pass each, where
+the op's fixed cost is negligible, finished together with the other large
+variables' in two ops. Up to :data:`stats.COUNTED_MAX_SIZE` entries its zeros
+and NaN/Inf entries are counted every step; a larger one's, in one branch for
+the step taken only when their ``Σg²`` is not finite.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import tensorflow as tf
 from tb_gradplugin import stats
 
 # Entries below which a variable is reduced in the group. Measured on a
-# 2-core CPU: a segment sum costs ~1 ns an entry, a separate reduction ~2.5 µs
-# an op and ten ops a variable, so the group wins below a few thousand entries.
+# 2-core CPU, the 784-20-20-10 MLP's compiled step alone
+# (benchmarks/step_ops.py): bounds of 1,024 and 4,096 cost the same, 128 (its
+# 200- and 400-entry kernels alone, a dozen ops each) ~2 % more, 16,384 (its
+# 15,680-entry kernel in the group, six stacked quantities) ~12 % more.
 GROUP_MAX_SIZE = 4096
 _NAN = float("nan")
 
@@ -36,17 +42,15 @@ class _Group(NamedTuple):
     """One update's small variables, reduced together."""
 
     members: list[int]  # variable indices, in concatenation order
-    sums: Any  # [5, n]: Σg², Σ|g|, zero entries, Σw², Σ(Δw)²
+    sums: Any  # [6 n], quantity-major: SUM_COLUMNS per member
     values: Any  # [N] float32 gradients (zeros where absent)
-    segment_ids: Any  # [N] int32
     absent: frozenset  # members the update gave no gradient
-    grad_sq: Any  # Σg² over the members with a gradient (finite or not)
 
 
 class _Large(NamedTuple):
     """One large variable's sums in an update."""
 
-    sums: list  # five float32 scalars, as in _Group.sums
+    raw: stats.RawSums  # its sums, to be finished
     values: Any  # its float32 gradient entries, or None
 
 
@@ -111,10 +115,7 @@ class StepReduction:
         for i in (i for i in before if i not in small):
             g = by_index.get(i)
             values = indices = None
-            if g is None:
-                # Updated without a gradient: nothing was seen, so no value.
-                sums = [tf.constant(_NAN)] * 3
-            else:
+            if g is not None:
                 if stats.is_sparse(g):
                     self.sparse_paths.add(layout.paths[i])
                     # Under XLA the distinct rows have no static shape: densify.
@@ -123,10 +124,10 @@ class StepReduction:
                 values = stats.as_float32(tf.convert_to_tensor(g))
                 if inv is not None:
                     values = values * inv
-                sums = stats.gradient_sums(values, layout.sizes[i])
                 adds.append((self.running[i], values, indices))
-            sums += stats.parameter_sums(before[i], after[i])
-            collected[i] = _Large(sums, values)
+            # Updated without a gradient: nothing was seen, NaN sums.
+            raw = stats.variable_sums(values, before[i], after[i], layout.sizes[i])
+            collected[i] = _Large(raw, values)
         if members:
             group = self._group(members, by_index, before, after, inv)
             for i in members:
@@ -169,23 +170,22 @@ class StepReduction:
         values = tf.concat(flat, 0)
         if inv is not None:
             values = values * inv
-        ids = tf.constant(np.repeat(np.arange(len(members)), sizes).astype(np.int32))
         sums = stats.group_sums(
             values,
             _flat_float32([before[i] for i in members]),
             _flat_float32([after[i] for i in members]),
-            ids,
-            len(members),
+            sizes,
+            self.jit,
         )
-        grad_sq = tf.reduce_sum(sums[0])
         absent = [k for k, i in enumerate(members) if by_index.get(i) is None]
         if absent:
-            # No gradient, no gradient sums: NaN, never a zero not seen.
-            mask = np.zeros([5, len(members)], bool)
+            # No gradient, no gradient sums: NaN, never a zero not seen
+            # (its NaN/Inf count stays 0: none was seen either).
+            mask = np.zeros([6, len(members)], bool)
             mask[:3, absent] = True
-            sums = tf.where(tf.constant(mask), tf.constant(_NAN), sums)
+            sums = tf.where(tf.constant(mask.reshape(-1)), tf.constant(_NAN), sums)
         absent = frozenset(members[k] for k in absent)
-        return _Group(members, sums, values, ids, absent, grad_sq)
+        return _Group(members, sums, values, absent)
 
     def _group_add(self, members, present, values):
         """What adds the group's gradients to its running sum."""
@@ -227,34 +227,28 @@ class StepReduction:
                 groups.append(item)
             elif isinstance(item, _Large):
                 large.append(i)
-        # One [5, columns] matrix: the groups' sums, the large variables',
-        # and a NaN column for the variables no update reached.
-        pieces, column, where = [], 0, {}
+        # One flat vector of every piece, then one gather puts each figure at
+        # its place in the row: where[(column, variable)] is its position.
+        pieces, where, start = [], {}, 0
         for group in groups:
+            n = len(group.members)
             pieces.append(group.sums)
-            where.update((i, column + k) for k, i in enumerate(group.members))
-            column += len(group.members)
+            for q in range(6):
+                where.update(
+                    ((q, i), start + q * n + k) for k, i in enumerate(group.members)
+                )
+            start += 6 * n
         if large:
-            scalars = [collected[i].sums[q] for q in range(5) for i in large]
-            pieces.append(tf.reshape(tf.stack(scalars), [5, len(large)]))
-            where.update((i, column + k) for k, i in enumerate(large))
-            column += len(large)
-        pieces.append(tf.fill([5, 1], _NAN))
-        order = [where.get(i, column) for i in range(v)]
-        sums = tf.gather(tf.concat(pieces, 1), order, axis=1)
-        checked = [g.grad_sq for g in groups]
-        checked += [
-            collected[i].sums[0] for i in large if collected[i].values is not None
-        ]
-        total = tf.add_n(checked) if checked else tf.constant(0.0)
-        # NaN/Inf entries make the step's Σg² non-finite: count them per
-        # variable on such a step only, one branch for the whole step.
-        nonfinite = tf.cond(
-            tf.math.is_finite(total),
-            lambda: tf.zeros([v], tf.float32),
-            lambda: tf.gather(self._nonfinite(groups, large, collected), order),
-        )
-        vector = tf.concat([sums[0], sums[1], sums[2], nonfinite, sums[3], sums[4]], 0)
+            pieces.append(self._large_sums(large, collected))
+            for k, i in enumerate(large):
+                where.update(((q, i), start + 6 * k + q) for q in range(6))
+            start += 6 * len(large)
+        order = [where.get((q, i), start) for q in range(6) for i in range(v)]
+        if order == list(range(6 * v)) and len(pieces) == 1:
+            vector = pieces[0]
+        else:
+            pieces.append(tf.constant([_NAN]))
+            vector = tf.gather(tf.concat(pieces, 0), order)
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         for pos, spec in enumerate(layout.slices):
             values = self._values_of(spec.var_index, collected)
@@ -265,28 +259,45 @@ class StepReduction:
             for column_values, value in zip(slice_columns, part, strict=True):
                 column_values[pos] = value
         parts = [vector] + [tf.stack(c) for c in slice_columns if c]
-        return parts, tf.reduce_sum(nonfinite)
+        return parts, tf.reduce_sum(vector[3 * v : 4 * v])
 
-    @staticmethod
-    def _nonfinite(groups, large, collected):
-        """NaN/Inf entries per column of :meth:`step_parts`'s matrix."""
-        found = [
-            stats.group_nonfinite_counts(g.values, g.segment_ids, len(g.members))
-            for g in groups
+    def _large_sums(self, large, collected):
+        """The large variables' sums, ``[6 L]`` variable-major.
+
+        A variable whose zeros and NaN/Inf entries are not counted at every
+        step (over :data:`stats.COUNTED_MAX_SIZE` entries, or sparse) has them
+        counted on a step whose ``Σg²`` is not finite only (NaN/Inf entries
+        make it so): one branch for the step.
+        """
+        finished = stats.finish_variable_sums([collected[i].raw for i in large])
+        later = [
+            (k, collected[i])
+            for k, i in enumerate(large)
+            if not collected[i].raw.counted
         ]
-        if large:
-            found.append(
-                tf.stack(
-                    [
-                        tf.zeros([], tf.float32)
-                        if collected[i].values is None
-                        else stats.nonfinite_count(collected[i].values)
-                        for i in large
-                    ]
-                )
-            )
-        found.append(tf.zeros([1], tf.float32))
-        return tf.concat(found, 0)
+        if not later:
+            return finished
+        n = len(later)
+
+        def finite():
+            return finished
+
+        def counted():
+            found = [
+                self.layout.sizes[large[k]] - stats.nonzero_count(item.values)
+                for k, item in later
+            ]
+            found += [stats.nonfinite_count(item.values) for _, item in later]
+            # The finished sums with those counts replaced by the exact ones.
+            index = np.arange(6 * len(large))
+            for j, (k, _) in enumerate(later):
+                index[6 * k + 2] = 6 * len(large) + j
+                index[6 * k + 3] = 6 * len(large) + n + j
+            return tf.gather(tf.concat([finished, tf.stack(found)], 0), index)
+
+        checked = [item.raw.raw[0] for _, item in later]
+        total = tf.add_n(checked) if n > 1 else checked[0]
+        return tf.cond(tf.math.is_finite(total), finite, counted)
 
     def _values_of(self, i, collected):
         """Variable ``i``'s float32 gradient entries in its shape, or ``None``."""

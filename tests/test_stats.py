@@ -48,21 +48,55 @@ def _flat(arrays):
     return np.concatenate([t.ravel() for t in arrays])
 
 
-def test_gradient_and_parameter_sums_match_numpy():
-    """Σg², Σ|g|, zeros, NaN/Inf per variable, Σw², Σ(Δw)² equal numpy's counts."""
+def test_variable_sums_match_numpy():
+    """A variable reduced alone: Σg², Σ|g|, zeros, NaN/Inf, Σw², Σ(Δw)² as numpy's."""
     g, before, after = _arrays(0)[0], _arrays(1)[0], _arrays(2)[0]
     g[0, :2] = 0.0
-    out = [float(v) for v in stats.gradient_sums(tf.constant(g), g.size)]
-    np.testing.assert_allclose(out[:2], [np.sum(g**2), np.abs(g).sum()], rtol=1e-6)
-    assert out[2] == 2.0
     bad = g.copy()
     bad[1, 1], bad[2, 2] = np.nan, np.inf
-    counts = [float(stats.nonfinite_count(tf.constant(t))) for t in (g, bad)]
-    assert counts == [0.0, 2.0]
-    w = [float(v) for v in stats.parameter_sums(tf.constant(before), after)]
-    np.testing.assert_allclose(
-        w, [np.sum(after**2), np.sum((after - before) ** 2)], rtol=1e-6
-    )
+    params = [np.sum(after**2), np.sum((after - before) ** 2)]
+    grads = [np.sum(g**2), np.abs(g).sum()]
+    sums = [
+        stats.variable_sums(t if t is None else tf.constant(t), before, after, g.size)
+        for t in (g, bad, None)
+    ]
+    assert [s.counted for s in sums] == [True, True, True]
+    out = stats.finish_variable_sums(sums).numpy().reshape(3, 6)
+    np.testing.assert_allclose(out[0], [*grads, 2.0, 0.0, *params], rtol=1e-6)
+    assert out[1, 2:4].tolist() == [2.0, 2.0]
+    assert np.isnan(out[2, :3]).all() and out[2, 3] == 0.0
+    np.testing.assert_allclose(out[1:, 4:], [params, params], rtol=1e-6)
+    # Over the bound: the zeros from one pass, valid while all are finite.
+    big = np.zeros(stats.COUNTED_MAX_SIZE + 1, np.float32)
+    big[:10] = np.arange(1, 11)
+    alone = stats.variable_sums(tf.constant(big), big, big, big.size)
+    assert not alone.counted
+    assert stats.finish_variable_sums([alone]).numpy()[2:4].tolist() == [
+        big.size - 10.0,
+        0.0,
+    ]
+
+
+def test_group_sums_match_numpy_per_variable():
+    """One segment sum gives each grouped variable's six sums, empty ones included."""
+    sizes = [3, 0, 5]
+    rng = np.random.default_rng(7)
+    g, before, after = (rng.normal(size=8).astype(np.float32) for _ in range(3))
+    g[1], g[4], g[6] = 0.0, np.nan, -np.inf
+    for used, xla in ((sizes, False), ([3, 5], False), ([3, 5], True)):
+        out = stats.group_sums(g, before, after, used, xla).numpy()
+        out = out.reshape(6, len(used))
+        bounds = np.cumsum([0] + used)
+        for k in range(len(used)):
+            a, b = bounds[k], bounds[k + 1]
+            gk, wk, dk = g[a:b], after[a:b], after[a:b] - before[a:b]
+            np.testing.assert_allclose(
+                out[[0, 1, 4, 5], k],
+                [np.sum(gk**2), np.abs(gk).sum(), np.sum(wk**2), np.sum(dk**2)],
+                rtol=1e-6,
+            )
+            assert out[2, k] == np.sum(gk == 0)
+            assert out[3, k] == np.sum(~np.isfinite(gk))
 
 
 def test_slice_and_running_sums_match_numpy():

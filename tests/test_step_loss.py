@@ -82,3 +82,46 @@ def test_components_are_per_step_only_when_they_are_mean_metrics():
     assert not losses.components_appeared()
     model.kl_tracker.update_state([1.0, 4.0])
     assert losses.results(["kl_loss", "lm_loss"]) == {"kl_loss": 2.5}
+
+
+def test_a_result_found_in_the_graph_reads_as_one_found_by_value():
+    """A result found in the graph or (behind a multiply) by value reads the same."""
+    model = _model()
+    tracker = model._loss_tracker
+    other = keras.metrics.Mean(name="mae")
+    losses = StepLoss(model, [])
+    losses.loss_metrics = [other, tracker]
+
+    @tf.function
+    def step(value, hide):
+        before = losses.state()
+        other.update_state(value + 1.0)
+        tracker.update_state(value)
+        after = losses.state()
+        result = tracker.result() * 1.0 if hide else tracker.result()
+        return losses.step_values({"loss": result}, before, after)
+
+    got = {}
+    for hide in (False, True):
+        for value in (1.0, 3.0):
+            step(tf.constant(value), hide)
+        got[hide] = [float(t) for t in step(tf.constant(8.0), hide)[:2]]
+        tracker.reset_state()
+        other.reset_state()
+    assert got[False] == got[True] == [8.0, 1.0]
+
+
+def test_a_logged_loss_that_is_no_metric_result_is_the_step_value():
+    """A plain loss tensor in the logs is the step's value, known."""
+    model = _model()
+    losses = StepLoss(model, [])
+
+    @tf.function
+    def step(value):
+        before = losses.state()
+        model._loss_tracker.update_state(value * 2.0)
+        after = losses.state()
+        return losses.step_values({"loss": value}, before, after)
+
+    loss, known, _ = step(tf.constant(5.0))
+    assert float(loss) == 5.0 and float(known) == 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tb_gradplugin import stats
@@ -71,7 +72,15 @@ def test_bound_puts_small_variables_in_the_group():
     assert reduction.small == [1, 2, 3] and reduction.large == [0]
 
 
-def test_step_sums_slices_and_absent_variable_match_numpy():
+@pytest.fixture(params=["counted", "branch"])
+def counting(request, monkeypatch):
+    """The large variable's zeros and NaN/Inf counted every step, or in the branch."""
+    if request.param == "branch":
+        monkeypatch.setattr(stats, "COUNTED_MAX_SIZE", 0)
+    return request.param
+
+
+def test_step_sums_slices_and_absent_variable_match_numpy(counting):
     """Σg², Σ|g|, zeros, Σw², Σ(Δw)² per variable and slice sums equal numpy's."""
     layout, reduction = _reduction()
     grads, before, after = _arrays(0), _arrays(1), _arrays(2)
@@ -108,7 +117,7 @@ def test_step_sums_slices_and_absent_variable_match_numpy():
     assert len(layout.slices) == 2
 
 
-def test_nan_and_inf_entries_are_counted_per_variable():
+def test_nan_and_inf_entries_are_counted_per_variable(counting):
     """On a non-finite step each variable's NaN/Inf count equals numpy's."""
     _, reduction = _reduction()
     grads, before, after = _arrays(3), _arrays(4), _arrays(5)
