@@ -77,6 +77,26 @@ def test_variable_sums_match_numpy():
     ]
 
 
+def test_zeros_past_exact_float_counts_are_counted_row_by_row_in_a_step():
+    """Past 2**24 entries the one-pass zero count sums rows apart: still exact."""
+    rows = 4100  # 4100 x 4100 entries > 2**24, a row far below
+    g = np.zeros((rows, rows), np.float32)
+    g[::3, ::7] = -2.0
+    g[1, :5] = 0.5
+    w = np.ones_like(g)
+    assert g.size > stats.EXACT_FLOAT_COUNT
+
+    @tf.function
+    def step(values):
+        return stats.finish_variable_sums([stats.variable_sums(values, w, w, g.size)])
+
+    out = step(tf.constant(g)).numpy()
+    nonzero = int(np.count_nonzero(g))
+    assert out[2] == np.float32(g.size - nonzero)  # the count rounded once
+    np.testing.assert_allclose(out[1], np.abs(g, dtype=np.float64).sum(), rtol=1e-6)
+    np.testing.assert_allclose(out[0], np.sum(g.astype(np.float64) ** 2), rtol=1e-6)
+
+
 def test_group_sums_match_numpy_per_variable():
     """One segment sum gives each grouped variable's six sums, empty ones included."""
     sizes = [3, 0, 5]
