@@ -243,11 +243,16 @@ class StepReduction:
             for k, i in enumerate(large):
                 where.update(((q, i), start + 6 * k + q) for q in range(6))
             start += 6 * len(large)
-        order = [where.get((q, i), start) for q in range(6) for i in range(v)]
+        # A variable no update reached: NaN sums (nothing was seen), and a
+        # NaN/Inf count of 0 (none was seen either), at positions start and
+        # start + 1 of the flat vector.
+        order = [
+            where.get((q, i), start + (q == 3)) for q in range(6) for i in range(v)
+        ]
         if order == list(range(6 * v)) and len(pieces) == 1:
             vector = pieces[0]
         else:
-            pieces.append(tf.constant([_NAN]))
+            pieces.append(tf.constant([_NAN, 0.0]))
             vector = tf.gather(tf.concat(pieces, 0), order)
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         for pos, spec in enumerate(layout.slices):

@@ -142,6 +142,30 @@ def test_nan_and_inf_entries_are_counted_per_variable(counting):
     assert zeros.tolist() == [float(np.sum(g == 0)) for g in grads]
 
 
+def test_a_variable_no_update_reached_has_nan_sums_and_no_nan_count(counting):
+    """A variable outside every update: NaN sums, a NaN/Inf count of 0."""
+    _, reduction = _reduction()
+    grads, before, after = _arrays(6), _arrays(7), _arrays(8)
+    grads[0][0, 0] = np.nan  # a non-finite step: the counts are taken
+    stepped = (0, 2)  # variables 1 and 3 are in no update (frozen, say)
+    collected = {}
+    reduction.collect(
+        collected,
+        {i: tf.constant(grads[i]) for i in stepped},
+        {i: tf.constant(before[i]) for i in stepped},
+        {i: tf.constant(after[i]) for i in stepped},
+        None,
+        tf.constant(False),
+        False,
+    )
+    parts, nonfinite = reduction.step_parts(collected)
+    v = len(SHAPES)
+    sums = parts[0].numpy().reshape(6, v)
+    assert sums[3].tolist() == [1.0, 0.0, 0.0, 0.0] and float(nonfinite) == 1.0
+    for column in (1, 3):
+        assert np.isnan(sums[[0, 1, 2, 4, 5], column]).all()
+
+
 def _step(reduction, by_index, skipped=False):
     collected = {}
     shapes = {i: SHAPES[i] for i in by_index}
