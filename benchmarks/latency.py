@@ -369,15 +369,17 @@ def start_tensorboard(root: str, load_fast: str) -> tuple[str, subprocess.Popen]
 def runs_served_to(base: str, runs: list[str], step: int) -> bool:
     """Whether TensorBoard serves every one of ``runs`` up to ``step``.
 
-    Asks TensorBoard's own scalars route (the plain ``loss`` written beside the
-    plugin's series), so that polling does not exercise the plugin.
+    Asks the plugin's ``tags`` route (a listing, no series read). TensorBoard's
+    own scalars route answers an empty list for the plain ``loss`` these runs
+    hold (seen with TensorBoard 2.21's Rust data server; not looked into), so
+    it cannot tell.
     """
     for run in runs:
-        url = f"{base}/data/plugin/scalars/scalars?run={run}&tag=loss"
+        url = f"{base}/data/plugin/gradient_health/tags?run={run}"
         try:
             with urllib.request.urlopen(url, timeout=600) as resp:
-                points = json.loads(resp.read())
-            if not points or points[-1][1] < step:
+                tags = json.loads(resp.read())
+            if tags["scalars"]["step/loss"]["max_step"] < step:
                 return False
         except (OSError, KeyError, ValueError):
             return False
