@@ -320,6 +320,44 @@ class CachedReader:
             raise errors.NotFoundError(f"unknown run: {run[:200]!r}")
         return versions
 
+    def versions_of_runs(
+        self, ctx, eid: str, runs: list[str] | None = None
+    ) -> dict[str, dict[str, TagVersion]]:
+        """Lists the series of several runs in one listing per kind.
+
+        Cached as a run's listing is (:data:`LISTING_TTL_S`,
+        :func:`fresh_listings`): a listing of 200 runs costs ~0.1 s.
+
+        Args:
+            ctx: The request context.
+            eid: The experiment.
+            runs: The runs. Defaults to ``None``: every run.
+
+        Returns:
+            Run -> key -> :class:`TagVersion`, for the runs that hold
+            gradient-health data.
+        """
+
+        def list_now():
+            out: dict[str, dict[str, TagVersion]] = {}
+            for kind, list_tags in (
+                ("scalar", self.provider.list_scalars),
+                ("tensor", self.provider.list_tensors),
+            ):
+                found = list_tags(
+                    ctx,
+                    experiment_id=eid,
+                    plugin_name=metadata.PLUGIN_NAME,
+                    run_tag_filter=tb_provider.RunTagFilter(runs=runs),
+                )
+                for run, tags in found.items():
+                    if versions := _versions_of(kind, tags):
+                        out.setdefault(run, {}).update(versions)
+            return out
+
+        key = ("versions_of_runs", eid, None if runs is None else tuple(runs))
+        return self._listing(key, list_now)
+
     def scalar_versions_of_runs(
         self, ctx, eid: str, runs: list[str]
     ) -> dict[str, dict[str, TagVersion]]:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tensorboard.data import provider as tb_provider
 
-from tb_gradplugin import blocks, cached_reader, diagnosis, metadata, reader
+from tb_gradplugin import blocks, cached_reader, diagnosis, reader
 
 SPARKLINE_POINTS = 60
 """Most points of the grad-norm sparkline of a row (up to three per bucket)."""
@@ -32,9 +30,6 @@ _ROW_CACHE_ENTRIES = 1024
 FEW_RUNS = 4
 """Most runs of a table listed one by one, through the plugin's per-run listings
 (shared with the run's other views); more are listed in one call per kind."""
-
-_LISTINGS_KEPT = 16
-"""Listings kept: one per experiment and run selection asked for."""
 
 
 def worst_severity(flags: list[dict]) -> str | None:
@@ -192,7 +187,9 @@ class HealthTable:
     """The ``health`` route: a row per run, each recomputed only when its data grows.
 
     Args:
-        provider: Returns TensorBoard's data provider (raises when there is none).
+        list_versions: ``(ctx, eid, runs) -> {run: {key: TagVersion}}``, the
+            plugin reader's cached listing of several runs, one provider call
+            per kind (``CachedReader.versions_of_runs``).
         read_run_data: ``(ctx, eid, run, versions) -> reader.RunData``, the
             plugin's cached read of the listed series of a run (a row reads
             the scalars).
@@ -212,19 +209,18 @@ class HealthTable:
 
     def __init__(
         self,
-        provider: Callable[[], tb_provider.DataProvider],
+        list_versions: Callable[..., dict],
         read_run_data: Callable[..., reader.RunData],
         run_report: Callable[..., dict],
         run_versions: Callable[..., dict] | None = None,
         prefetch: Callable[..., None] | None = None,
     ):
-        self._provider = provider
+        self._list_versions = list_versions
         self._read_run_data = read_run_data
         self._run_report = run_report
         self._run_versions = run_versions
         self._prefetch = prefetch
         self._rows: collections.OrderedDict = collections.OrderedDict()
-        self._listings: dict[tuple, tuple[float, dict]] = {}
         self._lock = threading.Lock()
 
     def versions(
@@ -232,8 +228,8 @@ class HealthTable:
     ) -> dict[str, dict[str, cached_reader.TagVersion]]:
         """The tag versions of some runs, in one listing per kind.
 
-        A listing is reused for :data:`cached_reader.LISTING_TTL_S`, as the
-        plugin's per-run listings are: a listing of 200 runs costs ~0.1 s.
+        The listing is the plugin reader's (``list_versions``), cached as a
+        run's listing is.
 
         Args:
             ctx: The request context.
@@ -248,42 +244,7 @@ class HealthTable:
             # The views of these runs list them too: share their listings.
             found = {run: self._run_versions(ctx, eid, run) for run in runs}
             return {run: v for run, v in found.items() if v}
-        key = (eid, None if runs is None else tuple(runs))
-        now = time.monotonic()
-        with self._lock:
-            hit = self._listings.get(key)
-        if hit is not None and cached_reader.listing_is_fresh(hit[0], now):
-            return hit[1]
-        out = self._list_versions(ctx, eid, runs)
-        with self._lock:
-            self._listings[key] = (now, out)
-            while len(self._listings) > _LISTINGS_KEPT:
-                self._listings.pop(next(iter(self._listings)))
-        return out
-
-    def _list_versions(
-        self, ctx, eid: str, runs: list[str] | None
-    ) -> dict[str, dict[str, cached_reader.TagVersion]]:
-        """One listing per kind of the runs' gradient-health tags."""
-        provider = self._provider()
-        out: dict[str, dict[str, cached_reader.TagVersion]] = {}
-        kw = dict(
-            experiment_id=eid,
-            plugin_name=metadata.PLUGIN_NAME,
-            run_tag_filter=tb_provider.RunTagFilter(runs=runs),
-        )
-        for kind, listing in (
-            ("scalar", provider.list_scalars),
-            ("tensor", provider.list_tensors),
-        ):
-            for run, tags in listing(ctx, **kw).items():
-                for tag, ts in tags.items():
-                    key = metadata.tag_key(tag)
-                    if key is not None:
-                        out.setdefault(run, {})[key] = cached_reader.TagVersion(
-                            kind, ts.max_step, ts.max_wall_time, ts.plugin_content
-                        )
-        return out
+        return self._list_versions(ctx, eid, runs)
 
     def table(self, ctx, eid: str, runs: list[str] | None = None) -> dict[str, Any]:
         """The health table of some runs.

@@ -71,7 +71,7 @@ class ViewData(compare_views.CompareViews, export_views.PointViews):
 
     def __init__(self, data_reader: cached_reader.CachedReader):
         self._health = health.HealthTable(
-            lambda: data_reader.provider,
+            data_reader.versions_of_runs,
             data_reader.read_run_data,
             self.flags_impl,
             data_reader.tag_versions,
