@@ -153,14 +153,15 @@ def read_runs(
     ctx=None,
     *,
     experiment_id: str = "",
+    downsample: int = ALL_POINTS,
 ) -> dict[str, RunData]:
-    """Reads listed series of several runs, in one provider call per kind.
+    """Reads listed series of several runs together (a call per kind, or per tag).
 
-    For the small series of many runs (scalars, block summaries): a call costs
-    10-40 ms on the Rust data server whatever it holds, so the health table
-    reads the scalars of 200 runs in one call instead of 200. Every point is
-    read; a per-step tensor of a long run is better read by :func:`read_run`,
-    one tag per call.
+    A call costs 10-40 ms on the Rust data server whatever it holds, so the
+    health table reads the scalars of 200 runs together instead of 200 times;
+    :func:`read_run` with ``listed`` is this for one run. On that server the
+    calls go one a scalar tag or per-step tensor tag, and one for all block
+    summaries (:func:`tb_gradplugin.data_server.read_points_of_runs`).
 
     Args:
         provider: A TensorBoard data provider.
@@ -168,6 +169,7 @@ def read_runs(
             :func:`read_run`'s ``listed``.
         ctx: The request context. Defaults to ``None``.
         experiment_id: The experiment. Defaults to ``""``.
+        downsample: Most points per series. Defaults to :data:`ALL_POINTS`.
 
     Returns:
         Run -> its series; a listed series that the provider no longer holds
@@ -189,7 +191,7 @@ def read_runs(
             continue
         tags = set().union(*(contents[run] for run in runs))
         points = _read_points_of_runs(
-            provider, ctx, kind, experiment_id, runs, tags, ALL_POINTS
+            provider, ctx, kind, experiment_id, runs, tags, downsample
         )
         for run in runs:
             target = out[run].scalars if kind == "scalar" else out[run].tensors
@@ -303,19 +305,16 @@ def read_run(
         The run's series; empty when the run has none.
     """
     ctx = ctx or tb_context.RequestContext()
+    if listed is not None:
+        return read_runs(
+            provider,
+            {run: listed},
+            ctx,
+            experiment_id=experiment_id,
+            downsample=downsample,
+        )[run]
     data = RunData(run=run)
     targets = {"scalar": data.scalars, "tensor": data.tensors}
-    if listed is not None:
-        for kind, target in targets.items():
-            contents = {
-                metadata.TAG_PREFIX + key: content
-                for key, (k, content) in listed.items()
-                if k == kind
-            }
-            _read_into(
-                provider, ctx, kind, experiment_id, run, contents, downsample, target
-            )
-        return data
     wanted = None if keys is None else {metadata.TAG_PREFIX + k for k in keys}
     filt = tb_provider.RunTagFilter(runs=[run], tags=wanted)
     kw = dict(experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
