@@ -157,36 +157,10 @@ def _prefix_quantiles(x: np.ndarray, q: float, at: np.ndarray) -> np.ndarray:
     return out
 
 
-def _sorted_quantile(ordered: np.ndarray, q: float) -> float:
-    """np.quantile(x, q) of finite float64 ``x`` given sorted, bit for bit."""
-    m = ordered.shape[0]
-    virtual = (m - 1) * q
-    if virtual >= m - 1:
-        return float(ordered[-1])
-    lo = math.floor(virtual)
-    return _interpolate(float(ordered[lo]), float(ordered[lo + 1]), virtual - lo)
-
-
 def _interpolate(a: float, b: float, t: float) -> float:
     """The linear interpolation of np.quantile between two order statistics."""
     diff = b - a
     return b - diff * (1 - t) if t >= 0.5 else a + diff * t
-
-
-def _linear_quantile(x: np.ndarray, q: float) -> float:
-    """np.quantile(x, q) of finite float64 ``x``, bit for bit, with less overhead.
-
-    The same two order statistics and the same interpolation as numpy's
-    default ("linear") method; np.quantile's own setup costs ~20x the work
-    on a short series, and a cumulative quantile calls it hundreds of times.
-    """
-    m = x.shape[0]
-    virtual = (m - 1) * q
-    if virtual >= m - 1:
-        return float(x.max())
-    lo = math.floor(virtual)
-    part = np.partition(x, [lo, lo + 1])
-    return _interpolate(float(part[lo]), float(part[lo + 1]), virtual - lo)
 
 
 def nanmedian(x: np.ndarray) -> float:
