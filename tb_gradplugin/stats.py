@@ -243,7 +243,7 @@ def abs_sum_and_half_nonzero(values, size: int) -> list:
     return [abs_sum, 0.5 * nonzero_count(values)]
 
 
-def variable_sums(values, before, after, size: int) -> RawSums:
+def variable_sums(values, before, after, size: int, increment=None) -> RawSums:
     """The sums of one variable reduced alone, to be finished.
 
     Each sum of squares is one pass (``l2_loss``, half the sum). A dense
@@ -260,11 +260,17 @@ def variable_sums(values, before, after, size: int) -> RawSums:
         before: The parameters before the update.
         after: The parameters after the update.
         size: The variable's entries.
+        increment: The increment the optimizer added to the variable, when it
+            is the whole update (``optimizer_increments.py``): ``Σ(Δw)²`` is
+            then its sum of squares, one pass and no difference. Defaults to
+            ``None``: the parameters after the update minus those before.
     """
     import tensorflow as tf
 
     after = _f32(after)
-    params = [tf.nn.l2_loss(after), tf.nn.l2_loss(after - _f32(before))]
+    if increment is None:
+        increment = after - _f32(before)
+    params = [tf.nn.l2_loss(after), tf.nn.l2_loss(increment)]
     zero = ops.convert_to_tensor(0.0)
     if values is None:
         nan = ops.convert_to_tensor(float("nan"))

@@ -94,7 +94,17 @@ class StepReduction:
             self.running = {i: _running_variable(layout.shapes[i]) for i in self.large}
             self.group_running = _running_variable([sum(sizes[i] for i in self.small)])
 
-    def collect(self, collected, by_index, before, after, scale, skipped, conditional):
+    def collect(
+        self,
+        collected,
+        by_index,
+        before,
+        after,
+        scale,
+        skipped,
+        conditional,
+        increments=None,
+    ):
         """Reduces the gradients of one update to sums; adds to the running sums.
 
         Args:
@@ -106,6 +116,10 @@ class StepReduction:
             scale: The loss scale to divide the gradients by, or ``None``.
             skipped: Scalar bool tensor: the update was not applied.
             conditional: Whether ``skipped`` can be true.
+            increments: ``{variable index: the increment the optimizer
+                added}`` of the large variables whose whole update it is
+                (``optimizer_increments.py``): their update norm is read from
+                it. Defaults to ``None``: none.
         """
         layout = self.layout
         inv = None if scale is None else 1.0 / scale
@@ -126,7 +140,13 @@ class StepReduction:
                     values = values * inv
                 adds.append((self.running[i], values, indices))
             # Updated without a gradient: nothing was seen, NaN sums.
-            raw = stats.variable_sums(values, before[i], after[i], layout.sizes[i])
+            raw = stats.variable_sums(
+                values,
+                before[i],
+                after[i],
+                layout.sizes[i],
+                (increments or {}).get(i),
+            )
             collected[i] = _Large(raw, values)
         if members:
             group = self._group(members, by_index, before, after, inv)
@@ -386,10 +406,15 @@ def _flat_float32(tensors):
 
 
 def _running_variable(shape) -> tf.Variable:
-    """A float32 running sum of that shape, written by the first replica."""
+    """A float32 running sum of that shape, each replica adding to its own copy.
+
+    Every replica adds the same global gradient, so the copies stay equal
+    without a merge call and a broadcast of the whole sum at every step
+    (what ``ONLY_FIRST_REPLICA`` costs under a distribution strategy).
+    """
     return tf.Variable(
         tf.zeros(shape, tf.float32),
         trainable=False,
         synchronization=tf.VariableSynchronization.ON_WRITE,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        aggregation=tf.VariableAggregation.NONE,
     )

@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tb_gradplugin import applied_gradients, ring, stats
 from tb_gradplugin.epoch_probes import ProbeCapture
+from tb_gradplugin.optimizer_increments import IncrementRecorder
 from tb_gradplugin.step_loss import StepLoss
 from tb_gradplugin.step_reduction import StepReduction
 
@@ -345,7 +346,11 @@ class StepShim:
                 opt, self.variables, by_index, accumulate
             )
         self._local.reduced = None
-        result = orig_apply(grads, trainable_variables)
+        graph = tf.compat.v1.get_default_graph()
+        start = len(graph.get_operations())
+        with self._increments(opt) as record:
+            result = orig_apply(grads, trainable_variables)
+        increments = record.single_increments(graph.get_operations()[start:])
         with tf.control_dependencies([result] if result is not None else []):
             after = {i: tf.identity(self.variables[i].value) for i in updated}
             iteration_after = tf.cast(opt.iterations, tf.int64)
@@ -363,6 +368,7 @@ class StepShim:
             scale if is_lso or factor else None,
             skipped,
             is_lso or bool(accumulate),
+            increments,
         )
         if self._local.pending is None or primary:
             # The step, learning rate and loss scale of a row are those of
@@ -375,6 +381,22 @@ class StepShim:
                 "step": iteration_after,
             }
         return result
+
+    def _increments(self, opt) -> IncrementRecorder:
+        """What records the increments ``opt`` adds to the large variables.
+
+        One replica only: replicas trace their steps in threads of their own,
+        and the optimizer's methods are shared.
+        """
+        if self.strategy.num_replicas_in_sync > 1:
+            return IncrementRecorder([], {}, [])
+        ids = {}
+        for i in self.reduction.large:
+            v = self.variables[i]
+            ids[id(v)] = i
+            ids[id(getattr(v, "value", v))] = i
+        inner = getattr(opt, "inner_optimizer", None)
+        return IncrementRecorder([opt, inner], ids, self.layout.shapes)
 
     def _record(self, pending, loss, known, components, batch_size):
         """Stacks the step's figures into one ring row and writes it."""

@@ -730,6 +730,45 @@ def test_long_run_small_ring_slow_writer_adam_schedule(tmp_path, monkeypatch):
     assert run.scalars["window/window_steps"].values.tolist() == [160, 160]
 
 
+def wide():
+    # A first kernel of 12 x 512 entries: reduced alone, not in the small group.
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            keras.layers.Dense(512, activation="relu", name="wide"),
+            keras.layers.Dense(3, name="out"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda: keras.optimizers.Adam(
+            keras.optimizers.schedules.ExponentialDecay(0.01, 4, 0.5)
+        ),
+        lambda: keras.optimizers.AdamW(0.01, weight_decay=0.1),
+        lambda: keras.optimizers.SGD(0.05, momentum=0.9),
+    ],
+    ids=["adam_schedule", "adamw", "sgd_momentum"],
+)
+def test_large_variable_update_norm_matches_gradient_tape(tmp_path, make_optimizer):
+    """A large kernel's statistics, update norm included, match the reference."""
+    from tb_gradplugin.step_reduction import GROUP_MAX_SIZE
+
+    x, y = data()
+    model = compiled(wide, optimizer=make_optimizer())
+    assert model.trainable_variables[0].shape.num_elements() >= GROUP_MAX_SIZE
+    weights = model.get_weights()
+    cb = GradientHealthCallback(str(tmp_path / "run"), update_freq=1, on_flag=None)
+    model.fit(
+        x, y, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=[cb]
+    )
+    run = read(str(tmp_path / "run"))
+    _, records = reference(wide, weights, x, y, optimizer=make_optimizer())
+    assert_steps_match(run, records, list(range(1, len(records) + 1)))
+
+
 def test_update_freq_epoch_logs_each_epochs_last_step(tmp_path):
     """update_freq='epoch' logs exactly steps 4, 8, 12 with those steps' values."""
     _, weights, run, x, y = fit_and_read(tmp_path, sequential, update_freq="epoch")
