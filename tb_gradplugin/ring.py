@@ -193,9 +193,16 @@ class StepRing:
 
 
 def _var(value: np.ndarray) -> tf.Variable:
+    """A ring variable, each replica writing its own copy.
+
+    Under a distribution strategy each replica writes the same rows (its
+    figures are of the global gradient), and the host reads the first
+    replica's copy. ``ONLY_FIRST_REPLICA`` would make every write a merge
+    call that waits for all replicas and broadcasts the value.
+    """
     return tf.Variable(
         value,
         trainable=False,
         synchronization=tf.VariableSynchronization.ON_WRITE,
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        aggregation=tf.VariableAggregation.NONE,
     )
