@@ -88,7 +88,15 @@ class RunData:
         return self.tensors.get(key)
 
 
-def _content(raw: bytes) -> dict:
+def parse_content(raw: bytes) -> dict:
+    """A series' content (its summary metadata's JSON), ``{}`` when malformed.
+
+    Args:
+        raw: The ``PluginData`` content bytes.
+
+    Returns:
+        The parsed content.
+    """
     try:
         return metadata.parse_plugin_content(raw)
     except ValueError as err:
@@ -364,7 +372,7 @@ def _put(target: dict, points: dict, contents: Mapping[str, bytes]) -> None:
             steps=steps,
             values=values,
             wall_times=wall_times,
-            content=_content(contents[tag]),
+            content=parse_content(contents[tag]),
         )
 
 

@@ -122,3 +122,64 @@ def test_live_diagnosis_runs_on_the_writer_thread_rate_limited(tmp_path, monkeyp
     # At most one run per interval, plus the one at the end of training.
     assert len(calls) <= elapsed / 5.0 + 2
     assert len(calls) < 40
+
+
+def _assert_same_run(live_run, full_run):
+    assert set(live_run.scalars) == set(full_run.scalars)
+    assert set(live_run.tensors) == set(full_run.tensors)
+    for key, series in [*full_run.scalars.items(), *full_run.tensors.items()]:
+        mine = live_run.scalars.get(key) or live_run.tensors[key]
+        np.testing.assert_array_equal(mine.steps, series.steps, err_msg=key)
+        np.testing.assert_array_equal(mine.values, series.values, err_msg=key)
+        np.testing.assert_array_equal(mine.wall_times, series.wall_times, err_msg=key)
+        assert mine.content == series.content, key
+
+
+def test_incremental_read_equals_tensorboards_and_converts_only_new_points(
+    tmp_path, monkeypatch
+):
+    """The live read equals the data provider's read; a reload converts new points."""
+    from tb_gradplugin import live, reader
+
+    converted = []
+    original = live._values
+
+    def values(events, tensor):
+        converted.append(len(events))
+        return original(events, tensor)
+
+    monkeypatch.setattr(live, "_values", values)
+    x, y = _data()
+    model = _model(0.05)
+    logdir = str(tmp_path / "run")
+    cb = GradientHealthCallback(logdir, update_freq=1, on_flag=None)
+    diagnosis_live = LiveDiagnosis(logdir)
+    for fit in range(2):
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+        converted.clear()
+        mine = diagnosis_live.read()
+        full = reader.read_run(reader.provider_for_logdir(str(tmp_path)), "run")
+        _assert_same_run(mine, full)
+        assert full.scalars["step/loss"].steps.tolist() == list(range(1, 32 * fit + 33))
+        # Each tag converts the 32 steps of this fit, not those read before.
+        assert converted and max(converted) <= 32
+
+
+def test_warn_runs_take_at_most_their_share_of_the_time(tmp_path, monkeypatch):
+    """After a run of d seconds, "warn" waits d / LIVE_SHARE; "stop" does not."""
+    import time
+
+    from tb_gradplugin import live
+
+    def slow(self):
+        time.sleep(0.2)
+        return []
+
+    monkeypatch.setattr(live.LiveDiagnosis, "new_errors", slow)
+    monkeypatch.setattr(live, "LIVE_INTERVAL_S", 0.0)
+    for on_flag, due_after in (("warn", False), ("stop", True)):
+        reports = live.LiveReports(on_flag)
+        assert reports.due(urgent=True, epoch_end=False)
+        reports.run(str(tmp_path))
+        # 0.2 s of rules: "warn" waits 20 s before the next run, even urgent.
+        assert reports.due(urgent=True, epoch_end=True) is due_after
