@@ -2,14 +2,18 @@
 
 For each model, each repetition builds a fresh model per variant (the model
 built second in a process can run up to 20 % faster: DESIGN.md pitfall 17) in
-an order rotated from one repetition to the next, fits it, and times the
-epochs after the first (tracing excluded, the callback's end-of-training
-writes included). It prints per variant the median step time, the median of
-the per-repetition ratios to the plain ``fit`` in wall time and in process CPU
-time (every thread: the writer's too; steadier than wall time on a shared
-machine), the extra peak memory (peak resident memory during the fit minus the
-plain fit's, from ``VmHWM`` reset through ``/proc/self/clear_refs``) and the
-event-file bytes per logged step, with the machine's load average.
+an order rotated from one repetition to the next, warms each up with one epoch
+(tracing excluded), then times ``--rounds`` fits of each, the variants' fits
+interleaved so that a slow spell of the shared machine falls on all of them
+(each fit as many epochs as make the plain fits last ``--min_seconds`` in all,
+measured once per model; the callback's end-of-fit writes included). It prints
+per variant the median step time, the median of the per-repetition ratios to
+the plain ``fit`` in wall time and in process CPU time (every thread: the
+writer's too; steadier than wall time on a shared machine), the extra peak
+memory (the largest rise of the peak resident memory during one of its fits
+over the resident memory before it, from ``VmHWM`` reset through
+``/proc/self/clear_refs``, minus the plain fit's) and the event-file bytes per
+logged step, with the machine's load average.
 
 Variants: ``plain``; ``defaults`` (``GradientHealthCallback(log_dir)``, every
 argument at its default); ``update_freq=1``; Keras's
@@ -33,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -47,7 +52,19 @@ def _parse():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default=ALL_MODELS)
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs")
+    parser.add_argument("--epochs", type=int, default=2, help="least timed epochs")
+    parser.add_argument(
+        "--min_seconds",
+        type=float,
+        default=4.0,
+        help="least timed seconds of the plain fit (more epochs on small models)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="timed fits per model, the variants' fits interleaved",
+    )
     parser.add_argument("--mirrored", action="store_true")
     return parser.parse_args()
 
@@ -179,44 +196,91 @@ def _event_bytes_per_logged_step(logdir, variant):
     return total / steps if steps else float("nan")
 
 
-def measure(name, variant, epochs, strategy, workdir):
-    """A fresh model, a warm-up and a timed fit; (s/step, peak KB, bytes/logged)."""
-    make, batch, steps, kind, feed = MODELS[name]
-    x, y = _data(kind, batch * steps)
-    keras.utils.set_random_seed(0)
-    with strategy.scope():
-        model = make()
-        model.compile(
-            optimizer=keras.optimizers.Adam(1e-3),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        )
-    logdir = os.path.join(workdir, f"{name}-{variant}-{time.monotonic_ns()}")
-    cbs = _callbacks(variant, logdir)
-    if feed == "dataset":
-        data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
+class Trial:
+    """A fresh model of one variant, warmed up; its timed fits add up.
 
-        def fit(epochs):
-            model.fit(data, epochs=epochs, verbose=0, callbacks=cbs)
-    else:
+    Args:
+        name: The model's name in :data:`MODELS`.
+        variant: One of :data:`VARIANTS`.
+        strategy: The distribution strategy.
+        workdir: Where the run's log directory goes.
+    """
 
-        def fit(epochs):
-            model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=cbs)
+    def __init__(self, name, variant, strategy, workdir):
+        make, batch, self.steps, kind, feed = MODELS[name]
+        self.variant = variant
+        x, y = _data(kind, batch * self.steps)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = make()
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            )
+        self.logdir = os.path.join(workdir, f"{name}-{variant}-{time.monotonic_ns()}")
+        self.callbacks = _callbacks(variant, self.logdir)
+        if feed == "dataset":
+            data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).cache()
 
-    # One warm-up epoch: tracing (of the step and of the callback's writer
-    # functions) is a fixed cost, not a ratio.
-    fit(1)
-    epochs = epochs if feed == "dataset" else ARRAY_EPOCHS
-    _reset_peak()
-    base = _memory_kb("VmRSS")
-    start, cpu = time.perf_counter(), time.process_time()
-    fit(epochs)
-    seconds = (time.perf_counter() - start) / (steps * epochs)
-    cpu_seconds = (time.process_time() - cpu) / (steps * epochs)
-    peak = _memory_kb("VmHWM") - base
-    for cb in cbs:
-        if isinstance(cb, GradientHealthCallback):
-            cb.close()
-    return seconds, peak, _event_bytes_per_logged_step(logdir, variant), cpu_seconds
+            def fit(epochs):
+                model.fit(data, epochs=epochs, verbose=0, callbacks=self.callbacks)
+        else:
+
+            def fit(epochs):
+                model.fit(
+                    x,
+                    y,
+                    batch_size=batch,
+                    epochs=epochs,
+                    verbose=0,
+                    callbacks=self.callbacks,
+                )
+
+        self.fit = fit
+        # One warm-up epoch: tracing (of the step and of the callback's writer
+        # functions) is a fixed cost, not a ratio.
+        fit(1)
+        self.seconds = self.cpu_seconds = 0.0
+        self.timed_steps = 0
+        self.peak_kb = 0
+
+    def timed_fit(self, epochs):
+        """One timed ``fit`` of ``epochs`` epochs, added to the totals."""
+        _reset_peak()
+        base = _memory_kb("VmRSS")
+        start, cpu = time.perf_counter(), time.process_time()
+        self.fit(epochs)
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.process_time() - cpu
+        self.timed_steps += self.steps * epochs
+        self.peak_kb = max(self.peak_kb, _memory_kb("VmHWM") - base)
+
+    def result(self):
+        """(s/step, extra peak KB of a fit, bytes/logged step, CPU s/step)."""
+        for cb in self.callbacks:
+            if isinstance(cb, GradientHealthCallback):
+                cb.close()
+        per_log = _event_bytes_per_logged_step(self.logdir, self.variant)
+        n = self.timed_steps
+        return self.seconds / n, self.peak_kb, per_log, self.cpu_seconds / n
+
+
+def measure(name, epochs, rounds, strategy, workdir, rep):
+    """One repetition: a fresh model per variant, their timed fits interleaved.
+
+    The models are built in an order rotated by ``rep``; then ``rounds``
+    times each fits ``epochs`` epochs, in that order: a slow spell of the
+    shared machine then falls on every variant alike.
+
+    Returns:
+        ``{variant: Trial.result()}``.
+    """
+    order = VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
+    trials = [Trial(name, variant, strategy, workdir) for variant in order]
+    for _ in range(rounds):
+        for trial in trials:
+            trial.timed_fit(epochs)
+    return {trial.variant: trial.result() for trial in trials}
 
 
 def main() -> None:
@@ -226,23 +290,32 @@ def main() -> None:
         if args.mirrored
         else tf.distribute.get_strategy()
     )
-    epochs = max(args.epochs, 1)
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models.split(","):
+            _, batch, steps, _, feed = MODELS[name]
+            # As many epochs as make the plain fit last min_seconds: a timed
+            # span under a second moves by +-10 % here from run to run.
+            least = args.epochs if feed == "dataset" else ARRAY_EPOCHS
+            probe = Trial(name, "plain", strategy, workdir)
+            probe.timed_fit(least)
+            step_s = probe.result()[0]
+            del probe
+            # Per round: as many epochs as make the plain fit last
+            # min_seconds / rounds.
+            epochs = max(
+                least, math.ceil(args.min_seconds / args.rounds / (step_s * steps))
+            )
             results = {v: [] for v in VARIANTS}
             loads = os.getloadavg()
             for rep in range(args.repeats):
-                order = (
-                    VARIANTS[rep % len(VARIANTS) :] + VARIANTS[: rep % len(VARIANTS)]
-                )
-                for variant in order:
-                    results[variant].append(
-                        measure(name, variant, epochs, strategy, workdir)
-                    )
-            _, batch, steps, _, feed = MODELS[name]
+                for variant, result in measure(
+                    name, epochs, args.rounds, strategy, workdir, rep
+                ).items():
+                    results[variant].append(result)
             label = "mirrored, 2 CPUs" if args.mirrored else "one device"
             print(
                 f"\n{name}: batch {batch}, {steps} steps/epoch ({feed}), "
+                f"{args.rounds} rounds of {epochs} timed epochs, "
                 f"{args.repeats} repetitions, {label}, load average "
                 f"{loads[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
             )
