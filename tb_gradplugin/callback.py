@@ -85,11 +85,14 @@ class GradientHealthCallback(keras.callbacks.Callback):
             Defaults to ``False``: keep training and keep logging the evidence.
         on_flag: ``"warn"`` logs a warning when the diagnosis rules raise an
             error-severity flag, ``"stop"`` also stops training, ``None`` turns
-            live diagnosis off. The rules run on the writer thread, on the
-            events written since their last run, at most every 5 s (at once
-            after an anomalous step); with ``"stop"`` each epoch end waits for
-            the steps handed over, so an anomaly stops training at that epoch's
-            end. Defaults to ``"warn"``.
+            live diagnosis off. The rules run on the writer thread, reading
+            the events written since their last run, at most every 5 s (at once
+            after an anomalous step); with ``"warn"`` they also take at most
+            1 % of the wall time (after a run of d seconds the next waits
+            100 d: they go over the whole series, whose length grows); with
+            ``"stop"`` each epoch end waits for the steps handed over, so an
+            anomaly stops training at that epoch's end. Defaults to
+            ``"warn"``.
         probe_data: ``(x, y)`` or ``(x, y, sample_weight)`` of the fixed probe
             batch for the curvature. Defaults to ``None``: the first training
             batch of the first ``fit``, kept for the whole run.

@@ -337,8 +337,10 @@ class StepShim:
         iteration = tf.cast(opt.iterations, tf.int64)
         lr = tf.cast(opt.learning_rate, tf.float32)
         updated = self._note_updated(name, variables)
-        # The parameters before the update (a transient copy: the update
-        # writes new buffers while these reads are alive).
+        # The parameters before the update, used for the variables whose
+        # update norm is not read from the optimizer's increment (known only
+        # once the update is traced): a transient copy, since the update
+        # writes new buffers while these reads are alive.
         before = {i: tf.identity(self.variables[i].value) for i in updated}
         accumulate = getattr(opt, "gradient_accumulation_steps", None)
         if accumulate and not is_lso:
