@@ -12,8 +12,6 @@ no TensorFlow.
 
 from __future__ import annotations
 
-import collections
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -220,8 +218,7 @@ class HealthTable:
         self._run_report = run_report
         self._run_versions = run_versions
         self._prefetch = prefetch
-        self._rows: collections.OrderedDict = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._rows = cached_reader.LRUCache(_ROW_CACHE_ENTRIES)
 
     def versions(
         self, ctx, eid: str, runs: list[str] | None = None
@@ -286,29 +283,18 @@ class HealthTable:
         return {"runs": [self._row(ctx, eid, run, versions[run]) for run in names]}
 
     def _cached_row(self, eid: str, run: str, versions: dict) -> dict | None:
-        key = _row_key(eid, run, versions)
-        with self._lock:
-            hit = self._rows.get(key)
-            if hit is not None:
-                self._rows.move_to_end(key)
-            return hit
+        return self._rows.get(_row_key(eid, run, versions))
 
     def _row(self, ctx, eid: str, run: str, versions: dict[str, tuple]) -> dict:
-        key = _row_key(eid, run, versions)
-        hit = self._cached_row(eid, run, versions)
-        if hit is not None:
-            return hit
-        report = self._run_report(ctx, eid, run, versions)
-        # A row shows scalars only; the report read the tensors it needs.
-        scalars = {k: v for k, v in versions.items() if v.kind == "scalar"}
-        row = health_row(self._read_run_data(ctx, eid, run, scalars), report)
-        with self._lock:
-            self._rows[key] = row
-            while len(self._rows) > _ROW_CACHE_ENTRIES:
-                self._rows.popitem(last=False)
-        return row
+        def compute():
+            report = self._run_report(ctx, eid, run, versions)
+            # A row shows scalars only; the report read the tensors it needs.
+            scalars = {k: v for k, v in versions.items() if v.kind == "scalar"}
+            return health_row(self._read_run_data(ctx, eid, run, scalars), report)
+
+        return self._rows.memo(_row_key(eid, run, versions), compute)
 
 
 def _row_key(eid: str, run: str, versions: dict[str, tuple]) -> tuple:
     """A row's cache key: its run and the versions of every series it has."""
-    return (eid, run, tuple(sorted((k, v[1], v[2]) for k, v in versions.items())))
+    return (eid, run, cached_reader.version_stamp(versions))

@@ -155,8 +155,8 @@ def test_the_health_table_is_kept_current_too(tmp_path, monkeypatch):
     with cached_reader.fresh_listings():
         b_versions = table.versions(tb_context.RequestContext(), "", ["b"])["b"]
     stamp = tuple(sorted((k, v[1], v[2]) for k, v in b_versions.items()))
-    assert ("", "b", stamp) not in table._rows
+    assert table._rows.get(("", "b", stamp)) is None
     gh_plugin._refresher.run_once()
-    assert table._rows[("", "b", stamp)]["last_step"] == 150
+    assert table._rows.get(("", "b", stamp))["last_step"] == 150
     rows = _get(gh_plugin, "/health", "").json["runs"]
     assert [row["last_step"] for row in rows] == [100, 150]
