@@ -283,22 +283,32 @@ class CachedReader:
         self, ctx, eid: str, run: str, kind: str, key: str | None = None
     ) -> dict[str, TagVersion]:
         """One listing of a run's tags of one kind (one tag when ``key`` is given)."""
+        tags = None if key is None else [metadata.TAG_PREFIX + key]
+
+        def list_now():
+            found = self._list_tags(ctx, eid, kind, [run], tags).get(run, {})
+            return _versions_of(kind, found)
+
+        return self._listing(("versions", eid, run, kind, key), list_now)
+
+    def _list_tags(
+        self, ctx, eid: str, kind: str, runs: list[str] | None, tags=None
+    ) -> dict:
+        """The provider's listing of this plugin's tags of one kind (uncached).
+
+        Returns:
+            Run -> tag -> the provider's time series of that kind.
+        """
         list_tags = {
             "scalar": self.provider.list_scalars,
             "tensor": self.provider.list_tensors,
         }[kind]
-        tags = None if key is None else [metadata.TAG_PREFIX + key]
-
-        def list_now():
-            found = list_tags(
-                ctx,
-                experiment_id=eid,
-                plugin_name=metadata.PLUGIN_NAME,
-                run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=tags),
-            ).get(run, {})
-            return _versions_of(kind, found)
-
-        return self._listing(("versions", eid, run, kind, key), list_now)
+        return list_tags(
+            ctx,
+            experiment_id=eid,
+            plugin_name=metadata.PLUGIN_NAME,
+            run_tag_filter=tb_provider.RunTagFilter(runs=runs, tags=tags),
+        )
 
     def known_run(
         self, ctx, eid: str, run: str, keys: Iterable[str] | None = None
@@ -340,17 +350,8 @@ class CachedReader:
 
         def list_now():
             out: dict[str, dict[str, TagVersion]] = {}
-            for kind, list_tags in (
-                ("scalar", self.provider.list_scalars),
-                ("tensor", self.provider.list_tensors),
-            ):
-                found = list_tags(
-                    ctx,
-                    experiment_id=eid,
-                    plugin_name=metadata.PLUGIN_NAME,
-                    run_tag_filter=tb_provider.RunTagFilter(runs=runs),
-                )
-                for run, tags in found.items():
+            for kind in ("scalar", "tensor"):
+                for run, tags in self._list_tags(ctx, eid, kind, runs).items():
                     if versions := _versions_of(kind, tags):
                         out.setdefault(run, {}).update(versions)
             return out
@@ -377,12 +378,7 @@ class CachedReader:
         """
 
         def list_now():
-            found = self.provider.list_scalars(
-                ctx,
-                experiment_id=eid,
-                plugin_name=metadata.PLUGIN_NAME,
-                run_tag_filter=tb_provider.RunTagFilter(runs=runs),
-            )
+            found = self._list_tags(ctx, eid, "scalar", runs)
             return {run: _versions_of("scalar", found.get(run, {})) for run in runs}
 
         out = self._listing(("scalar_versions", eid, tuple(runs)), list_now)
