@@ -102,14 +102,7 @@ def _values(events, tensor: bool) -> np.ndarray:
         flat = np.frombuffer(b"".join(p.tensor_content for p in protos), np.float32)
         values = flat.reshape(len(protos), -1).astype(np.float64)
     else:
-        rows = [
-            np.asarray(tensor_util.make_ndarray(p), np.float64).reshape(-1)
-            for p in protos
-        ]
-        width = max(r.size for r in rows)
-        values = np.full((len(rows), width), np.nan)
-        for i, r in enumerate(rows):
-            values[i, : r.size] = r
+        values = reader.stack_rows([tensor_util.make_ndarray(p) for p in protos])
     return values if tensor else values[:, 0]
 
 

@@ -104,7 +104,15 @@ def parse_content(raw: bytes) -> dict:
         return {}
 
 
-def _stack(rows: list[np.ndarray]) -> np.ndarray:
+def stack_rows(rows: list[np.ndarray]) -> np.ndarray:
+    """Per-step tensors as one float64 array, NaN where a row is shorter.
+
+    Args:
+        rows: One array per step (flattened here).
+
+    Returns:
+        ``[len(rows), widest row]`` float64.
+    """
     width = max((r.size for r in rows), default=0)
     out = np.full((len(rows), width), np.nan, dtype=np.float64)
     for i, r in enumerate(rows):
@@ -146,7 +154,7 @@ def _read_points_of_runs(
             if kind == "scalar":
                 values = np.array([d.value for d in datums], dtype=np.float64)
             else:
-                values = _stack([d.numpy for d in datums])
+                values = stack_rows([d.numpy for d in datums])
             out.setdefault(run, {})[tag] = (
                 np.array([d.step for d in datums], dtype=np.int64),
                 np.array([d.wall_time for d in datums], dtype=np.float64),
