@@ -250,30 +250,19 @@ class BlockReducer:
     def _add_to_window(self, rows: np.ndarray, present: np.ndarray) -> None:
         """Adds applied steps' rows to the open window's sums.
 
-        Summed one row after the other (``cumsum``), as adding each row to the
-        sums would: the window variance subtracts two close sums, so the
-        rounding stays that of a row at a time.
-
         Args:
             rows: The steps' rows ``[k, K]`` (float64).
             present: Per row, the variables the step updated ``[k, V]``.
         """
-        if not len(rows):
-            return
         idx = self.packing.index
-        sums = self.window_sums
-
-        def added(total, column):
-            return np.cumsum(np.vstack([total, rows[:, column]]), axis=0)[-1]
-
-        sums.grad_sq = added(sums.grad_sq, idx["grad_sq"])
-        sums.grad_abs = added(sums.grad_abs, idx["grad_abs"])
-        sums.slice_sq = added(sums.slice_sq, idx["slice_grad_sq"])
-        sums.slice_abs = added(sums.slice_abs, idx["slice_grad_abs"])
-        sums.batch = float(added(np.array([sums.batch]), idx["batch_size"])[0])
-        sums.count += float(len(rows))
-        absent = (~present).any(axis=0)
-        sums.absent = absent if sums.absent is None else sums.absent | absent
+        self.window_sums.add_rows(
+            rows[:, idx["grad_sq"]],
+            rows[:, idx["grad_abs"]],
+            rows[:, idx["slice_grad_sq"]],
+            rows[:, idx["slice_grad_abs"]],
+            rows[:, idx["batch_size"].start],
+            absent=~present,
+        )
 
     def _mean_over_batches(self, r: np.ndarray, valid: bool, known: bool):
         """Under gradient accumulation: an update's loss over all its batches.

@@ -53,17 +53,40 @@ class WindowSums:
         v, s = layout.num_variables, len(layout.slices)
         return cls(0.0, np.zeros(v), np.zeros(v), np.zeros(s), np.zeros(s), 0.0)
 
-    def add(self, grad_sq, grad_abs, slice_sq, slice_abs, batch, absent=None) -> None:
-        """Adds one step's sums; ``absent`` marks the variables it did not update."""
+    def add_rows(
+        self, grad_sq, grad_abs, slice_sq, slice_abs, batch, absent=None
+    ) -> None:
+        """Adds the sums of some steps, one step after the other.
+
+        Summed one row after the other (``cumsum``), as adding each step to
+        the sums would: the window variance subtracts two close sums, so the
+        rounding stays that of a step at a time.
+
+        Args:
+            grad_sq: ``[k, V]`` per-step ``Σ g²``.
+            grad_abs: ``[k, V]`` per-step ``Σ |g|``.
+            slice_sq: ``[k, S]`` per-step slice ``Σ g²``.
+            slice_abs: ``[k, S]`` per-step slice ``Σ |g|``.
+            batch: ``[k]`` examples per step.
+            absent: ``[k, V]`` the variables each step did not update.
+                Defaults to ``None``: every one updated.
+        """
+        batch = np.atleast_1d(np.asarray(batch, np.float64))
+        if not len(batch):
+            return
+
+        def added(total, rows):
+            return np.cumsum(np.vstack([total, rows]), axis=0)[-1]
+
+        self.grad_sq = added(self.grad_sq, grad_sq)
+        self.grad_abs = added(self.grad_abs, grad_abs)
+        self.slice_sq = added(self.slice_sq, slice_sq)
+        self.slice_abs = added(self.slice_abs, slice_abs)
+        self.batch = float(added([self.batch], batch[:, None])[0])
+        self.count += float(len(batch))
         if absent is not None:
-            seen = self.absent if self.absent is not None else False
-            self.absent = np.logical_or(seen, absent)
-        self.count += 1.0
-        self.grad_sq += grad_sq
-        self.grad_abs += grad_abs
-        self.slice_sq += slice_sq
-        self.slice_abs += slice_abs
-        self.batch += float(batch)
+            absent = np.asarray(absent, bool).any(axis=0)
+            self.absent = absent if self.absent is None else self.absent | absent
 
 
 def safe_ratio(num, den) -> np.ndarray:

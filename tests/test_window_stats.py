@@ -19,14 +19,13 @@ def test_window_statistics_from_sums_match_numpy_over_steps():
     bounds = list(_bounds(layout))
     idx = layout.slices[0].flat_indices
     sums = window_stats.WindowSums.empty(layout)
-    for t, g in enumerate(steps):
-        sums.add(
-            np.array([np.sum(g[a:b] ** 2) for a, b in bounds]),
-            np.array([np.abs(g[a:b]).sum() for a, b in bounds]),
-            np.array([np.sum(g[idx] ** 2)]),
-            np.array([np.abs(g[idx]).sum()]),
-            batch[t],
-        )
+    sums.add_rows(
+        np.array([[np.sum(g[a:b] ** 2) for a, b in bounds] for g in steps]),
+        np.array([[np.abs(g[a:b]).sum() for a, b in bounds] for g in steps]),
+        np.array([[np.sum(g[idx] ** 2)] for g in steps]),
+        np.array([[np.abs(g[idx]).sum()] for g in steps]),
+        batch,
+    )
     total = steps.sum(axis=0)
     out = window_stats.window_statistics(
         layout,
