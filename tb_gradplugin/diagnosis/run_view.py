@@ -93,16 +93,14 @@ class DeferredTensor:
         self.content = content
         self._blocks = blocks
         self._rows = rows
-        self._blocks_resolved = not callable(blocks)
         self._lock = threading.Lock()
         self._loaded = False
         self._series: Series | None = None
 
     def _resolve_blocks(self) -> None:
         with self._lock:
-            if not self._blocks_resolved:
+            if callable(self._blocks):  # a mapping once resolved
                 self._blocks, self._rows = self._blocks()
-                self._blocks_resolved = True
 
     @property
     def blocks(self) -> Mapping[str, np.ndarray] | None:
