@@ -107,13 +107,13 @@ class IncrementRecorder:
 
     def _recording(self, kind: str, method):
         def record(variable, value):
+            index = self.variables.get(id(variable))
+            if index is None:  # an optimizer slot, an unmonitored variable
+                return method(variable, value)
             graph = tf.compat.v1.get_default_graph()
             start = len(graph.get_operations())
             result = method(variable, value)
-            index = self.variables.get(id(variable))
-            if index is not None:
-                created = graph.get_operations()[start:]
-                self.calls.append((index, kind, created))
+            self.calls.append((index, kind, graph.get_operations()[start:]))
             return result
 
         return record
