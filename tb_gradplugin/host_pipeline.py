@@ -2,10 +2,11 @@
 
 After each execution of the train function the training thread only counts;
 every block of up to 64 steps (or :data:`MAX_WRITE_DELAY_S`) it hands the new
-ring rows to one writer thread at idle priority, which reads them from the
+ring rows to one writer thread at a lower priority, which reads them from the
 device, finishes and writes the statistics (``reducer.py``) and runs the live
-diagnosis, rate-limited. Epoch ends hand over the epoch's window and per-epoch
-loss components; the end of a ``fit`` writes every row and waits.
+diagnosis, rate-limited. An epoch end records the epoch's window (reduced on
+the device) and per-epoch loss components, handed over with the next block;
+the end of a ``fit`` writes every row and waits.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Monitor(StepShim):
         self.timed_from = None
         self.executor = None
         self.futures: collections.deque = collections.deque()
+        # Epoch ends not yet handed to the writer thread (``epoch_end``).
+        self.epochs_pending: list[tuple] = []
         self.active = False
         self._read_fn = None
         self._epoch_fn = None
@@ -144,24 +147,20 @@ class Monitor(StepShim):
         steps = (self.executions - executions) * self.steps_per_execution
         return (time.monotonic() - start) / steps if steps else None
 
-    def submit(self, stop: int | None = None):
-        """Has the rows recorded so far processed on the writer thread.
-
-        Args:
-            stop: The ring's row count, when already read. Defaults to
-                ``None``: read it here.
-        """
+    def submit(self):
+        """Hands the rows and epoch ends recorded so far to the writer thread."""
         self.executions_since_submit = 0
         self.last_submit = time.monotonic()
         # The ring holds the blocks in flight and more: wait rather than
         # let the step overwrite rows not yet read (a writer falling behind).
         while len(self.futures) >= ring.BLOCKS_IN_FLIGHT:
             self.futures.popleft().result()
-        if stop is None:
-            stop = int(self.ring.count.numpy())
+        # Read after the epoch ends were recorded: every one is within the rows.
+        stop = int(self.ring.count.numpy())
         start, self.rows_taken = max(self.rows_taken, stop - self.ring.rows), stop
-        if stop > start:
-            self._submit(self._process, start, stop, self._step_seconds())
+        epochs, self.epochs_pending = self.epochs_pending, []
+        if stop > start or epochs:
+            self._submit(self._process, start, stop, self._step_seconds(), epochs)
 
     def _submit(self, fn, *args):
         if self.executor is None:
@@ -183,20 +182,29 @@ class Monitor(StepShim):
             self.futures.popleft().result()
 
     def epoch_end(self, logs):
-        """Hands the epoch's rows, its window and per-epoch components over."""
+        """Records the epoch's end, its window and per-epoch components.
+
+        They are handed to the writer thread with the next block of rows (at
+        most :data:`MAX_WRITE_DELAY_S` later), not at every epoch end: with
+        epochs of a few steps a task per epoch costs more than the steps'
+        rows. With ``on_flag="stop"`` they are handed over at once, so that a
+        flag found in them stops training at this epoch's end.
+        """
         if self._epoch_fn is None:
-            # One call, one wait for the device: the ring's count, the step,
-            # and the epoch window's running sums (reduced, then reset).
-            self._epoch_fn = tf.function(self._epoch_state, autograph=False)
+            # One call of a concrete function (no per-call argument binding):
+            # the ring's count, the step, and the epoch window's running sums
+            # (reduced, then reset), kept on the device until the writer
+            # thread reads them.
+            self._epoch_fn = tf.function(
+                self._epoch_state, autograph=False
+            ).get_concrete_function()
         count, step, running = self._epoch_fn()
-        self.submit(int(count))
-        running = (
-            np.asarray(running, np.float64)
-            if self.cb.variance_window == "epoch"
-            else None
-        )
+        if self.cb.variance_window != "epoch":
+            running = None
         values = {n: float(logs[n]) for n in self.epoch_components if n in logs}
-        self._submit(self._epoch_task, running, int(step), values)
+        self.epochs_pending.append((count, step, running, values))
+        if self.cb._reports.on_flag == "stop":
+            self.submit()
 
     def _epoch_state(self):
         running = (
@@ -226,7 +234,16 @@ class Monitor(StepShim):
         self.drain()
 
     # -- writer thread -----------------------------------------------------------
-    def _process(self, start, stop, step_seconds):
+    def _process(self, start, stop, step_seconds, epochs):
+        """Reduces rows ``[start, stop)`` of the ring, with the epoch ends among them.
+
+        Args:
+            start: First row to read.
+            stop: One past the last row.
+            step_seconds: Measured seconds per step, or ``None``.
+            epochs: The epoch ends recorded since the last task, in order:
+                ``(row count, step, running sums or None, components)``.
+        """
         if self._read_fn is None:
             # A concrete function skips tf.function's per-call argument
             # binding (~1 ms of Python per call here, holding the GIL).
@@ -237,11 +254,23 @@ class Monitor(StepShim):
         self._follow_writer()
         if not self._optimizers_set:
             self._set_optimizers()
-        block = np.asarray(
-            self._read_fn(tf.constant(start, tf.int64), tf.constant(stop, tf.int64))
-        )
-        self.reducer.add_rows(block, step_seconds)
-        self.cb._after_write(urgent=self._take_anomalies())
+        block = np.zeros([0])
+        if stop > start:
+            block = np.asarray(
+                self._read_fn(tf.constant(start, tf.int64), tf.constant(stop, tf.int64))
+            )
+        done = start
+        for count, step, running, values in epochs:
+            # The rows of the epoch first (rows lost to a writer that fell
+            # behind are not read again).
+            end = min(max(int(count), done), stop)
+            if end > done:
+                self.reducer.add_rows(block[done - start : end - start], step_seconds)
+                done = end
+            self._epoch_end(running, int(step), values)
+        if stop > done:
+            self.reducer.add_rows(block[done - start :], step_seconds)
+        self.cb._after_write(urgent=self._take_anomalies(), epoch_end=bool(epochs))
 
     def _set_optimizers(self):
         """Has each optimizer's global norms written when several step the model.
@@ -263,16 +292,17 @@ class Monitor(StepShim):
         if self.reducer.writer is not self.writer:
             self.reducer.set_writer(self.writer, self.tags)
 
-    def _epoch_task(self, running, step, values):
-        self._follow_writer()
+    def _epoch_end(self, running, step, values):
+        """An epoch's end, after its rows: its window and per-epoch components."""
         # The step of the epoch's last row (the run's step, whichever
         # optimizer counted it), else the optimizer's step.
         step = self.reducer.last_step or step + (self.reducer.step_offset or 0)
+        if running is not None:
+            running = np.asarray(running, np.float64)
         self.reducer.epoch_end(running)
         if values:
             tags = self.reducer.tags or self.tags()
             summary.write_loss_components(self.writer, values, step, tags)
-        self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True)
 
     def _final_task(self):
         self._follow_writer()
