@@ -24,6 +24,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["tb_gradplugin", "tb_gradplugin.*"]),
     package_data={"tb_gradplugin": ["static/*", "http_api.md"]},
     install_requires=[
+        # The callback's one-pass reduction of large gradients on a CPU.
+        "numba>=0.60,<1",
         "numpy>=1.26,<3",
         "protobuf>=4.25,<8",
         "tensorboard>=2.16,<2.22",

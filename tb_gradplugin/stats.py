@@ -243,6 +243,35 @@ def abs_sum_and_half_nonzero(values, size: int) -> list:
     return [abs_sum, 0.5 * nonzero_count(values)]
 
 
+def _param_sums(before, after, increment):
+    """``[Σw²/2, Σ(Δw)²/2]`` after the update, one ``l2_loss`` pass each."""
+    import tensorflow as tf
+
+    after = _f32(after)
+    if increment is None:
+        increment = after - _f32(before)
+    return [tf.nn.l2_loss(after), tf.nn.l2_loss(increment)]
+
+
+def fused_variable_sums(grad_sums, before, after, increment=None) -> RawSums:
+    """The sums of a sparse-gradient variable whose gradient sums took one pass.
+
+    Args:
+        grad_sums: float32 ``[4+]``: ``Σg²``, ``Σ|g|``, entries exactly 0,
+            NaN/Inf entries first (``fused_sums.FusedSums.step`` of a sparse
+            gradient).
+        before: The parameters before the update.
+        after: The parameters after the update.
+        increment: The optimizer's increment when it is the whole update, as
+            in :func:`variable_sums`. Defaults to ``None``.
+
+    Returns:
+        The sums to be finished, the counts exact at every step.
+    """
+    raw = [grad_sums[k] for k in range(4)] + _param_sums(before, after, increment)
+    return RawSums(raw, (1, 1, 1, 1, 2, 2), (0,) * 6, True)
+
+
 def variable_sums(values, before, after, size: int, increment=None) -> RawSums:
     """The sums of one variable reduced alone, to be finished.
 
@@ -267,10 +296,7 @@ def variable_sums(values, before, after, size: int, increment=None) -> RawSums:
     """
     import tensorflow as tf
 
-    after = _f32(after)
-    if increment is None:
-        increment = after - _f32(before)
-    params = [tf.nn.l2_loss(after), tf.nn.l2_loss(increment)]
+    params = _param_sums(before, after, increment)
     zero = ops.convert_to_tensor(0.0)
     if values is None:
         nan = ops.convert_to_tensor(float("nan"))

@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tb_gradplugin import GradientHealthCallback, flight_recorder, host_pipeline, reader
+from tb_gradplugin import (
+    GradientHealthCallback,
+    flight_recorder,
+    fused_kernels,
+    fused_sums,
+    host_pipeline,
+    reader,
+    step_reduction,
+)
 from tb_gradplugin import reducer as reducer_module
 from tb_gradplugin import ring as ring_module
 
@@ -209,6 +217,45 @@ def test_every_step_statistic_matches_gradient_tape(tmp_path, make, jit):
     steps = list(range(1, len(records) + 1))
     assert run.scalars["step/loss"].steps.tolist() == steps
     assert_steps_match(run, records, steps)
+
+
+def fuse_everything(monkeypatch):
+    """Every variable reduced by the fused pass, not only those of 4 M entries."""
+    monkeypatch.setattr(fused_sums, "FUSED_MIN_SIZE", 0)
+    monkeypatch.setattr(step_reduction, "GROUP_MAX_SIZE", 0)
+    calls = []
+    dense = fused_kernels.gradient_pass
+
+    def counted(*args):
+        calls.append(1)
+        return dense(*args)
+
+    monkeypatch.setattr(fused_kernels, "gradient_pass", counted)
+    return calls
+
+
+def test_fused_pass_matches_gradient_tape(tmp_path, monkeypatch):
+    """With every variable in the fused pass, steps and epoch windows match numpy."""
+    calls = fuse_everything(monkeypatch)
+    kernel = "mlp/h1/kernel"
+    model, weights, run, x, y = fit_and_read(
+        tmp_path, sequential, slices={"lo": (kernel, (0, 4))}
+    )
+    _, records = reference(sequential, weights, x, y)
+    assert len(calls) == len(model.trainable_variables) * len(records)
+    assert_steps_match(run, records, range(1, len(records) + 1))
+    per_epoch = N // BATCH
+    for e in range(EPOCHS):
+        window = records[e * per_epoch : (e + 1) * per_epoch]
+        for key, value in expected_window(window).items():
+            series = run.scalars.get(key) or run.tensors[key]
+            np.testing.assert_allclose(series.values[e], value, rtol=2e-3, err_msg=key)
+        k = np.stack([r["grads"][0][:, 0:4] for r in window])
+        np.testing.assert_allclose(
+            run.scalars["slice/lo/grad_variance"].values[e],
+            k.var(axis=0).mean(),
+            rtol=2e-3,
+        )
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -854,8 +901,13 @@ def embedding_model():
     )
 
 
-def test_embedding_sparse_gradient_matches_dense_reference(tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_embedding_sparse_gradient_matches_dense_reference(
+    tmp_path, monkeypatch, fused
+):
     """An embedding's IndexedSlices gradient gives its dense gradient's statistics."""
+    if fused:
+        fuse_everything(monkeypatch)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 20, (N, 6)).astype("int32")  # rows 20-39 never used
     x[:, 1] = x[:, 0]  # repeated rows within a batch
@@ -891,8 +943,11 @@ def test_embedding_sparse_gradient_matches_dense_reference(tmp_path):
     assert run.tensors["window_layer/zero_fraction"].values[0][0] >= 0.5
 
 
-def test_mixed_precision_values_step_by_step(tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_mixed_precision_values_step_by_step(tmp_path, monkeypatch, fused):
     """Mixed precision: each applied step's unscaled grad norm and its loss scale."""
+    if fused:
+        fuse_everything(monkeypatch)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         x, y = data()

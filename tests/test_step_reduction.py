@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tb_gradplugin import stats
+from tb_gradplugin import fused_sums, stats, step_reduction
 from tb_gradplugin.step_reduction import GROUP_MAX_SIZE, StepReduction
 
 # One variable above the group's bound, three below it; the last gets a
@@ -72,12 +72,28 @@ def test_bound_puts_small_variables_in_the_group():
     assert reduction.small == [1, 2, 3] and reduction.large == [0]
 
 
-@pytest.fixture(params=["counted", "branch"])
+@pytest.fixture(params=["counted", "branch", "fused", "all fused"])
 def counting(request, monkeypatch):
-    """The large variable's zeros and NaN/Inf counted every step, or in the branch."""
+    """Where the large variable's zeros and NaN/Inf are counted.
+
+    Every step, in the branch, or in the fused pass (the large variable; or
+    every one, the sparse table too).
+    """
     if request.param == "branch":
         monkeypatch.setattr(stats, "COUNTED_MAX_SIZE", 0)
+    if request.param.endswith("fused"):
+        monkeypatch.setattr(fused_sums, "FUSED_MIN_SIZE", 0)
+    if request.param == "all fused":
+        monkeypatch.setattr(step_reduction, "GROUP_MAX_SIZE", 0)
     return request.param
+
+
+def test_fused_fixture_fuses_what_it_says(counting):
+    """The fixture's settings put the variables where its name says."""
+    _, reduction = _reduction()
+    fused = {"fused": [0], "all fused": [0, 1, 2, 3]}.get(counting, [])
+    assert reduction.fused.indices == fused
+    assert sorted(reduction.running) == [i for i in reduction.large if i not in fused]
 
 
 def test_step_sums_slices_and_absent_variable_match_numpy(counting):
@@ -171,7 +187,7 @@ def _step(reduction, by_index, skipped=False):
     shapes = {i: SHAPES[i] for i in by_index}
     reduction.collect(
         collected,
-        {i: tf.constant(g) for i, g in by_index.items()},
+        {i: g if stats.is_sparse(g) else tf.constant(g) for i, g in by_index.items()},
         {i: tf.zeros(s) for i, s in shapes.items()},
         {i: tf.zeros(s) for i, s in shapes.items()},
         None,
@@ -181,14 +197,17 @@ def _step(reduction, by_index, skipped=False):
     return collected
 
 
-def test_running_sums_over_partial_updates_and_skipped_steps():
+def test_running_sums_over_partial_updates_and_skipped_steps(counting):
     """|S|², zeros and slice |S|² of the window equal numpy's, then reset to 0."""
     _, reduction = _reduction()
     steps = [_arrays(10 + k) for k in range(3)]
-    # Two optimizers: one updates big and small, the other bias and table.
+    # Two optimizers: one updates big and small, the other bias and table
+    # (a sparse gradient).
     for grads in steps:
+        sparse = _sparse(grads[3])
+        grads[3] = _dense_of(sparse)
         _step(reduction, {0: grads[0], 2: grads[2]})
-        _step(reduction, {1: grads[1], 3: grads[3]})
+        _step(reduction, {1: grads[1], 3: sparse})
     _step(reduction, {i: g * 100 for i, g in enumerate(_arrays(20))}, skipped=True)
     # Every seventh entry is 0 at every step: 0 in the window's sum too.
     total = [sum(grads[i] for grads in steps) for i in range(len(SHAPES))]
