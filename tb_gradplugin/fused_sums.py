@@ -27,7 +27,9 @@ takes TensorFlow's ops.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -44,11 +46,24 @@ between 1 M and 2 M entries, where its arrays leave this machine's caches."""
 # The compiled loops run on numba's thread pool, which one call at a time may
 # use (its default threading layer is not re-entrant).
 _LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
-def numba_available() -> bool:
-    """Whether numba can be imported (the fused pass needs it)."""
-    return importlib.util.find_spec("numba") is not None
+@functools.cache
+def kernels_available() -> bool:
+    """Whether the compiled loops load: numba is installed and can cache them."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        import tb_gradplugin.fused_kernels  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any failure: TensorFlow's ops instead
+        logger.warning(
+            "GradientHealthCallback: numba's loops did not load (%s); large "
+            "variables are reduced with TensorFlow's ops.",
+            err,
+        )
+        return False
+    return True
 
 
 def eligible(
@@ -65,7 +80,8 @@ def eligible(
 
     Returns:
         ``True`` for a variable of at least :data:`FUSED_MIN_SIZE` entries
-        placed on a CPU, without XLA, on one replica, with numba installed.
+        placed on a CPU, without XLA, on one replica, with numba's loops
+        loaded.
     """
     if size < FUSED_MIN_SIZE or jit or strategy.num_replicas_in_sync != 1:
         return False
@@ -74,7 +90,7 @@ def eligible(
         on_cpu = tf.DeviceSpec.from_string(device).device_type == "CPU"
     else:
         on_cpu = not tf.config.list_logical_devices("GPU")
-    return on_cpu and numba_available()
+    return on_cpu and kernels_available()
 
 
 class Update(NamedTuple):
@@ -114,11 +130,21 @@ class FusedSums:
     """
 
     def __init__(self, shapes: dict[int, Sequence[int]]):
+        self.failed = False
         self.shapes = {i: tuple(int(d) for d in s) for i, s in shapes.items()}
         self.running = {
             i: np.zeros(int(np.prod(s, dtype=np.int64)), np.float32)
             for i, s in self.shapes.items()
         }
+
+    def _fail(self, err: Exception) -> None:
+        """A loop failed: its variables' sums are NaN from now on, training goes on."""
+        self.failed = True
+        logger.warning(
+            "GradientHealthCallback: the fused reduction failed (%s); the large "
+            "variables' statistics are not recorded from this step on.",
+            err,
+        )
 
     @property
     def indices(self) -> list[int]:
@@ -159,21 +185,27 @@ class FusedSums:
             add = bool(add)
             out = np.full(6 * len(plan), np.nan)
             with _LOCK:
-                for k, (i, start, sparse, increment) in enumerate(plan):
-                    running = self.running[i]
-                    if sparse:
-                        values, rows = arrays[start - 1 : start + 1]
-                        running = running.reshape(self.shapes[i][0], -1)
-                        values = values.reshape(values.shape[0], -1)
-                        sums = kernels.rows_pass(values, rows, running, add)
-                    else:
-                        values, after, other = arrays[start - 1 : start + 2]
-                        sums = kernels.gradient_pass(
-                            values, running, add, after, other, increment
-                        )
-                    # Entries a sparse gradient does not list are zeros too.
-                    sums[2] = running.size - sums[2]
-                    out[6 * k : 6 * k + len(sums)] = sums
+                if self.failed:
+                    return out.astype(np.float32)
+                try:
+                    for k, (i, start, sparse, increment) in enumerate(plan):
+                        running = self.running[i]
+                        if sparse:
+                            values, rows = arrays[start - 1 : start + 1]
+                            running = running.reshape(self.shapes[i][0], -1)
+                            values = values.reshape(values.shape[0], -1)
+                            sums = kernels.rows_pass(values, rows, running, add)
+                        else:
+                            values, after, other = arrays[start - 1 : start + 2]
+                            sums = kernels.gradient_pass(
+                                values, running, add, after, other, increment
+                            )
+                        # Entries a sparse gradient does not list are zeros too.
+                        sums[2] = running.size - sums[2]
+                        out[6 * k : 6 * k + len(sums)] = sums
+                except Exception as err:  # noqa: BLE001 - training goes on
+                    self._fail(err)
+                    out[:] = np.nan
             return out.astype(np.float32)
 
         result = tf.numpy_function(host, inputs, tf.float32, stateful=True)
@@ -191,23 +223,29 @@ class FusedSums:
             slice's ``|S|²``.
         """
         indices = self.indices
+        width = sum(2 + len(slices.get(i, ())) for i in indices)
 
         def host():
             import tb_gradplugin.fused_kernels as kernels
 
             out = []
             with _LOCK:
-                for i in indices:
-                    running = self.running[i]
-                    view = running.reshape(self.shapes[i] or (1,))
-                    parts = [
-                        np.sum(np.square(view[..., s.start : s.stop], dtype=np.float64))
-                        for s in slices.get(i, ())
-                    ]
-                    out.extend(kernels.close_pass(running))
-                    out.extend(parts)
+                try:
+                    for i in indices:
+                        running = self.running[i]
+                        view = running.reshape(self.shapes[i] or (1,))
+                        parts = [
+                            np.sum(np.square(view[..., s.start : s.stop], dtype=float))
+                            for s in slices.get(i, ())
+                        ]
+                        out.extend(kernels.close_pass(running))  # then reset
+                        out.extend(parts)
+                except Exception as err:  # noqa: BLE001 - training goes on
+                    self._fail(err)
+                if self.failed:
+                    # After a failed step the sums miss steps: no value.
+                    return np.full(width, np.nan, np.float32)
             return np.array(out, np.float32)
 
-        width = sum(2 + len(slices.get(i, ())) for i in indices)
         result = tf.numpy_function(host, [], tf.float32, stateful=True)
         return tf.reshape(result, [width])

@@ -258,6 +258,22 @@ def test_fused_pass_matches_gradient_tape(tmp_path, monkeypatch):
         )
 
 
+def test_a_failing_fused_loop_leaves_training_and_other_values(tmp_path, monkeypatch):
+    """The fused loop raising: the fit ends, the loss is written, no norm invented."""
+    fuse_everything(monkeypatch)
+
+    def broken(*args):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(fused_kernels, "gradient_pass", broken)
+    model, weights, run, x, y = fit_and_read(tmp_path, sequential)
+    _, records = reference(sequential, weights, x, y)
+    np.testing.assert_allclose(
+        run.scalars["step/loss"].values, [r["loss"] for r in records], rtol=1e-5
+    )
+    assert np.isnan(run.tensors["layer/grad_norm"].values).all()
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_steps_per_execution_four_logs_every_step(tmp_path, jit):
     """With steps_per_execution=4 every optimizer step is logged with its values."""

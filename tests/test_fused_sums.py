@@ -93,3 +93,19 @@ def test_close_gives_sums_slices_and_resets():
     ]
     np.testing.assert_allclose(out, want, rtol=1e-6)
     assert not fused.running[0].any() and not fused.running[1].any()
+
+
+def test_a_failing_loop_gives_no_value_and_raises_nothing(monkeypatch):
+    """A loop that raises: NaN sums (no value) from then on, also at the close."""
+    from tb_gradplugin import fused_kernels
+
+    def broken(*args):
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(fused_kernels, "gradient_pass", broken)
+    fused = fused_sums.FusedSums(SHAPES)
+    dense, _, _ = _gradients(4)
+    update = fused_sums.Update(0, dense, None, dense, dense, True)
+    out = fused.step([update], tf.constant(True)).numpy()
+    assert fused.failed and np.isnan(out).all()
+    assert np.isnan(fused.close({0: [], 1: []}).numpy()).all()
