@@ -21,8 +21,9 @@ running sum here (a numpy array, 4 bytes an entry like the ``tf.Variable`` it
 replaces) and its update's sums from one ``tf.numpy_function`` call for all
 such variables of the update (TensorFlow hands it the tensors without a copy).
 A sparse gradient's distinct rows are summed and added the same way; its
-parameter sums stay TensorFlow's ``l2_loss``. Without numba every variable
-takes TensorFlow's ops.
+parameter sums stay TensorFlow's ``l2_loss``. The loops compile at their first
+call (a second or two, in the first step; numba then caches them on disk).
+Without numba every variable takes TensorFlow's ops.
 """
 
 from __future__ import annotations
