@@ -167,18 +167,18 @@ class FusedSums:
             caller's ``l2_loss``).
         """
         updates = list(updates)
-        inputs, plan = [add], []
+        # Per update: its variable, where its arrays start among the host
+        # function's arrays, whether it is sparse, whether ``other`` is Δw.
+        arrays, plan = [], []
         for u in updates:
-            start = len(inputs)
+            plan.append((u.index, len(arrays), u.rows is not None, u.increment))
             if u.rows is None:
-                flat = [
+                arrays.extend(
                     tf.reshape(stats.as_float32(t), [-1])
                     for t in (u.values, u.after, u.other)
-                ]
-                inputs.extend(flat)
+                )
             else:
-                inputs.extend([u.values, u.rows])
-            plan.append((u.index, start, u.rows is not None, u.increment))
+                arrays.extend([u.values, u.rows])
 
         def host(add, *arrays):
             import tb_gradplugin.fused_kernels as kernels
@@ -192,16 +192,17 @@ class FusedSums:
                     for k, (i, start, sparse, increment) in enumerate(plan):
                         running = self.running[i]
                         if sparse:
-                            values, rows = arrays[start - 1 : start + 1]
+                            values, rows = arrays[start : start + 2]
                             running = running.reshape(self.shapes[i][0], -1)
                             values = values.reshape(values.shape[0], -1)
                             sums = kernels.rows_pass(values, rows, running, add)
                         else:
-                            values, after, other = arrays[start - 1 : start + 2]
+                            values, after, other = arrays[start : start + 3]
                             sums = kernels.gradient_pass(
                                 values, running, add, after, other, increment
                             )
-                        # Entries a sparse gradient does not list are zeros too.
+                        # The loops count the entries ≠ 0; the rest, and the
+                        # rows a sparse gradient does not list, are zeros.
                         sums[2] = running.size - sums[2]
                         out[6 * k : 6 * k + len(sums)] = sums
                 except Exception as err:  # noqa: BLE001 - training goes on
@@ -209,7 +210,7 @@ class FusedSums:
                     out[:] = np.nan
             return out.astype(np.float32)
 
-        result = tf.numpy_function(host, inputs, tf.float32, stateful=True)
+        result = tf.numpy_function(host, [add, *arrays], tf.float32, stateful=True)
         return tf.reshape(result, [6 * len(updates)])
 
     def close(self, slices: dict[int, Sequence[stats.SliceSpec]]):

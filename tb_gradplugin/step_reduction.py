@@ -420,13 +420,14 @@ class StepReduction:
                     for (pos, _), value in zip(specs, out[2:], strict=True):
                         slice_sq[pos] = value
         if self.fused.running:
-            specs = {i: [s for _, s in layout.slices_of(i)] for i in self.fused.indices}
-            out, start = self.fused.close(specs), 0
-            for i in self.fused.indices:
+            pairs = {i: layout.slices_of(i) for i in self.fused.indices}
+            out = self.fused.close({i: [s for _, s in p] for i, p in pairs.items()})
+            start = 0
+            for i, p in pairs.items():
                 sum_sq[i], sum_zero[i] = out[start], out[start + 1]
-                for k, (pos, _) in enumerate(layout.slices_of(i)):
+                for k, (pos, _) in enumerate(p):
                     slice_sq[pos] = out[start + 2 + k]
-                start += 2 + len(specs[i])
+                start += 2 + len(p)
         for i, running in self.running.items():
             specs = layout.slices_of(i)
             out = stats.running_sum_sums(
