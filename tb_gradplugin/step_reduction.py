@@ -20,6 +20,12 @@ the step taken only when their ``Σg²`` is not finite. From
 :data:`fused_sums.FUSED_MIN_SIZE` entries, on a CPU, a variable's six sums and
 its running sum come from one compiled pass over its arrays instead
 (``fused_sums.py``), its running sum a host array.
+
+Under a distribution strategy of several replicas every replica holds the
+same global gradient: each reduces its share of the variables (the small
+ones on the first replica, the large ones spread by size) and adds them to
+its own copy of their running sums, and one all-reduce of the small row sums
+the shares (a share's other entries are zeros, so the sum is exact).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ class _Group(NamedTuple):
     sums: Any  # [6 n], quantity-major: SUM_COLUMNS per member
     values: Any  # [N] float32 gradients (zeros where absent)
     absent: frozenset  # members the update gave no gradient
+
+
+# A variable another replica reduces: zeros in this replica's share of the row.
+_OTHER_REPLICA = object()
 
 
 class _Large(NamedTuple):
@@ -100,6 +110,12 @@ class StepReduction:
                 if fused_sums.eligible(self.variables[i], sizes[i], strategy, jit)
             }
         )
+        # Under several replicas: the replica that reduces each variable.
+        self.owner = (
+            _owners(sizes, self.small, self.large, strategy.num_replicas_in_sync)
+            if strategy.num_replicas_in_sync > 1
+            else None
+        )
         with strategy.scope():
             # The gradient summed over the open variance window: one float32
             # slot per parameter, like one optimizer moment.
@@ -139,6 +155,12 @@ class StepReduction:
         """
         layout = self.layout
         inv = None if scale is None else 1.0 / scale
+        replica = self._replica_id()
+        if replica is not None:
+            # Another replica reduces these: zeros in this replica's share.
+            theirs = [i for i in before if self.owner[i] != replica]
+            collected.update(dict.fromkeys(theirs, _OTHER_REPLICA))
+            before = {i: w for i, w in before.items() if self.owner[i] == replica}
         small = set(self.small)
         members = [i for i in before if i in small]
         adds, fused = [], []
@@ -317,7 +339,10 @@ class StepReduction:
             start += 6 * len(large)
         # A variable no update reached: NaN sums (nothing was seen), and a
         # NaN/Inf count of 0 (none was seen either), at positions start and
-        # start + 1 of the flat vector.
+        # start + 1 of the flat vector; another replica's: 0 (position start + 1).
+        for i in range(v):
+            if collected.get(i) is _OTHER_REPLICA:
+                where.update(((q, i), start + 1) for q in range(6))
         order = [
             where.get((q, i), start + (q == 3)) for q in range(6) for i in range(v)
         ]
@@ -329,14 +354,51 @@ class StepReduction:
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         for pos, spec in enumerate(layout.slices):
             values = self._values_of(spec.var_index, collected)
-            if values is None:
+            if collected.get(spec.var_index) is _OTHER_REPLICA:
+                part = [tf.constant(0.0)] * 2
+            elif values is None:
                 part = [tf.constant(_NAN)] * 2
             else:
                 part = stats.slice_sums(values, spec)
             for column_values, value in zip(slice_columns, part, strict=True):
                 column_values[pos] = value
         parts = [vector] + [tf.stack(c) for c in slice_columns if c]
-        return parts, tf.reduce_sum(vector[3 * v : 4 * v])
+        return parts, self.nonfinite(vector)
+
+    def nonfinite(self, vector):
+        """The step's NaN/Inf count from its ``[6 V]`` sum vector."""
+        v = self.layout.num_variables
+        return tf.reduce_sum(vector[3 * v : 4 * v])
+
+    def _replica_id(self) -> int | None:
+        """In a replica context of several replicas, this replica's number."""
+        if self.owner is None:
+            return None
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync <= 1:
+            return None
+        return int(tf.get_static_value(ctx.replica_id_in_sync_group))
+
+    def combine(self, parts, running, batch_size):
+        """The replicas' shares of the row summed, in one all-reduce.
+
+        Args:
+            parts: This replica's :meth:`step_parts` vectors.
+            running: This replica's :meth:`window_close` vector.
+            batch_size: This replica's examples, float32 scalar.
+
+        Returns:
+            ``(parts, running, batch_size)`` of the whole step: as given on
+            one replica, else each summed over the replicas.
+        """
+        if self._replica_id() is None:
+            return parts, running, batch_size
+        pieces = [*parts, running, tf.reshape(batch_size, [1])]
+        total = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.concat(pieces, 0)
+        )
+        out = tf.split(total, [int(p.shape[0]) for p in pieces])
+        return out[:-2], out[-2], out[-1][0]
 
     def _large_sums(self, large, collected):
         """The large variables' sums, ``[6 L]`` variable-major.
@@ -379,6 +441,8 @@ class StepReduction:
     def _values_of(self, i, collected):
         """Variable ``i``'s float32 gradient entries in its shape, or ``None``."""
         item = collected.get(i)
+        if item is _OTHER_REPLICA:
+            return None
         if isinstance(item, _Large) or item is None:
             return None if item is None else item.values
         layout, start = self.layout, 0
@@ -394,22 +458,31 @@ class StepReduction:
     def running_close(self):
         """Reduces the running sums (``stats.RUNNING_COLUMNS``, slices) and resets.
 
+        Under several replicas: in a replica's step, that replica's share
+        (zeros for the variables another replica reduces; :meth:`combine`
+        sums the shares); outside the step, each variable's sums read from
+        the copy of the replica that adds to it.
+
         Returns:
             ``[sum_sq [V], sum_zero [V], slice_sum_sq [S]]`` concatenated.
         """
         layout = self.layout
         v = layout.num_variables
-        sum_sq, sum_zero = [None] * v, [None] * v
-        slice_sq = [None] * len(layout.slices)
-        if self.small:
-            running = self.group_running.read_value()
+        replica = self._replica_id()
+        zero = tf.constant(0.0)
+        sum_sq, sum_zero = [zero] * v, [zero] * v
+        slice_sq = [zero] * len(layout.slices)
+        reset = []
+        if self.small and replica in (None, 0):
+            running = self._read_own(self.group_running, 0, replica)
+            reset.append(self.group_running)
             sizes = [layout.sizes[i] for i in self.small]
             ids = np.repeat(np.arange(len(self.small)), sizes).astype(np.int32)
-            sq, zero = stats.group_running_sums(
+            sq, zero_count = stats.group_running_sums(
                 running, tf.constant(ids), len(self.small)
             )
             for k, i in enumerate(self.small):
-                sum_sq[i], sum_zero[i] = sq[k], zero[k]
+                sum_sq[i], sum_zero[i] = sq[k], zero_count[k]
                 specs = layout.slices_of(i)
                 if specs:
                     offset = self.group_offsets[i]
@@ -429,18 +502,31 @@ class StepReduction:
                     slice_sq[pos] = out[start + 2 + k]
                 start += 2 + len(p)
         for i, running in self.running.items():
+            owner = 0 if self.owner is None else self.owner[i]
+            if replica is not None and owner != replica:
+                continue
+            reset.append(running)
             specs = layout.slices_of(i)
             out = stats.running_sum_sums(
-                running.read_value(), layout.sizes[i], [s for _, s in specs]
+                self._read_own(running, owner, replica),
+                layout.sizes[i],
+                [s for _, s in specs],
             )
             sum_sq[i], sum_zero[i] = out[0], out[1]
             for (pos, _), value in zip(specs, out[2:], strict=True):
                 slice_sq[pos] = value
         vector = tf.stack([*sum_sq, *sum_zero, *slice_sq])
         with tf.control_dependencies([vector]):
-            for running in [*self.running.values(), self.group_running]:
+            for running in reset:
                 running.assign(tf.zeros_like(running))
         return tf.identity(vector)
+
+    def _read_own(self, running, owner, replica):
+        """A running sum as its owner replica added to it."""
+        if self.owner is None or replica is not None:
+            # One replica, or this replica's own copy in its step.
+            return running.read_value()
+        return running.values[owner].read_value()
 
     def window_close(self, skipped, step):
         """In the step: closes a window of ``variance_window`` steps at its end.
@@ -460,6 +546,22 @@ class StepReduction:
             close, self.running_close, lambda: tf.zeros([width], tf.float32)
         )
         return tf.cast(close, tf.float32), running
+
+
+def _owners(sizes, small, large, replicas: int) -> dict[int, int]:
+    """The replica that reduces each variable, ``{index: replica}``.
+
+    The small variables (one group) go to the first replica, then each large
+    one, largest first, to the replica with the fewest entries so far.
+    """
+    owner = dict.fromkeys(small, 0)
+    load = [0] * replicas
+    load[0] = sum(sizes[i] for i in small)
+    for i in sorted(large, key=lambda i: -sizes[i]):
+        r = load.index(min(load))
+        owner[i] = r
+        load[r] += sizes[i]
+    return owner
 
 
 def _flat_float32(tensors):

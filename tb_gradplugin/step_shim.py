@@ -222,16 +222,17 @@ class StepShim:
             return logs
         x = tf.nest.flatten(data)[0]
         batch_size = tf.cast(tf.shape(x)[0], tf.float32)
-        ctx = tf.distribute.get_replica_context()
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
-            batch_size = ctx.all_reduce(tf.distribute.ReduceOp.SUM, batch_size)
         loss, known, components = self.losses.step_values(logs, before, after)
         if not self.late_components:
             self.late_components = self.losses.components_appeared()
-        parts, nonfinite = self.reduction.step_parts(collected)
+        parts, _ = self.reduction.step_parts(collected)
         closed, running = self.reduction.window_close(
             pending["skipped"], pending["step"]
         )
+        # Under several replicas each holds its share of the row (and its
+        # examples): summed in one all-reduce of the small row.
+        parts, running, batch_size = self.reduction.combine(parts, running, batch_size)
+        nonfinite = self.reduction.nonfinite(parts[0])
         pending.update(parts=parts, nonfinite=nonfinite, closed=closed)
         pending["running"] = running
         self._record(pending, loss, known, components, batch_size)

@@ -226,3 +226,15 @@ def test_running_sums_over_partial_updates_and_skipped_steps(counting):
     assert not again[:v].any() and again[v : 2 * v].tolist() == [
         float(np.prod(s)) for s in SHAPES
     ]
+
+
+def test_replicas_share_the_variables_by_size():
+    """Under several replicas the group goes to the first, large ones balance."""
+    sizes = [5000, 10, 9000, 20, 4500, 4500]
+    owner = step_reduction._owners(sizes, [1, 3], [0, 2, 4, 5], 3)
+    assert owner[1] == owner[3] == 0
+    # 9000 to an empty one (1), 5000 to the other (2), then the 4500s to the
+    # least loaded: 0 (30 entries), then 0 again (4530 < 5000).
+    assert owner == {1: 0, 3: 0, 2: 1, 0: 2, 4: 0, 5: 0}
+    loads = [sum(sizes[i] for i, r in owner.items() if r == k) for k in range(3)]
+    assert max(loads) - min(loads) <= max(sizes)
