@@ -335,7 +335,9 @@ class StepShim:
             by_index = applied_gradients.summed_over_replicas(by_index)
         factor = getattr(opt, "loss_scale_factor", None)
         scale = self._loss_scale(opt, is_lso, factor)
-        iteration = tf.cast(opt.iterations, tf.int64)
+        # Read before the update only where it tells a skipped step (an
+        # overflow under loss scaling): an op less per step elsewhere.
+        iteration = tf.cast(opt.iterations, tf.int64) if is_lso else None
         lr = tf.cast(opt.learning_rate, tf.float32)
         updated = self._note_updated(name, variables)
         # The parameters before the update, used for the variables whose
