@@ -371,13 +371,18 @@ class StepReduction:
         return tf.reduce_sum(vector[3 * v : 4 * v])
 
     def _replica_id(self) -> int | None:
-        """In a replica context of several replicas, this replica's number."""
+        """In a replica context of several replicas, this replica's number.
+
+        ``None`` elsewhere, and where the number is not known when the step
+        is traced (then every replica reduces every variable).
+        """
         if self.owner is None:
             return None
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync <= 1:
             return None
-        return int(tf.get_static_value(ctx.replica_id_in_sync_group))
+        replica = tf.get_static_value(ctx.replica_id_in_sync_group)
+        return None if replica is None else int(replica)
 
     def combine(self, parts, running, batch_size):
         """The replicas' shares of the row summed, in one all-reduce.
@@ -391,12 +396,15 @@ class StepReduction:
             ``(parts, running, batch_size)`` of the whole step: as given on
             one replica, else each summed over the replicas.
         """
-        if self._replica_id() is None:
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync <= 1:
             return parts, running, batch_size
+        if self._replica_id() is None:
+            # Every replica reduced every variable: only the examples add up.
+            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, batch_size)
+            return parts, running, total
         pieces = [*parts, running, tf.reshape(batch_size, [1])]
-        total = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.concat(pieces, 0)
-        )
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(pieces, 0))
         out = tf.split(total, [int(p.shape[0]) for p in pieces])
         return out[:-2], out[-2], out[-1][0]
 
@@ -474,7 +482,7 @@ class StepReduction:
         slice_sq = [zero] * len(layout.slices)
         reset = []
         if self.small and replica in (None, 0):
-            running = self._read_own(self.group_running, 0, replica)
+            running = self._read_own(self.group_running, 0)
             reset.append(self.group_running)
             sizes = [layout.sizes[i] for i in self.small]
             ids = np.repeat(np.arange(len(self.small)), sizes).astype(np.int32)
@@ -508,7 +516,7 @@ class StepReduction:
             reset.append(running)
             specs = layout.slices_of(i)
             out = stats.running_sum_sums(
-                self._read_own(running, owner, replica),
+                self._read_own(running, owner),
                 layout.sizes[i],
                 [s for _, s in specs],
             )
@@ -521,9 +529,10 @@ class StepReduction:
                 running.assign(tf.zeros_like(running))
         return tf.identity(vector)
 
-    def _read_own(self, running, owner, replica):
+    def _read_own(self, running, owner):
         """A running sum as its owner replica added to it."""
-        if self.owner is None or replica is not None:
+        ctx = tf.distribute.get_replica_context()
+        if self.owner is None or (ctx is not None and ctx.num_replicas_in_sync > 1):
             # One replica, or this replica's own copy in its step.
             return running.read_value()
         return running.values[owner].read_value()

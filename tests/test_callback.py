@@ -541,13 +541,22 @@ MIRRORED_SCRIPT = textwrap.dedent(
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return m
     out = {}
+    from tb_gradplugin import step_reduction
+    shared = step_reduction.StepReduction._replica_id
+    # One strategy for the process: a second one numbers its collective ops
+    # from 1 again, and the runtime mixes them up with the first one's.
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     configs = {"epoch": dict(update_freq=1),
-               "in_step": dict(update_freq=2, variance_window=2)}
+               "in_step": dict(update_freq=2, variance_window=2),
+               "unknown_replica": dict(update_freq=2, variance_window=2)}
     for config, kwargs in configs.items():
+        # A replica whose number is not known when the step is traced (as
+        # on a TPU): every replica reduces every variable, nothing doubled.
+        step_reduction.StepReduction._replica_id = (
+            (lambda self: None) if config == "unknown_replica" else shared)
         for name in ("single", "mirrored"):
             run_name = config + "_" + name
             if name == "mirrored":
-                strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
                 with strategy.scope():
                     model = make()
             else:
@@ -589,7 +598,11 @@ def test_mirrored_strategy_matches_single_device(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    logged = {"epoch": list(range(1, 9)), "in_step": [1, 2, 4, 6, 8]}
+    logged = {
+        "epoch": list(range(1, 9)),
+        "in_step": [1, 2, 4, 6, 8],
+        "unknown_replica": [1, 2, 4, 6, 8],
+    }
     for config, runs in out.items():
         single, mirrored = runs["single"], runs["mirrored"]
         assert mirrored["steps"] == single["steps"] == logged[config], config
