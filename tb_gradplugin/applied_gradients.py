@@ -45,6 +45,14 @@ def reads_keras_all_reduce(
     )
 
 
+def replica_context() -> tf.distribute.ReplicaContext | None:
+    """The replica context when several replicas run the step, else ``None``."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
 def summed_over_replicas(by_index: Mapping[int, Any]) -> dict[int, Any]:
     """In a replica context of several replicas: the gradients summed over them.
 
@@ -55,8 +63,8 @@ def summed_over_replicas(by_index: Mapping[int, Any]) -> dict[int, Any]:
         ``{variable index: global gradient}`` (``by_index`` itself outside a
         multi-replica context).
     """
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync <= 1:
+    ctx = replica_context()
+    if ctx is None:
         return dict(by_index)
     keys = sorted(by_index)
     summed = ctx.all_reduce(

@@ -15,6 +15,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tb_gradplugin import applied_gradients
+
 
 def is_mean_metric(metric: Any) -> bool:
     """Whether ``metric`` keeps a running mean in ``total``/``count`` variables."""
@@ -101,8 +103,8 @@ class StepLoss:
         Returns:
             ``(loss, known, components)``: float32 scalars and a list of them.
         """
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx is not None and ctx.num_replicas_in_sync > 1
+        ctx = applied_gradients.replica_context()
+        replicas = ctx is not None
         value = logs.get("loss") if isinstance(logs, Mapping) else None
         if value is None or not tf.is_tensor(value) or value.shape.rank != 0:
             value = None

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from tb_gradplugin import fused_sums, stats
+from tb_gradplugin import applied_gradients, fused_sums, stats
 
 # Entries below which a variable is reduced in the group. Measured on a
 # 2-core CPU, the 784-20-20-10 MLP's compiled step alone
@@ -307,10 +307,11 @@ class StepReduction:
             collected: What :meth:`collect` gathered over the step's updates.
 
         Returns:
-            ``(parts, nonfinite)``: the vectors of :data:`stats.SUM_COLUMNS`
-            (stacked into one ``[6 V]`` vector) and of
-            :data:`stats.SLICE_COLUMNS`, NaN for a variable no optimizer
-            updated at this step; the step's NaN/Inf count.
+            The vectors of :data:`stats.SUM_COLUMNS` (stacked into one
+            ``[6 V]`` vector, whose :meth:`nonfinite` is the step's NaN/Inf
+            count) and of :data:`stats.SLICE_COLUMNS`, NaN for a variable no
+            optimizer updated at this step (under several replicas, this
+            replica's share: :meth:`combine`).
         """
         layout = self.layout
         v = layout.num_variables
@@ -353,17 +354,15 @@ class StepReduction:
             vector = tf.gather(tf.concat(pieces, 0), order)
         slice_columns = [[None] * len(layout.slices) for _ in stats.SLICE_COLUMNS]
         for pos, spec in enumerate(layout.slices):
-            values = self._values_of(spec.var_index, collected)
             if collected.get(spec.var_index) is _OTHER_REPLICA:
                 part = [tf.constant(0.0)] * 2
-            elif values is None:
+            elif (values := self._values_of(spec.var_index, collected)) is None:
                 part = [tf.constant(_NAN)] * 2
             else:
                 part = stats.slice_sums(values, spec)
             for column_values, value in zip(slice_columns, part, strict=True):
                 column_values[pos] = value
-        parts = [vector] + [tf.stack(c) for c in slice_columns if c]
-        return parts, self.nonfinite(vector)
+        return [vector] + [tf.stack(c) for c in slice_columns if c]
 
     def nonfinite(self, vector):
         """The step's NaN/Inf count from its ``[6 V]`` sum vector."""
@@ -378,8 +377,8 @@ class StepReduction:
         """
         if self.owner is None:
             return None
-        ctx = tf.distribute.get_replica_context()
-        if ctx is None or ctx.num_replicas_in_sync <= 1:
+        ctx = applied_gradients.replica_context()
+        if ctx is None:
             return None
         replica = tf.get_static_value(ctx.replica_id_in_sync_group)
         return None if replica is None else int(replica)
@@ -396,8 +395,8 @@ class StepReduction:
             ``(parts, running, batch_size)`` of the whole step: as given on
             one replica, else each summed over the replicas.
         """
-        ctx = tf.distribute.get_replica_context()
-        if ctx is None or ctx.num_replicas_in_sync <= 1:
+        ctx = applied_gradients.replica_context()
+        if ctx is None:
             return parts, running, batch_size
         if self._replica_id() is None:
             # Every replica reduced every variable: only the examples add up.
@@ -449,8 +448,6 @@ class StepReduction:
     def _values_of(self, i, collected):
         """Variable ``i``'s float32 gradient entries in its shape, or ``None``."""
         item = collected.get(i)
-        if item is _OTHER_REPLICA:
-            return None
         if isinstance(item, _Large) or item is None:
             return None if item is None else item.values
         layout, start = self.layout, 0
@@ -531,8 +528,7 @@ class StepReduction:
 
     def _read_own(self, running, owner):
         """A running sum as its owner replica added to it."""
-        ctx = tf.distribute.get_replica_context()
-        if self.owner is None or (ctx is not None and ctx.num_replicas_in_sync > 1):
+        if self.owner is None or applied_gradients.replica_context() is not None:
             # One replica, or this replica's own copy in its step.
             return running.read_value()
         return running.values[owner].read_value()

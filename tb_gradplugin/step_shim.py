@@ -225,7 +225,7 @@ class StepShim:
         loss, known, components = self.losses.step_values(logs, before, after)
         if not self.late_components:
             self.late_components = self.losses.components_appeared()
-        parts, _ = self.reduction.step_parts(collected)
+        parts = self.reduction.step_parts(collected)
         closed, running = self.reduction.window_close(
             pending["skipped"], pending["step"]
         )

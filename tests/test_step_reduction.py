@@ -113,7 +113,8 @@ def test_step_sums_slices_and_absent_variable_match_numpy(counting):
         tf.constant(False),
         False,
     )
-    parts, nonfinite = reduction.step_parts(collected)
+    parts = reduction.step_parts(collected)
+    nonfinite = reduction.nonfinite(parts[0])
     got = parts[0].numpy()
     want = _expected([grads[0], None, grads[2], grads[3]], before, after, 4.0)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
@@ -149,7 +150,8 @@ def test_nan_and_inf_entries_are_counted_per_variable(counting):
         tf.constant(False),
         False,
     )
-    parts, nonfinite = reduction.step_parts(collected)
+    parts = reduction.step_parts(collected)
+    nonfinite = reduction.nonfinite(parts[0])
     v = len(SHAPES)
     counts = parts[0].numpy()[3 * v : 4 * v]
     assert counts.tolist() == [1.0, 0.0, 2.0, 0.0]
@@ -174,7 +176,8 @@ def test_a_variable_no_update_reached_has_nan_sums_and_no_nan_count(counting):
         tf.constant(False),
         False,
     )
-    parts, nonfinite = reduction.step_parts(collected)
+    parts = reduction.step_parts(collected)
+    nonfinite = reduction.nonfinite(parts[0])
     v = len(SHAPES)
     sums = parts[0].numpy().reshape(6, v)
     assert sums[3].tolist() == [1.0, 0.0, 0.0, 0.0] and float(nonfinite) == 1.0
