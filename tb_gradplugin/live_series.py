@@ -303,9 +303,10 @@ class RunSeries:
 def _raw(tensor) -> bytes | float | np.ndarray:
     """A value's tensor as cheaply as it can be kept until :func:`_rows`.
 
-    The callback writes float32 bytes (``tensor_content``), kept as they are;
-    ``tf.summary`` writes a scalar as one ``float_val``, kept as a float;
-    anything else goes through TensorBoard's ``make_ndarray``.
+    The callback and ``tf.summary`` write float32 bytes (``tensor_content``),
+    kept as they are; TensorBoard's ``make_tensor_proto`` writes a scalar as
+    one ``float_val``, kept as a float; anything else goes through
+    TensorBoard's ``make_ndarray``.
     """
     if tensor.dtype == types_pb2.DT_FLOAT:
         if tensor.tensor_content:
