@@ -87,9 +87,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
             error-severity flag, ``"stop"`` also stops training, ``None`` turns
             live diagnosis off. The rules run on the writer thread, reading
             the events written since their last run, at most every 5 s (at once
-            after an anomalous step); with ``"warn"`` they also take at most
-            1 % of the wall time (after a run of d seconds the next waits
-            100 d: they go over the whole series, whose length grows); with
+            after an anomalous step) and once at the end of each ``fit``; with
+            ``"warn"`` they also take at most 1 % of the wall time during the
+            fit (after a run of d seconds the next waits 100 d: they go over
+            the whole series, whose length grows); with
             ``"stop"`` each epoch end waits for the steps handed over, so an
             anomaly stops training at that epoch's end. Defaults to
             ``"warn"``.
@@ -345,15 +346,17 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if self._monitor.writer is not self._writer:
             self._monitor.set_writer(self._writer)
 
-    def _after_write(self, urgent: bool, epoch_end: bool = False) -> None:
+    def _after_write(
+        self, urgent: bool, epoch_end: bool = False, final: bool = False
+    ) -> None:
         """On the writer thread, after a task: flushes, runs the live diagnosis.
 
         The diagnosis runs at once after an anomalous step, else at epoch ends
-        at most every ``live.LIVE_INTERVAL_S`` seconds; it reads only the
-        events appended since its last run. Its flags are reported on the
-        training thread.
+        at most every ``live.LIVE_INTERVAL_S`` seconds, and at the end of each
+        ``fit``; it reads only the events appended since its last run. Its
+        flags are reported on the training thread.
         """
-        due = self._reports.due(urgent, epoch_end)
+        due = self._reports.due(urgent, epoch_end, final)
         if due or time.monotonic() - self._last_flush > _FLUSH_SECS:
             self._flush()
         if due:

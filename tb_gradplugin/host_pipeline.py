@@ -308,8 +308,9 @@ class Monitor(StepShim):
         self._follow_writer()
         self.reducer.release(final=True)
         self.cb._flush()
-        # Rate-limited like any other: a fit of a few steps pays no diagnosis.
-        self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True)
+        # Always: a training shorter than the checks' interval still warns
+        # (a check reads only what is new, and with nothing new runs no rules).
+        self.cb._after_write(urgent=self._take_anomalies(), epoch_end=True, final=True)
 
     def _take_anomalies(self) -> bool:
         found = bool(self.reducer.anomalies)

@@ -87,7 +87,7 @@ class LiveReports:
         self._last = -float("inf")
         self._wait = LIVE_INTERVAL_S
 
-    def due(self, urgent: bool, epoch_end: bool) -> bool:
+    def due(self, urgent: bool, epoch_end: bool, final: bool = False) -> bool:
         """Whether to run now.
 
         At once after an anomalous step (``urgent``), else at an epoch end at
@@ -95,10 +95,22 @@ class LiveReports:
         both wait too until the last run's duration is :data:`LIVE_SHARE` of
         the time since it: the rules' cost grows with the run, their share of
         the training does not. ``"stop"`` is not delayed by that share (it
-        must stop within an epoch of the flag).
+        must stop within an epoch of the flag). At the end of a ``fit``
+        (``final``) always: a short training still gets its warnings, and a
+        check with nothing new since the last costs no rules.
+
+        Args:
+            urgent: An anomalous step was written since the last run.
+            epoch_end: An epoch ended since the last run.
+            final: The ``fit`` ended. Defaults to ``False``.
+
+        Returns:
+            Whether to run the live diagnosis now.
         """
         if self.on_flag is None:
             return False
+        if final:
+            return True
         since = time.monotonic() - self._last
         if self.on_flag == "warn" and since < self._wait:
             return False

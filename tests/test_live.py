@@ -88,6 +88,32 @@ def test_healthy_training_gets_no_warning(tmp_path):
     assert messages == []
 
 
+def test_a_training_shorter_than_the_interval_warns_at_its_end(tmp_path, monkeypatch):
+    """Seed 004's vanishing run, no check during the fit: the end of fit warns."""
+    from demo import Settings, seed004
+    from tb_gradplugin import live
+
+    # No check during the fit: only the one at its end can warn.
+    monkeypatch.setattr(live, "LIVE_INTERVAL_S", 1e9)
+    plan = seed004.build("vanishing", Settings(quick=True, verbose=0))
+    cb = GradientHealthCallback(str(tmp_path / "run"), on_flag="warn")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan.model.fit(
+            plan.x,
+            plan.y,
+            batch_size=plan.batch_size,
+            epochs=plan.epochs,
+            verbose=0,
+            callbacks=[cb],
+        )
+    ours = [
+        str(w.message) for w in caught if "GradientHealthCallback:" in str(w.message)
+    ]
+    assert ours and all("end of training" in m for m in ours)
+    assert any("vanishing_gradient" in m for m in ours)
+
+
 def test_live_diagnosis_reports_each_flag_once(tmp_path):
     """A second reload without new trouble reports no flag again."""
     _, _, cb = _fit(tmp_path, lr=50.0, on_flag=None, epochs=3)
