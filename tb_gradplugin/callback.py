@@ -90,7 +90,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
             after an anomalous step) and once at the end of each ``fit``; with
             ``"warn"`` they also take at most 1 % of the wall time during the
             fit (after a run of d seconds the next waits 100 d: they go over
-            the whole series, whose length grows); with
+            the whole series, whose length grows; the first run, which reads
+            what the folder already held, excepted); with
             ``"stop"`` each epoch end waits for the steps handed over, so an
             anomaly stops training at that epoch's end. Defaults to
             ``"warn"``.

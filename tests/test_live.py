@@ -167,7 +167,7 @@ def test_live_flags_equal_the_whole_runs_diagnosis(tmp_path):
 
 
 def test_warn_runs_take_at_most_their_share_of_the_time(tmp_path, monkeypatch):
-    """After a run of d seconds, "warn" waits d / LIVE_SHARE; "stop" does not."""
+    """A "warn" run of d s waits d / LIVE_SHARE, save a folder's first and fit ends."""
     import time
 
     from tb_gradplugin import live
@@ -181,6 +181,12 @@ def test_warn_runs_take_at_most_their_share_of_the_time(tmp_path, monkeypatch):
     for on_flag, due_after in (("warn", False), ("stop", True)):
         reports = live.LiveReports(on_flag)
         assert reports.due(urgent=True, epoch_end=False)
+        reports.run(str(tmp_path))  # the first run: the folder's history
+        assert reports.due(urgent=True, epoch_end=True)
         reports.run(str(tmp_path))
         # 0.2 s of rules: "warn" waits 20 s before the next run, even urgent.
         assert reports.due(urgent=True, epoch_end=True) is due_after
+        assert reports.due(urgent=False, epoch_end=False, final=True)
+        reports.forget_run()  # a new folder: its first run again
+        reports.run(str(tmp_path))
+        assert reports.due(urgent=True, epoch_end=True)
