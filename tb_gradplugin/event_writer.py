@@ -126,7 +126,9 @@ class EventWriter:
     writes an epoch's curvature or trajectory. The file is named as
     ``tf.summary`` writers name theirs (TensorBoard orders a run's files by
     name), with its own suffix so that no ``tf.summary`` writer of the same
-    process can pick the same name. Records go to the file as written,
+    process can pick the same name, and a zero-padded number so that a later
+    writer of the same process and second sorts after the earlier ones (the
+    writer after the ninth had sorted first). Records go to the file as written,
     through a buffer; :meth:`flush` makes them readable.
 
     Args:
@@ -143,7 +145,7 @@ class EventWriter:
         tf.io.gfile.makedirs(log_dir)
         name = (
             f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-            f".{os.getpid()}.{next(_uid)}.gradient-health"
+            f".{os.getpid()}.{next(_uid):08d}.gradient-health"
         )
         self.path = os.path.join(log_dir, name)
         self._lock = threading.Lock()

@@ -340,3 +340,17 @@ def test_a_fit_writes_every_family_into_one_event_file(tmp_path):
     for key in ("layer/grad_norm", "block/layer/grad_norm", "trajectory/projection"):
         assert len(run.tensors[key]), key
     assert run.tensors["trajectory/projection"].steps.tolist() == [0, 4, 8]
+
+
+def test_writers_of_one_process_sort_in_the_order_they_were_made(tmp_path, monkeypatch):
+    """The files' names sort as the writers were made, across 9 -> 10 and beyond."""
+    import itertools
+
+    from tb_gradplugin import event_writer
+
+    monkeypatch.setattr(event_writer, "_uid", itertools.count(8))
+    writers = [event_writer.EventWriter(tmp_path) for _ in range(4)]
+    paths = [w.path for w in writers]
+    for w in writers:
+        w.close()
+    assert sorted(paths) == paths
