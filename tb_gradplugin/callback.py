@@ -18,13 +18,12 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
-from tb_gradplugin import epoch_probes, live, run_state, summary
+from tb_gradplugin import epoch_probes, live, run_state, summary, user_warnings
 from tb_gradplugin.curvature import DEFAULT_MAX_EXACT_PARAMS
 from tb_gradplugin.event_writer import EventWriter
 from tb_gradplugin.host_pipeline import Monitor
@@ -322,12 +321,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if recorded is None or list(recorded) == list(paths):
             return last
         folder, sub_last = run_state.folder_for_labels(self._base_log_dir, paths)
-        warnings.warn(
+        user_warnings.warn(
             f"GradientHealthCallback: the model's variables differ from those "
             f"recorded in {self.log_dir!r}; this fit is written to {folder!r} so "
-            "that every per-layer value keeps its own label.",
-            RuntimeWarning,
-            stacklevel=3,
+            "that every per-layer value keeps its own label."
         )
         if self._writer is not None:
             self._guarded(self._writer.close)
@@ -402,11 +399,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._write_failed = True
             if self._monitor is not None:
                 self._monitor.active = False
-            warnings.warn(
+            user_warnings.warn(
                 f"GradientHealthCallback: writing to {self.log_dir!r} failed "
                 f"({type(err).__name__}: {err}); gradient health is no longer "
-                "recorded for this run, training goes on.",
-                RuntimeWarning,
-                stacklevel=2,
+                "recorded for this run, training goes on."
             )
             return None

@@ -10,13 +10,14 @@ parameters is written (``trajectory.py``).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tb_gradplugin import user_warnings
 
 
 class ProbeCapture:
@@ -102,11 +103,7 @@ def write_curvature(
             model, x, y, sw, max_exact_params=max_exact_params
         )
     except (ValueError, tf.errors.OpError) as err:
-        warnings.warn(
-            f"GradientHealthCallback: curvature skipped ({err})",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        user_warnings.warn(f"GradientHealthCallback: curvature skipped ({err})")
         return
     step = int(model.optimizer.iterations.numpy())
     size = int(tf.nest.flatten(x)[0].shape[0])

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 
-from tb_gradplugin import diagnosis, live_series
+from tb_gradplugin import diagnosis, live_series, user_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +158,5 @@ class LiveReports:
             seen = f", in the steps written up to step {as_of}" if as_of else ""
             text = diagnosis.format_flag(flag)
             # One channel (a Python warning): a log line as well printed it twice.
-            warnings.warn(
-                f"GradientHealthCallback: {when}{seen}\n{text}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            user_warnings.warn(f"GradientHealthCallback: {when}{seen}\n{text}")
         return bool(flags) and self.on_flag == "stop"
