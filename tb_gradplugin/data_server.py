@@ -30,22 +30,32 @@ from tb_gradplugin import metadata
 _BLOCK_TAG_PREFIX = metadata.TAG_PREFIX + "block/"
 
 
+def float32_rows(contents: list[bytes]) -> np.ndarray | None:
+    """Float32 ``tensor_content`` bytes of one length as ``[n, k]``, in one call.
+
+    Args:
+        contents: Each value's ``tensor_content``.
+
+    Returns:
+        float32 ``[len(contents), k]``, or ``None`` when there are none, one is
+        empty or their lengths differ (the caller reads them one by one).
+    """
+    if not contents or not contents[0] or len(set(map(len, contents))) != 1:
+        return None
+    flat = np.frombuffer(b"".join(contents), dtype=np.float32)
+    return flat.reshape(len(contents), -1)
+
+
 def _tensor_matrix(protos) -> np.ndarray | None:
     """Stacks float32 ``TensorProto``s of one shape without a numpy call per proto.
 
     A tag's dtype is fixed by its writer, so the first proto's dtype stands for
     all. ``None`` for any other encoding (the caller reads it the slow way).
     """
-    contents = list(map(operator.attrgetter("tensor_content"), protos))
-    if (
-        contents
-        and contents[0]
-        and protos[0].dtype == types_pb2.DT_FLOAT
-        and len(set(map(len, contents))) == 1
-    ):
-        flat = np.frombuffer(b"".join(contents), dtype=np.float32)
-        return flat.reshape(len(contents), -1).astype(np.float64)
-    return None
+    if not protos or protos[0].dtype != types_pb2.DT_FLOAT:
+        return None
+    rows = float32_rows(list(map(operator.attrgetter("tensor_content"), protos)))
+    return None if rows is None else rows.astype(np.float64)
 
 
 Points = tuple[np.ndarray, np.ndarray, np.ndarray]

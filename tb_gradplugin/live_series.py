@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing import (
 from tensorboard.compat.proto import event_pb2, summary_pb2, types_pb2
 from tensorboard.util import tensor_util
 
-from tb_gradplugin import blocks, diagnosis, flag_reads, metadata, reader
+from tb_gradplugin import blocks, data_server, diagnosis, flag_reads, metadata, reader
 
 logger = logging.getLogger(__name__)
 
@@ -319,10 +319,11 @@ def _raw(tensor) -> bytes | float | np.ndarray:
 def _rows(values: list, tensor: bool) -> np.ndarray:
     """Values kept by :func:`_raw`: ``[n, k]`` for a tensor tag, else ``[n]``."""
     kinds = {type(v) for v in values}
-    if kinds == {bytes} and len({len(v) for v in values}) == 1:
+    if kinds == {bytes}:
         # The callback's values: every one the same float32 bytes, read at once.
-        flat = np.frombuffer(b"".join(values), np.float32)
-        return flat.reshape(len(values), -1) if tensor else flat
+        rows = data_server.float32_rows(values)
+        if rows is not None:
+            return rows if tensor else rows[:, 0]
     if kinds == {float}:
         flat = np.array(values, np.float32)
         return flat[:, None] if tensor else flat
