@@ -90,14 +90,7 @@ def build(hidden: int, batch: int, callback: bool, logdir: str):
             keras.layers.Dense(10),
         ]
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch * 10, 784)).astype("float32")
-    y = rng.integers(0, 10, batch * 10)
-    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+    pairs = compile_with_batches(model, batch)
     data = pairs.cache()
     cbs = []
     if callback:
@@ -106,6 +99,26 @@ def build(hidden: int, batch: int, callback: bool, logdir: str):
         cbs = [GradientHealthCallback(logdir, update_freq=freq)]
     model.fit(pairs.take(1), epochs=1, verbose=0, callbacks=cbs)
     return model, data, cbs
+
+
+def compile_with_batches(model, batch: int):
+    """Compiles ``model`` (Adam, cross-entropy); returns 10 batches of MNIST shape.
+
+    Args:
+        model: A model of ``[batch, 784]`` inputs and 10 logits.
+        batch: The batch size.
+
+    Returns:
+        A ``tf.data.Dataset`` of 10 random ``(x, y)`` batches.
+    """
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch * 10, 784)).astype("float32")
+    y = rng.integers(0, 10, batch * 10)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
 
 
 def compiled_function(model):
