@@ -88,11 +88,11 @@ class RingModel(keras.Sequential):
             self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
         weights = self.trainable_weights
         grads = tape.gradient(loss, weights)
-        flat = [tf.reshape(g, [-1]) for g in grads]
         if self.values == "gwd":
             before = tf.concat([tf.reshape(w.value, [-1]) for w in weights], 0)
         self.optimizer.apply_gradients(zip(grads, weights, strict=True))
         if self.values != "none":
+            flat = [tf.reshape(g, [-1]) for g in grads]
             if self.values in ("gw", "gwd"):
                 flat += [tf.reshape(w.value, [-1]) for w in weights]
             row = tf.concat(flat, 0)
@@ -107,15 +107,7 @@ class RingModel(keras.Sequential):
 def _ring_model(hidden: int, batch: int, values: str):
     """A fresh compiled :class:`RingModel` fitted one step, and its data."""
     keras.utils.set_random_seed(0)
-    model = RingModel(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        values,
-    )
+    model = RingModel(step_ops.mlp_layers(hidden), values)
     pairs = step_ops.compile_with_batches(model, batch)
     model.fit(pairs.take(1), epochs=1, verbose=0)
     return model.train_function, iter(pairs.cache().repeat())

@@ -82,14 +82,7 @@ _CONDITIONAL_OPS = {"If", "StatelessIf", "While", "StatelessWhile", "Case"}
 def build(hidden: int, batch: int, callback: bool, logdir: str):
     """A fresh compiled MLP fitted one step; its data and callbacks."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((784,)),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(hidden, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    model = keras.Sequential(mlp_layers(hidden))
     pairs = compile_with_batches(model, batch)
     data = pairs.cache()
     cbs = []
@@ -99,6 +92,16 @@ def build(hidden: int, batch: int, callback: bool, logdir: str):
         cbs = [GradientHealthCallback(logdir, update_freq=freq)]
     model.fit(pairs.take(1), epochs=1, verbose=0, callbacks=cbs)
     return model, data, cbs
+
+
+def mlp_layers(hidden: int) -> list:
+    """The layers of seed 003's MLP shape, 784-``hidden``-``hidden``-10 (ReLU)."""
+    return [
+        keras.Input((784,)),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(hidden, activation="relu"),
+        keras.layers.Dense(10),
+    ]
 
 
 def compile_with_batches(model, batch: int):
